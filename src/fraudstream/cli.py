@@ -1,0 +1,292 @@
+"""The ``fraudstream`` command: one sub-command per action, settings from flags, env or file."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fraudstream import __version__
+from fraudstream.bus import BusError
+from fraudstream.config import (
+    CONFIG_FILE_ENV,
+    Settings,
+    SettingsError,
+    env_name,
+    load_settings,
+    setting_paths,
+)
+from fraudstream.stack import ServiceError, Stack
+from fraudstream.store.migrations import MigrationError
+
+app = typer.Typer(
+    name="fraudstream",
+    help="Real-time card-fraud detection on Kafka and PostgreSQL.\n\n"
+    "Every setting can also come from a FRAUDSTREAM_… environment variable or a TOML file; "
+    "`fraudstream config` lists them all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class _Options:
+    def __init__(self, config: Path | None, overrides: dict[str, str]) -> None:
+        self.config = config
+        self.overrides = overrides
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(config_file=self.config, overrides=self.overrides)
+        return self._settings
+
+
+def _parse_overrides(values: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE (e.g. kafka.port=9095), got {item!r}")
+        overrides[key.strip()] = value
+    return overrides
+
+
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", envvar=CONFIG_FILE_ENV, show_envvar=True,
+            help="TOML file with settings (lowest precedence).",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(help=f"Where services keep data and logs (env {env_name('state_dir')})."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Override one setting, e.g. kafka.port=9095."),
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"fraudstream {__version__}")
+        raise typer.Exit()
+    overrides = _parse_overrides(set_ or [])
+    if state_dir is not None:
+        overrides["state_dir"] = str(state_dir)
+    ctx.obj = _Options(config, overrides)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    options: _Options = ctx.obj
+    return options.settings()
+
+
+def _print_error(message: str) -> None:
+    err.print("[bold red]error:[/] ", end="")
+    err.print(message, markup=False, highlight=False)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    _print_error(message)
+    raise typer.Exit(code)
+
+
+@app.command()
+def up(ctx: typer.Context) -> None:
+    """Start the local stack detached and return when it is healthy."""
+    settings = _settings(ctx)
+    stack = Stack(settings)
+    started = time.monotonic()
+    with err.status("starting fraudstream…") as status:
+        report = stack.up(progress=lambda message: status.update(message + "…"))
+    elapsed = time.monotonic() - started
+    if not report.changed:
+        out.print(f"fraudstream is already running ({', '.join(report.already_running) or 'external services'}); nothing changed")
+    else:
+        if report.started:
+            out.print(f"started {', '.join(report.started)} in {elapsed:.1f} s")
+        if report.topics_created:
+            out.print(f"created topics {', '.join(report.topics_created)}")
+        if report.migrations_applied:
+            out.print(f"database schema migrated to version {max(report.migrations_applied)}")
+    _print_status(stack)
+
+
+@app.command()
+def down(
+    ctx: typer.Context,
+    volumes: Annotated[
+        bool, typer.Option("--volumes", "-v", help="Also delete all data (broker logs, database).")
+    ] = False,
+) -> None:
+    """Stop the local stack cleanly."""
+    settings = _settings(ctx)
+    stopped = Stack(settings).down(volumes=volumes)
+    out.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    if volumes:
+        out.print(f"deleted {settings.state_dir}")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List each service with its state, pid, address and uptime."""
+    stack = Stack(_settings(ctx))
+    if as_json:
+        rows = [status.__dict__ for status in stack.status()]
+        out.print_json(json.dumps(rows))
+        return
+    _print_status(stack)
+
+
+def _print_status(stack: Stack) -> None:
+    table = Table("service", "state", "pid", "address", "uptime", box=None)
+    colours = {"running": "green", "external": "green", "starting": "yellow"}
+    for row in stack.status():
+        colour = colours.get(row.state, "red")
+        table.add_row(
+            row.name,
+            f"[{colour}]{row.state}[/]",
+            str(row.pid or "-"),
+            row.address,
+            _duration(row.uptime_s),
+        )
+    out.print(table)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    service: Annotated[str | None, typer.Argument(help="kafka or postgres; all when omitted.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="Lines to show first.")] = 50,
+) -> None:
+    """Show or follow a service's log."""
+    files = Stack(_settings(ctx)).log_files()
+    if service is not None:
+        if service not in files:
+            _fail(f"unknown service {service!r}: choose from {', '.join(files) or 'none (all external)'}", 2)
+        files = {service: files[service]}
+    prefix = len(files) > 1
+    for name, path in files.items():
+        for line in _last_lines(path, tail):
+            typer.echo(f"{name} | {line}" if prefix else line)
+    if follow:
+        try:
+            for name, line in _follow(files):
+                typer.echo(f"{name} | {line}" if prefix else line)
+        except KeyboardInterrupt:
+            pass
+
+
+def _last_lines(path: Path, count: int) -> list[str]:
+    if count == 0 or not path.exists():
+        return []
+    return path.read_text(errors="replace").splitlines()[-count:]
+
+
+def _follow(files: dict[str, Path]) -> Iterator[tuple[str, str]]:
+    positions = {name: path.stat().st_size if path.exists() else 0 for name, path in files.items()}
+    while True:
+        quiet = True
+        for name, path in files.items():
+            if not path.exists():
+                continue
+            size = path.stat().st_size
+            if size < positions[name]:
+                positions[name] = 0  # the log was truncated or recreated
+            if size > positions[name]:
+                with path.open("rb") as handle:
+                    handle.seek(positions[name])
+                    chunk = handle.read()
+                complete = chunk[: chunk.rfind(b"\n") + 1]
+                positions[name] += len(complete)
+                for line in complete.decode(errors="replace").splitlines():
+                    quiet = False
+                    yield name, line
+        if quiet:
+            time.sleep(0.25)
+
+
+@app.command()
+def doctor(ctx: typer.Context) -> None:
+    """Check the prerequisites (Java 17+, Maven, free ports, disk, memory)."""
+    from fraudstream.stack.doctor import run_checks
+
+    checks = run_checks(_settings(ctx))
+    for check in checks:
+        mark = "[green]✓[/]" if check.ok else "[red]✗[/]"
+        out.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        if not check.ok and check.fix:
+            out.print(f"    fix: {check.fix}", highlight=False)
+    failed = [check.name for check in checks if not check.ok]
+    if failed:
+        _fail(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+    out.print("all checks passed")
+
+
+@app.command()
+def setup(ctx: typer.Context) -> None:
+    """Fetch what the local stack needs once (the Kafka jars), without starting anything."""
+    from fraudstream.stack.kafka import ensure_jars, require_java
+
+    settings = _settings(ctx)
+    if not settings.kafka.managed:
+        out.print("Kafka is external (kafka.bootstrap_servers): no jars needed")
+        return
+    require_java(settings.kafka.java)
+    with err.status(f"resolving Apache Kafka {settings.kafka.version} from Maven Central…"):
+        libs = ensure_jars(settings)
+    out.print(f"Kafka {settings.kafka.version} jars ready in {libs}")
+
+
+@app.command("config")
+def show_config(ctx: typer.Context) -> None:
+    """List every setting with its current value and environment variable (secrets hidden)."""
+    settings = _settings(ctx)
+    table = Table("setting", "value", "environment variable", box=None)
+    for path in setting_paths():
+        value: Any = settings
+        for part in path.split("."):
+            value = getattr(value, part)
+        shown = "**********" if value is not None and "Secret" in type(value).__name__ else value
+        table.add_row(path, str(shown), env_name(path))
+    out.print(table)
+
+
+def main() -> None:
+    """Console-script entry point: turns known failures into one clear line and an exit code."""
+    try:
+        app()
+    except SettingsError as error:
+        _print_error(str(error))
+        sys.exit(2)
+    except (ServiceError, BusError, MigrationError) as error:
+        _print_error(str(error))
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

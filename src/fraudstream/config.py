@@ -1,0 +1,295 @@
+"""The one settings tree, and the only place (with cli.py) that reads the environment.
+
+Values come, highest precedence first, from command-line overrides (``--set kafka.port=9095``),
+``FRAUDSTREAM_…`` environment variables (nested with ``__``), and an optional TOML config file.
+Unknown keys and bad values fail at start with a message naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import sys
+from collections.abc import Mapping
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "ENV_PREFIX",
+    "DatabaseSettings",
+    "KafkaSettings",
+    "Settings",
+    "SettingsError",
+    "TopicSettings",
+    "env_name",
+    "load_settings",
+    "setting_paths",
+]
+
+ENV_PREFIX = "FRAUDSTREAM_"
+ENV_DELIMITER = "__"
+CONFIG_FILE_ENV = f"{ENV_PREFIX}CONFIG"
+"""Names the TOML config file; it is not itself a setting."""
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("fraudstream_config_file", default=None)
+
+Port = int
+
+
+class SettingsError(ValueError):
+    """A setting is unknown or has a bad value; the message names it and what is allowed."""
+
+
+def _default_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        return str(Path(java_home) / "bin" / "java")
+    return shutil.which("java") or "java"
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fraudstream"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicSettings(_Section):
+    """Names of the topics the system uses, so that a shared cluster can prefix them."""
+
+    transactions: str = "transactions"
+    labels: str = "labels"
+    alerts: str = "alerts"
+    dlq: str = "transactions.dlq"
+
+    def all(self) -> list[str]:
+        return [self.transactions, self.labels, self.alerts, self.dlq]
+
+
+class KafkaSettings(_Section):
+    """The broker: a managed local KRaft node, or an external cluster when bootstrap_servers is set."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="External cluster (host:port,…); when unset, fraudstream runs its own broker.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the managed broker binds to.")
+    port: Port = Field(default=9092, ge=1, le=65535)
+    controller_port: Port = Field(default=9093, ge=1, le=65535)
+    version: str = Field(
+        default="4.1.1",
+        pattern=r"^4\.\d+\.\d+$",
+        description="Apache Kafka 4.x release whose jars are resolved from Maven Central.",
+    )
+    heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for the broker.")
+    partitions: int = Field(default=4, ge=1, le=1024)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    java: str = Field(
+        default_factory=_default_java,
+        description="Java 17+ executable (defaults to $JAVA_HOME/bin/java, else java on PATH).",
+    )
+    maven: str = Field(default="mvn", description="Maven executable used to resolve the jars.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: Path | None = None
+
+    @property
+    def managed(self) -> bool:
+        """True when fraudstream runs the broker itself."""
+        return self.bootstrap_servers is None
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_servers or f"{self.host}:{self.port}"
+
+    def client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by every producer, consumer and admin client."""
+        config = {"bootstrap.servers": self.bootstrap, "security.protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            config["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username:
+            config["sasl.username"] = self.sasl_username
+        if self.sasl_password:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_location:
+            config["ssl.ca.location"] = str(self.ssl_ca_location)
+        return config
+
+
+class DatabaseSettings(_Section):
+    """PostgreSQL: a managed embedded server, or an external one when url is set."""
+
+    url: SecretStr | None = Field(
+        default=None,
+        description="External PostgreSQL (postgresql://user:pass@host:port/db); unset runs our own.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the managed server binds to.")
+    port: Port = Field(default=5432, ge=1, le=65535)
+    name: str = Field(default="fraudstream", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    user: str = Field(default="fraudstream", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    password: SecretStr | None = Field(
+        default=None,
+        description="Password of the managed server's user; generated and kept in the state "
+        "directory (mode 0600) when unset.",
+    )
+    system_user: str = Field(
+        default="fraudstream",
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+        description="Unprivileged OS account the managed server runs as when started by root.",
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, le=300)
+
+    @property
+    def managed(self) -> bool:
+        return self.url is None
+
+
+class Settings(BaseSettings):
+    """Everything fraudstream can be told; frozen once loaded."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_DELIMITER,
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    state_dir: Path = Field(
+        default=Path(".fraudstream"),
+        description="Where the managed services keep their data, logs and pid files.",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Where downloaded jars are cached and reused across state directories.",
+    )
+    start_timeout_s: float = Field(default=90.0, gt=0, le=3600)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+
+    @field_validator("state_dir", "cache_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+
+def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, Any]:
+    """Every leaf setting as a dotted path (``kafka.port``) mapped to its field info."""
+    paths: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.update(setting_paths(annotation, f"{prefix}{name}."))
+        else:
+            paths[f"{prefix}{name}"] = field
+    return paths
+
+
+def env_name(path: str) -> str:
+    """The environment variable that sets a dotted setting path."""
+    return ENV_PREFIX + path.replace(".", ENV_DELIMITER).upper()
+
+
+def _unknown(shown: str, path: str) -> str:
+    known = list(setting_paths())
+    close = difflib.get_close_matches(path.lower(), known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown setting {shown}: {hint}(`fraudstream config` lists every setting)"
+
+
+def _reject_unknown_env(environ: Mapping[str, str]) -> None:
+    known = {env_name(path) for path in setting_paths()} | {CONFIG_FILE_ENV}
+    for key in environ:
+        upper = key.upper()
+        if upper.startswith(ENV_PREFIX) and upper not in known:
+            path = upper[len(ENV_PREFIX) :].replace(ENV_DELIMITER, ".").lower()
+            raise SettingsError(_unknown(f"{key} (environment)", path))
+
+
+def _nest(flat: Mapping[str, str], source: str) -> dict[str, Any]:
+    """``{"kafka.port": "1"}`` → ``{"kafka": {"port": "1"}}``, rejecting unknown paths."""
+    known = setting_paths()
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        if path not in known:
+            raise SettingsError(_unknown(f"{path!r} ({source})", path))
+        node = nested
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def _describe(error: ValidationError, file: Path | None) -> str:
+    lines = []
+    for issue in error.errors():
+        path = ".".join(str(part) for part in issue["loc"])
+        if issue["type"] == "extra_forbidden":
+            lines.append(_unknown(f"{path!r}" + (f" (in {file})" if file else ""), path))
+            continue
+        where = f"{path} (env {env_name(path)}" + (f", or in {file}" if file else "") + ")"
+        secret = any(word in path for word in ("password", "url"))
+        shown = "" if secret else f" got {issue.get('input')!r}:"
+        lines.append(f"bad value for {where}:{shown} {issue['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    *, config_file: Path | None = None, overrides: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings tree from flags, environment and config file, or raise SettingsError.
+
+    Precedence: ``overrides`` (the CLI's ``--set key=value``) over ``FRAUDSTREAM_…`` variables
+    over the TOML file named by ``config_file`` or ``FRAUDSTREAM_CONFIG``.
+    """
+    _reject_unknown_env(os.environ)
+    if config_file is None and os.environ.get(CONFIG_FILE_ENV):
+        config_file = Path(os.environ[CONFIG_FILE_ENV])
+    if config_file is not None and not config_file.is_file():
+        raise SettingsError(f"config file {config_file} does not exist")
+    token = _CONFIG_FILE.set(config_file)
+    try:
+        return Settings(**_nest(dict(overrides or {}), "from --set"))
+    except ValidationError as error:
+        raise SettingsError(_describe(error, config_file)) from None
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(f"config file {config_file} is not valid TOML: {error}") from None
+    finally:
+        _CONFIG_FILE.reset(token)

@@ -1,0 +1,182 @@
+"""The local stack as one unit, like ``docker compose``: up, down, status, logs.
+
+Managed services are those fraudstream runs itself; a service configured as external
+(``kafka.bootstrap_servers``, ``database.url``) is only checked and prepared (topics, schema).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from fraudstream import bus
+from fraudstream.config import Settings
+from fraudstream.stack.kafka import KafkaBroker
+from fraudstream.stack.postgres import EmbeddedPostgres
+from fraudstream.stack.process import PidRecord, ServiceError
+from fraudstream.store import migrations
+from fraudstream.store.db import connect
+
+__all__ = ["Stack", "ServiceStatus", "UpReport"]
+
+_STATE_MARKER = ".fraudstream-state"
+"""Written into every state directory we create, so ``down --volumes`` never deletes another."""
+
+
+class ManagedService(Protocol):
+    name: str
+    log_file: Path
+
+    @property
+    def address(self) -> str: ...
+
+    def record(self) -> PidRecord | None: ...
+
+    def is_running(self) -> bool: ...
+
+    def healthy(self) -> bool: ...
+
+    def start(self) -> PidRecord: ...
+
+    def stop(self) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: str  # running | starting | stopped | external | unreachable
+    pid: int | None
+    address: str
+    uptime_s: float | None
+    detail: str = ""
+
+
+@dataclass
+class UpReport:
+    started: list[str] = field(default_factory=list)
+    already_running: list[str] = field(default_factory=list)
+    topics_created: list[str] = field(default_factory=list)
+    migrations_applied: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.started or self.topics_created or self.migrations_applied)
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker = KafkaBroker(settings)
+        self.database = EmbeddedPostgres(settings)
+
+    def managed(self) -> list[ManagedService]:
+        """Services fraudstream runs itself, in start order."""
+        services: list[ManagedService] = []
+        if self.settings.kafka.managed:
+            services.append(self.broker)
+        if self.settings.database.managed:
+            services.append(self.database)
+        return services
+
+    def log_files(self) -> dict[str, Path]:
+        return {service.name: service.log_file for service in self.managed()}
+
+    def up(self, progress: Callable[[str], None] = lambda _message: None) -> UpReport:
+        """Start what is not running, wait until healthy, create topics and schema."""
+        report = UpReport()
+        with self._lock():
+            (self.settings.state_dir / _STATE_MARKER).touch()
+            for service in self.managed():
+                if service.is_running():
+                    report.already_running.append(service.name)
+                    continue
+                progress(f"starting {service.name} on {service.address}")
+                service.start()
+                report.started.append(service.name)
+            progress("checking the broker and creating topics")
+            if not bus.ping(self.settings.kafka, timeout_s=self.settings.start_timeout_s):
+                raise ServiceError(
+                    f"Kafka at {self.settings.kafka.bootstrap} does not answer metadata requests"
+                )
+            report.topics_created = bus.ensure_topics(self.settings.kafka)
+            progress("migrating the database schema")
+            with connect(self.settings) as conn:
+                report.migrations_applied = [m.version for m in migrations.migrate(conn)]
+        return report
+
+    def down(self, *, volumes: bool = False) -> list[str]:
+        """Stop the managed services (last started, first stopped); optionally delete all data."""
+        stopped = []
+        with self._lock():
+            for service in reversed(self.managed()):
+                if service.stop():
+                    stopped.append(service.name)
+        if volumes:
+            self._delete_state()
+        return stopped
+
+    def status(self) -> list[ServiceStatus]:
+        statuses = []
+        if not self.settings.kafka.managed:
+            statuses.append(self._external("kafka", self.settings.kafka.bootstrap, self._kafka_up))
+        if not self.settings.database.managed:
+            statuses.append(self._external("postgres", "database.url", self._database_up))
+        for service in self.managed():
+            record = service.record()
+            if record is None or not service.is_running():
+                statuses.append(ServiceStatus(service.name, "stopped", None, service.address, None))
+                continue
+            state = "running" if service.healthy() else "starting"
+            uptime = time.time() - record.started_at
+            statuses.append(ServiceStatus(service.name, state, record.pid, record.address, uptime))
+        order = {"kafka": 0, "postgres": 1}
+        return sorted(statuses, key=lambda status: order.get(status.name, 99))
+
+    def schema_current(self) -> bool:
+        with connect(self.settings) as conn:
+            return migrations.is_current(conn)
+
+    def _kafka_up(self) -> bool:
+        return bus.ping(self.settings.kafka)
+
+    def _database_up(self) -> bool:
+        try:
+            with connect(self.settings) as conn:
+                conn.execute("SELECT 1")
+        except Exception:  # any failure means "not reachable" for a status line
+            return False
+        return True
+
+    @staticmethod
+    def _external(name: str, address: str, check: Callable[[], bool]) -> ServiceStatus:
+        state = "external" if check() else "unreachable"
+        return ServiceStatus(name, state, None, address, None, detail="not managed by fraudstream")
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        run_dir = self.settings.state_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / "stack.lock").open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ServiceError(
+                    f"another fraudstream command is changing the stack in {self.settings.state_dir}"
+                ) from None
+            yield
+
+    def _delete_state(self) -> None:
+        state = self.settings.state_dir
+        if not state.exists():
+            return
+        if not (state / _STATE_MARKER).exists():
+            raise ServiceError(
+                f"refusing to delete {state}: it was not created by fraudstream (no {_STATE_MARKER})"
+            )
+        shutil.rmtree(state)

@@ -1,0 +1,183 @@
+"""Detached service processes: start in their own session, remember them in a pid file, stop them.
+
+A pid file records the pid *and* the process start time, so a pid reused by an unrelated
+process after a crash is never mistaken for our service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import psutil
+
+__all__ = [
+    "PidRecord",
+    "ServiceError",
+    "port_owner",
+    "port_in_use",
+    "read_pid",
+    "running",
+    "spawn",
+    "stop",
+    "wait_until",
+]
+
+
+class ServiceError(RuntimeError):
+    """A service could not be started, reached or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    pid: int
+    create_time: float
+    address: str
+    started_at: float
+
+
+def read_pid(path: Path) -> PidRecord | None:
+    try:
+        return PidRecord(**json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def running(record: PidRecord | None) -> bool:
+    """True when the recorded process is alive and is the one we started."""
+    if record is None:
+        return False
+    try:
+        process = psutil.Process(record.pid)
+        alive = process.status() != psutil.STATUS_ZOMBIE
+        return alive and abs(process.create_time() - record.create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    pid_file: Path,
+    log_file: Path,
+    address: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> PidRecord:
+    """Start ``argv`` detached (own session, stdin closed, output appended to ``log_file``).
+
+    With ``user`` (root only) the process runs as that account, without root's groups.
+    """
+    identity: dict[str, object] = {}
+    if user is not None:
+        account = pwd.getpwnam(user)
+        identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        process = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+            **identity,  # type: ignore[arg-type]
+        )
+    record = PidRecord(
+        pid=process.pid,
+        create_time=psutil.Process(process.pid).create_time(),
+        address=address,
+        started_at=time.time(),
+    )
+    pid_file.write_text(json.dumps(asdict(record)))
+    return record
+
+
+def stop(pid_file: Path, *, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> bool:
+    """Ask the recorded process to stop, wait, then kill it; returns whether one was running."""
+    record = read_pid(pid_file)
+    was_running = running(record)
+    if record is not None and was_running:
+        process = psutil.Process(record.pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(sig)
+            try:
+                process.wait(timeout_s)
+            except psutil.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+    # Reap the zombie when the process is our own child (tests start services in-process).
+    if record is not None:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(record.pid, os.WNOHANG)
+    pid_file.unlink(missing_ok=True)
+    return was_running
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (or holds) ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Servers bind with SO_REUSEADDR, so connections lingering in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def port_owner(port: int) -> str:
+    """Best-effort description of the process listening on ``port``, for error messages."""
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
+                if conn.pid:
+                    name = psutil.Process(conn.pid).name()
+                    return f"{name} (pid {conn.pid})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout_s: float,
+    what: str,
+    alive: Callable[[], bool] | None = None,
+    log_file: Path | None = None,
+) -> None:
+    """Poll ``check`` until it is true; fail early if the process died, naming its log."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        if check():
+            return
+        if alive is not None and not alive():
+            raise ServiceError(f"{what} exited during start-up; see {_tail_hint(log_file)}")
+        if time.monotonic() > deadline:
+            raise ServiceError(f"{what} not healthy after {timeout_s:.0f} s; see {_tail_hint(log_file)}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+
+
+def _tail_hint(log_file: Path | None) -> str:
+    if log_file is None:
+        return "its log"
+    lines = []
+    with contextlib.suppress(OSError):
+        lines = log_file.read_text(errors="replace").splitlines()[-8:]
+    tail = "\n    ".join(lines)
+    return f"{log_file}" + (f":\n    {tail}" if tail else "")

@@ -1,0 +1,26 @@
+"""Connections to PostgreSQL: the managed embedded server or the one named by database.url."""
+
+from __future__ import annotations
+
+import psycopg
+
+from fraudstream.config import Settings
+from fraudstream.stack.postgres import EmbeddedPostgres
+
+__all__ = ["connect", "conninfo"]
+
+
+def conninfo(settings: Settings) -> str:
+    """libpq connection string for the configured database (contains the password: never log)."""
+    if settings.database.url is not None:
+        return settings.database.url.get_secret_value()
+    return EmbeddedPostgres(settings).conninfo()
+
+
+def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(
+        conninfo(settings),
+        autocommit=autocommit,
+        connect_timeout=max(1, int(settings.database.connect_timeout_s)),
+        application_name="fraudstream",
+    )
