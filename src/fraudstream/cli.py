@@ -67,7 +67,10 @@ def _main(
     config: Annotated[
         Path | None,
         typer.Option(
-            "--config", "-c", envvar=CONFIG_FILE_ENV, show_envvar=True,
+            "--config",
+            "-c",
+            envvar=CONFIG_FILE_ENV,
+            show_envvar=True,
             help="TOML file with settings (lowest precedence).",
         ),
     ] = None,
@@ -77,7 +80,9 @@ def _main(
     ] = None,
     set_: Annotated[
         list[str] | None,
-        typer.Option("--set", metavar="KEY=VALUE", help="Override one setting, e.g. kafka.port=9095."),
+        typer.Option(
+            "--set", metavar="KEY=VALUE", help="Override one setting, e.g. kafka.port=9095."
+        ),
     ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
@@ -115,7 +120,10 @@ def up(ctx: typer.Context) -> None:
         report = stack.up(progress=lambda message: status.update(message + "…"))
     elapsed = time.monotonic() - started
     if not report.changed:
-        out.print(f"fraudstream is already running ({', '.join(report.already_running) or 'external services'}); nothing changed")
+        out.print(
+            "fraudstream is already running "
+            f"({', '.join(report.already_running) or 'external services'}); nothing changed"
+        )
     else:
         if report.started:
             out.print(f"started {', '.join(report.started)} in {elapsed:.1f} s")
@@ -181,15 +189,23 @@ def _duration(seconds: float | None) -> str:
 @app.command()
 def logs(
     ctx: typer.Context,
-    service: Annotated[str | None, typer.Argument(help="kafka or postgres; all when omitted.")] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+    service: Annotated[
+        str | None, typer.Argument(help="kafka or postgres; all when omitted.")
+    ] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
     tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="Lines to show first.")] = 50,
 ) -> None:
     """Show or follow a service's log."""
     files = Stack(_settings(ctx)).log_files()
     if service is not None:
         if service not in files:
-            _fail(f"unknown service {service!r}: choose from {', '.join(files) or 'none (all external)'}", 2)
+            _fail(
+                f"unknown service {service!r}: "
+                f"choose from {', '.join(files) or 'none (all external)'}",
+                2,
+            )
         files = {service: files[service]}
     prefix = len(files) > 1
     for name, path in files.items():

@@ -84,7 +84,7 @@ class TopicSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    """The broker: a managed local KRaft node, or an external cluster when bootstrap_servers is set."""
+    """The broker: a managed local KRaft node, or an external cluster (bootstrap_servers)."""
 
     bootstrap_servers: str | None = Field(
         default=None,
@@ -98,7 +98,9 @@ class KafkaSettings(_Section):
         pattern=r"^4\.\d+\.\d+$",
         description="Apache Kafka 4.x release whose jars are resolved from Maven Central.",
     )
-    heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for the broker.")
+    heap: str = Field(
+        default="512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for the broker."
+    )
     partitions: int = Field(default=4, ge=1, le=1024)
     replication_factor: int = Field(default=1, ge=1, le=16)
     topics: TopicSettings = Field(default_factory=TopicSettings)
@@ -141,7 +143,7 @@ class DatabaseSettings(_Section):
 
     url: SecretStr | None = Field(
         default=None,
-        description="External PostgreSQL (postgresql://user:pass@host:port/db); unset runs our own.",
+        description="External PostgreSQL (postgresql://user:pass@host/db); unset runs our own.",
     )
     host: str = Field(default="127.0.0.1", description="Address the managed server binds to.")
     port: Port = Field(default=5432, ge=1, le=65535)
@@ -206,7 +208,6 @@ class Settings(BaseSettings):
         if config_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return tuple(sources)
-
 
 
 def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[str, Any]:

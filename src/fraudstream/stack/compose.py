@@ -23,7 +23,7 @@ from fraudstream.stack.process import PidRecord, ServiceError
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
 
-__all__ = ["Stack", "ServiceStatus", "UpReport"]
+__all__ = ["ServiceStatus", "Stack", "UpReport"]
 
 _STATE_MARKER = ".fraudstream-state"
 """Written into every state directory we create, so ``down --volumes`` never deletes another."""
@@ -41,6 +41,8 @@ class ManagedService(Protocol):
     def is_running(self) -> bool: ...
 
     def healthy(self) -> bool: ...
+
+    def preflight(self) -> object: ...
 
     def start(self) -> PidRecord: ...
 
@@ -92,10 +94,11 @@ class Stack:
         report = UpReport()
         with self._lock():
             (self.settings.state_dir / _STATE_MARKER).touch()
-            for service in self.managed():
-                if service.is_running():
-                    report.already_running.append(service.name)
-                    continue
+            to_start = [service for service in self.managed() if not service.is_running()]
+            report.already_running = [s.name for s in self.managed() if s not in to_start]
+            for service in to_start:  # fail before starting anything, not half-way
+                service.preflight()
+            for service in to_start:
                 progress(f"starting {service.name} on {service.address}")
                 service.start()
                 report.started.append(service.name)
@@ -167,7 +170,8 @@ class Stack:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise ServiceError(
-                    f"another fraudstream command is changing the stack in {self.settings.state_dir}"
+                    "another fraudstream command is changing the stack in "
+                    f"{self.settings.state_dir}"
                 ) from None
             yield
 
@@ -177,6 +181,7 @@ class Stack:
             return
         if not (state / _STATE_MARKER).exists():
             raise ServiceError(
-                f"refusing to delete {state}: it was not created by fraudstream (no {_STATE_MARKER})"
+                f"refusing to delete {state}: "
+                f"it was not created by fraudstream (no {_STATE_MARKER})"
             )
         shutil.rmtree(state)

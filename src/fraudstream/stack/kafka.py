@@ -59,7 +59,9 @@ def require_java(java: str) -> str:
         "JAVA_HOME / FRAUDSTREAM_KAFKA__JAVA at a Java 17+ executable"
     )
     if version is None:
-        raise ServiceError(f"Java {MIN_JAVA}+ is needed to run Kafka but {java!r} was not found: {how}")
+        raise ServiceError(
+            f"Java {MIN_JAVA}+ is needed to run Kafka but {java!r} was not found: {how}"
+        )
     if version < MIN_JAVA:
         raise ServiceError(f"Kafka 4 needs Java {MIN_JAVA}+, {java!r} is Java {version}: {how}")
     return shutil.which(java) or java
@@ -77,7 +79,8 @@ def ensure_jars(settings: Settings) -> Path:
     if maven is None:
         raise ServiceError(
             f"Maven ({settings.kafka.maven!r}) is needed once to fetch the Kafka jars from Maven "
-            "Central: install it (Debian/Ubuntu: `apt-get install maven`) or set FRAUDSTREAM_KAFKA__MAVEN"
+            "Central: install it (Debian/Ubuntu: `apt-get install maven`) "
+            "or set FRAUDSTREAM_KAFKA__MAVEN"
         )
     home.mkdir(parents=True, exist_ok=True)
     template = resources.files("fraudstream.stack").joinpath("resources/kafka-pom.xml").read_text()
@@ -129,16 +132,24 @@ class KafkaBroker:
     def healthy(self) -> bool:
         return bus.ping(self.kafka, timeout_s=1.0)
 
-    def start(self) -> PidRecord:
-        """Format storage on first start, launch the broker and wait until it answers."""
+    def preflight(self) -> str:
+        """Check what start() needs (Java, free ports) before anything is started."""
         java = require_java(self.kafka.java)
-        for port, role in ((self.kafka.port, "port"), (self.kafka.controller_port, "controller_port")):
+        for port, role in (
+            (self.kafka.port, "port"),
+            (self.kafka.controller_port, "controller_port"),
+        ):
             if port_in_use(self.kafka.host, port):
                 raise ServiceError(
                     f"cannot start Kafka: {self.kafka.host}:{port} is already in use by "
                     f"{port_owner(port)}; stop it or choose another port with "
                     f"FRAUDSTREAM_KAFKA__{role.upper()}"
                 )
+        return java
+
+    def start(self) -> PidRecord:
+        """Format storage on first start, launch the broker and wait until it answers."""
+        java = self.preflight()
         libs = ensure_jars(self.settings)
         self._write_config()
         if not (self.data_dir / "meta.properties").exists():

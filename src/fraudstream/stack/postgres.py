@@ -110,15 +110,19 @@ class EmbeddedPostgres:
             return False
         return True
 
-    def start(self) -> PidRecord:
-        """Create the cluster on first start, launch the server, create the database."""
+    def preflight(self) -> Path:
+        """Check what start() needs (binaries, a free port) before anything is started."""
         if port_in_use(self.db.host, self.db.port):
             raise ServiceError(
                 f"cannot start PostgreSQL: {self.address} is already in use by "
                 f"{port_owner(self.db.port)}; stop it or choose another port with "
                 "FRAUDSTREAM_DATABASE__PORT"
             )
-        bin_dir = binaries_dir()
+        return binaries_dir()
+
+    def start(self) -> PidRecord:
+        """Create the cluster on first start, launch the server, create the database."""
+        bin_dir = self.preflight()
         if self.run_as:
             self._prepare_system_user(bin_dir)
         if not (self.data_dir / "PG_VERSION").exists():

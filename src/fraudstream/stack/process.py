@@ -23,8 +23,8 @@ import psutil
 __all__ = [
     "PidRecord",
     "ServiceError",
-    "port_owner",
     "port_in_use",
+    "port_owner",
     "read_pid",
     "running",
     "spawn",
@@ -58,7 +58,7 @@ def running(record: PidRecord | None) -> bool:
         return False
     try:
         process = psutil.Process(record.pid)
-        alive = process.status() != psutil.STATUS_ZOMBIE
+        alive = bool(process.status() != psutil.STATUS_ZOMBIE)
         return alive and abs(process.create_time() - record.create_time) < 1.0
     except psutil.Error:
         return False
@@ -78,10 +78,11 @@ def spawn(
 
     With ``user`` (root only) the process runs as that account, without root's groups.
     """
-    identity: dict[str, object] = {}
+    uid = gid = None
+    extra_groups: list[int] | None = None
     if user is not None:
         account = pwd.getpwnam(user)
-        identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        uid, gid, extra_groups = account.pw_uid, account.pw_gid, []
     log_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as log:
@@ -93,7 +94,9 @@ def spawn(
             start_new_session=True,
             env=env,
             cwd=cwd,
-            **identity,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
+            extra_groups=extra_groups,
         )
     record = PidRecord(
         pid=process.pid,
@@ -142,10 +145,9 @@ def port_owner(port: int) -> str:
     """Best-effort description of the process listening on ``port``, for error messages."""
     try:
         for conn in psutil.net_connections(kind="inet"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid:
-                    name = psutil.Process(conn.pid).name()
-                    return f"{name} (pid {conn.pid})"
+            listening = conn.status == psutil.CONN_LISTEN
+            if conn.laddr and conn.laddr.port == port and listening and conn.pid:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
     except (psutil.Error, OSError):
         pass
     return "another process"
@@ -168,7 +170,9 @@ def wait_until(
         if alive is not None and not alive():
             raise ServiceError(f"{what} exited during start-up; see {_tail_hint(log_file)}")
         if time.monotonic() > deadline:
-            raise ServiceError(f"{what} not healthy after {timeout_s:.0f} s; see {_tail_hint(log_file)}")
+            raise ServiceError(
+                f"{what} not healthy after {timeout_s:.0f} s; see {_tail_hint(log_file)}"
+            )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
 

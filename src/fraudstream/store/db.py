@@ -17,7 +17,9 @@ def conninfo(settings: Settings) -> str:
     return EmbeddedPostgres(settings).conninfo()
 
 
-def connect(settings: Settings, *, autocommit: bool = False) -> psycopg.Connection[tuple[object, ...]]:
+def connect(
+    settings: Settings, *, autocommit: bool = False
+) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(
         conninfo(settings),
         autocommit=autocommit,

@@ -76,7 +76,7 @@ def _check_history(applied: dict[int, str]) -> None:
         if version not in known:
             raise MigrationError(
                 f"the database has schema version {version}, newer than this fraudstream knows "
-                f"({max(known)}): upgrade fraudstream"
+                f"({max(known, default=0)}): upgrade fraudstream"
             )
         if known[version].checksum != checksum:
             raise MigrationError(

@@ -1,0 +1,195 @@
+"""The `fraudstream` command as a user runs it: up, status, logs, down, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from fraudstream.config import Settings, load_settings
+from fraudstream.stack.process import port_in_use
+from fraudstream.store.db import conninfo
+
+from ..conftest import overrides_env, run_cli, stack_overrides
+
+
+def _status(env: dict[str, str]) -> dict[str, dict[str, object]]:
+    result = run_cli("status", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row for row in json.loads(result.stdout)}
+
+
+def _ports(overrides: dict[str, str]) -> list[int]:
+    return [int(overrides[k]) for k in ("kafka.port", "kafka.controller_port", "database.port")]
+
+
+def _settings(overrides: dict[str, str]) -> Settings:
+    return load_settings(overrides=overrides)
+
+
+def test_lifecycle_up_status_down_and_data_survives(tmp_path: Path) -> None:
+    overrides = stack_overrides(tmp_path / "state")
+    env = overrides_env(overrides)
+    settings = _settings(overrides)
+    try:
+        first = run_cli("up", env=env)
+        assert first.returncode == 0, first.stderr
+        assert "started kafka, postgres" in first.stdout
+        assert "database schema migrated to version" in first.stdout
+
+        status = _status(env)
+        assert {name: row["state"] for name, row in status.items()} == {
+            "kafka": "running",
+            "postgres": "running",
+        }
+        assert status["kafka"]["address"] == f"127.0.0.1:{overrides['kafka.port']}"
+        assert isinstance(status["postgres"]["pid"], int)
+        assert isinstance(status["kafka"]["uptime_s"], float)
+
+        second = run_cli("up", env=env)
+        assert second.returncode == 0, second.stderr
+        assert "already running" in second.stdout and "nothing changed" in second.stdout
+        assert {n: r["pid"] for n, r in _status(env).items()} == {
+            n: r["pid"] for n, r in status.items()
+        }
+
+        marker = f"survivor-{uuid.uuid4().hex[:6]}"
+        producer = Producer(settings.kafka.client_config())
+        producer.produce(settings.kafka.topics.transactions, key="card-1", value=marker)
+        assert producer.flush(30) == 0
+        with psycopg.connect(conninfo(settings), autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
+                "VALUES (%s, 'analyst', true, now())",
+                (marker,),
+            )
+
+        logs = run_cli("logs", "kafka", "-n", "5", env=env)
+        assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 5
+        both = run_cli("logs", "-n", "2", env=env)
+        assert "kafka | " in both.stdout and "postgres | " in both.stdout
+        unknown = run_cli("logs", "zookeeper", env=env)
+        assert unknown.returncode == 2 and "choose from kafka, postgres" in unknown.stderr
+
+        down = run_cli("down", env=env)
+        assert down.returncode == 0, down.stderr
+        assert "stopped postgres, kafka" in down.stdout
+        assert not any(port_in_use("127.0.0.1", port) for port in _ports(overrides))
+        assert {r["state"] for r in _status(env).values()} == {"stopped"}
+
+        again = run_cli("up", env=env)
+        assert again.returncode == 0, again.stderr
+        assert "created topics" not in again.stdout and "migrated" not in again.stdout
+        with psycopg.connect(conninfo(settings)) as conn:
+            stored = conn.execute("SELECT is_fraud FROM labels WHERE tx_id = %s", (marker,))
+            assert stored.fetchone() == (True,)
+        assert marker in _consume_all(settings, settings.kafka.topics.transactions)
+
+        wipe = run_cli("down", "--volumes", env=env)
+        assert wipe.returncode == 0, wipe.stderr
+        assert not settings.state_dir.exists()
+        assert not any(port_in_use("127.0.0.1", port) for port in _ports(overrides))
+    finally:
+        run_cli("down", "--volumes", env=env)
+
+
+def _consume_all(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[str]:
+    """Every value in ``topic`` from the beginning (stops after a quiet second once data came)."""
+    consumer = Consumer(
+        {
+            **settings.kafka.client_config(),
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    values: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is None:
+            if values:
+                break
+            continue
+        if not message.error():
+            values.append(message.value().decode())
+    consumer.close()
+    return values
+
+
+def test_a_port_in_use_fails_before_anything_starts(tmp_path: Path) -> None:
+    overrides = stack_overrides(tmp_path / "state")
+    env = overrides_env(overrides)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", int(overrides["database.port"])))
+        squatter.listen()
+        result = run_cli("up", env=env)
+    assert result.returncode == 1
+    assert f"127.0.0.1:{overrides['database.port']} is already in use" in result.stderr
+    assert "FRAUDSTREAM_DATABASE__PORT" in result.stderr
+    assert not port_in_use("127.0.0.1", int(overrides["kafka.port"]))  # Kafka was not started
+    assert {r["state"] for r in _status(env).values()} == {"stopped"}
+
+
+def test_missing_java_is_explained(tmp_path: Path) -> None:
+    overrides = stack_overrides(tmp_path / "state")
+    env = {**overrides_env(overrides), "PATH": str(tmp_path / "empty-bin")}
+    env.pop("JAVA_HOME", None)
+    result = run_cli("up", env=env)
+    assert result.returncode == 1
+    assert "Java 17+ is needed to run Kafka" in result.stderr
+    assert "apt-get install openjdk-17-jre-headless" in result.stderr
+    doctor = run_cli("doctor", env=env)
+    assert doctor.returncode == 1
+    assert "✗ java" in doctor.stdout and "check(s) failed: java" in doctor.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("FRAUDSTREAM_KAFKA__PARTITIONS", "zero", "bad value for kafka.partitions"),
+        ("FRAUDSTREAM_DATABASE__PORT", "70000", "less than or equal to 65535"),
+        ("FRAUDSTREAM_KAFKA__PARTITON", "4", "did you mean 'kafka.partitions'"),
+    ],
+)
+def test_a_bad_setting_fails_with_a_clear_message(
+    tmp_path: Path, variable: str, value: str, expected: str
+) -> None:
+    env = {**overrides_env({"state_dir": str(tmp_path / "state")}), variable: value}
+    result = run_cli("up", env=env)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_bad_flag_value_fails_with_a_clear_message(tmp_path: Path) -> None:
+    env = overrides_env({"state_dir": str(tmp_path / "state")})
+    result = run_cli("--set", "kafka.port", "status", env=env)
+    assert result.returncode == 2 and "expected KEY=VALUE" in result.stderr
+
+
+def test_external_services_are_used_not_started(stack_settings: Settings, tmp_path: Path) -> None:
+    env = overrides_env(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "kafka.bootstrap_servers": stack_settings.kafka.bootstrap,
+            "database.url": conninfo(stack_settings),
+        }
+    )
+    result = run_cli("up", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "nothing changed" in result.stdout
+    assert {n: r["state"] for n, r in _status(env).items()} == {
+        "kafka": "external",
+        "postgres": "external",
+    }
+    assert "password" not in result.stdout + result.stderr
+    assert os.listdir(tmp_path / "state") == [".fraudstream-state", "run"]

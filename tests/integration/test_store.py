@@ -1,0 +1,134 @@
+"""The schema on the real PostgreSQL: predictions round trip, constraints, idempotent migration."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from fraudstream.store import migrations
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+def _prediction(tx_id: str, decision: str = "review") -> dict[str, object]:
+    return {
+        "tx_id": tx_id,
+        "event_time": NOW,
+        "card_id": "tok_7f3a",
+        "terminal_id": "T-42",
+        "amount": Decimal("125.50"),
+        "score": 0.91,
+        "decision": decision,
+        "rule_hits": ["amount_over_limit"],
+        "reasons": json.dumps([{"feature": "card_amount_ratio_30d", "text": "amount 5.2x"}]),
+        "model_version": "m-1",
+        "engine": "local",
+        "kafka_partition": 2,
+        "kafka_offset": 17,
+        "kafka_time": NOW + timedelta(milliseconds=3),
+        "scored_at": NOW + timedelta(milliseconds=9),
+    }
+
+
+_INSERT = """
+INSERT INTO fraud_predictions (tx_id, event_time, card_id, terminal_id, amount, score, decision,
+    rule_hits, reasons, model_version, engine, kafka_partition, kafka_offset, kafka_time, scored_at)
+VALUES (%(tx_id)s, %(event_time)s, %(card_id)s, %(terminal_id)s, %(amount)s, %(score)s,
+    %(decision)s, %(rule_hits)s, %(reasons)s, %(model_version)s, %(engine)s, %(kafka_partition)s,
+    %(kafka_offset)s, %(kafka_time)s, %(scored_at)s)
+ON CONFLICT (tx_id) DO NOTHING
+"""
+
+
+def test_write_and_read_fraud_predictions(db: psycopg.Connection[tuple[object, ...]]) -> None:
+    with db.transaction():
+        inserted = db.execute(_INSERT, _prediction("tx-store-1")).rowcount
+    row = db.execute(
+        "SELECT card_id, amount, score, decision, rule_hits, reasons, kafka_offset, stored_at "
+        "FROM fraud_predictions WHERE tx_id = %s",
+        ("tx-store-1",),
+    ).fetchone()
+    assert inserted == 1
+    assert row is not None
+    card, amount, score, decision, rule_hits, reasons, offset, stored_at = row
+    assert (card, amount, score, decision, offset) == (
+        "tok_7f3a",
+        Decimal("125.50"),
+        0.91,
+        "review",
+        17,
+    )
+    assert rule_hits == ["amount_over_limit"]
+    assert reasons == [{"feature": "card_amount_ratio_30d", "text": "amount 5.2x"}]
+    assert isinstance(stored_at, datetime)
+
+
+def test_the_primary_key_absorbs_a_replayed_prediction(
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    with db.transaction():
+        first = db.execute(_INSERT, _prediction("tx-store-2")).rowcount
+        replay = db.execute(_INSERT, _prediction("tx-store-2", decision="decline")).rowcount
+    count, decision = db.execute(
+        "SELECT count(*), min(decision) FROM fraud_predictions WHERE tx_id = 'tx-store-2'"
+    ).fetchone()  # type: ignore[misc]
+    assert (first, replay, count, decision) == (1, 0, 1, "review")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("decision", "maybe"), ("amount", Decimal("-1")), ("score", 1.5)]
+)
+def test_constraints_reject_impossible_rows(
+    db: psycopg.Connection[tuple[object, ...]], field: str, value: object
+) -> None:
+    row = _prediction(f"tx-bad-{field}")
+    row[field] = value
+    with pytest.raises(psycopg.errors.CheckViolation), db.transaction():
+        db.execute(_INSERT, row)
+
+
+def _catalog(db: psycopg.Connection[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    return db.execute(
+        """
+        SELECT 'column', table_name, column_name || ' ' || data_type || ' ' || is_nullable
+          FROM information_schema.columns WHERE table_schema = 'public'
+        UNION ALL
+        SELECT 'index', tablename, indexdef FROM pg_indexes WHERE schemaname = 'public'
+        UNION ALL
+        SELECT 'constraint', conrelid::regclass::text, pg_get_constraintdef(oid)
+          FROM pg_constraint WHERE connamespace = 'public'::regnamespace
+        UNION ALL
+        SELECT 'migration', version::text, checksum || applied_at::text FROM schema_migrations
+        ORDER BY 1, 2, 3
+        """
+    ).fetchall()
+
+
+def test_migration_run_twice_changes_nothing(db: psycopg.Connection[tuple[object, ...]]) -> None:
+    before = _catalog(db)
+    assert migrations.migrate(db) == []
+    assert migrations.is_current(db)
+    assert _catalog(db) == before
+    assert len(before) > 50
+
+
+def test_an_edited_past_migration_is_detected(
+    db: psycopg.Connection[tuple[object, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = migrations.migrations()
+    edited = (migrations.Migration(1, original[0].name, original[0].sql + "\n-- edit"),)
+    monkeypatch.setattr(migrations, "migrations", lambda: edited + original[1:])
+    with pytest.raises(migrations.MigrationError, match="must never be edited"):
+        migrations.migrate(db)
+
+
+def test_a_newer_database_schema_is_refused(
+    db: psycopg.Connection[tuple[object, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(migrations, "migrations", lambda: ())
+    with pytest.raises(migrations.MigrationError, match="upgrade fraudstream"):
+        migrations.is_current(db)
