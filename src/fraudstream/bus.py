@@ -13,11 +13,15 @@ from confluent_kafka.cimpl import NewTopic
 
 from fraudstream.config import KafkaSettings
 
-__all__ = ["BusError", "admin_client", "broker_ids", "ensure_topics", "ping"]
+__all__ = ["BusError", "DeliveryError", "admin_client", "broker_ids", "ensure_topics", "ping"]
 
 
 class BusError(RuntimeError):
     """The broker cannot be reached or refused an administrative request."""
+
+
+class DeliveryError(RuntimeError):
+    """Kafka did not accept some produced messages; the message says how many and why."""
 
 
 def admin_client(kafka: KafkaSettings, **extra: Any) -> AdminClient:

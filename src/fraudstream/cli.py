@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -14,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fraudstream import __version__
-from fraudstream.bus import BusError
+from fraudstream.bus import BusError, DeliveryError
 from fraudstream.config import (
     CONFIG_FILE_ENV,
     Settings,
@@ -294,6 +295,202 @@ def show_config(ctx: typer.Context) -> None:
     out.print(table)
 
 
+def _duration_seconds(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        raise typer.BadParameter(
+            f"expected a duration like 90, 90s, 5m or 1h, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise typer.BadParameter(f"the duration must be positive, got {text!r}")
+    return value
+
+
+@app.command()
+def simulate(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None, typer.Option(help="Write a history (Parquet) instead of streaming to Kafka.")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Days of history (with --out).")] = 183,
+    rate: Annotated[
+        float | None, typer.Option(min=0.001, help="Live transactions per second (simulator.rate).")
+    ] = None,
+    duration: Annotated[
+        str | None, typer.Option(help="Live: stop after this long (90, 90s, 5m, 1h).")
+    ] = None,
+    count: Annotated[int | None, typer.Option(min=1, help="Live: stop after this many.")] = None,
+    accelerated: Annotated[
+        bool, typer.Option(help="Live: event time runs at simulation speed (labels arrive).")
+    ] = False,
+    preset: Annotated[
+        str | None, typer.Option(help="default | handbook (simulator.preset).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Random seed (simulator.seed).")] = None,
+    customers: Annotated[int | None, typer.Option(min=1, help="Card holders.")] = None,
+    terminals: Annotated[int | None, typer.Option(min=1, help="Terminals.")] = None,
+    radius: Annotated[
+        float | None, typer.Option(min=0.01, help="Terminal reach around home.")
+    ] = None,
+) -> None:
+    """Generate realistic traffic: live to Kafka, or a history file for training."""
+    from fraudstream.simulator.generator import preset as make_params
+
+    settings = _settings(ctx)
+    overrides: dict[str, Any] = {"seed": seed if seed is not None else settings.simulator.seed}
+    for name, value in (("n_customers", customers), ("n_terminals", terminals), ("radius", radius)):
+        if value is not None:
+            overrides[name] = value
+    try:
+        params = make_params(preset or settings.simulator.preset, **overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    if out is not None:
+        if rate is not None or duration is not None or count is not None:
+            raise typer.BadParameter(
+                "--out writes a history; --rate/--duration/--count are for live mode"
+            )
+        _simulate_history(replace(params, days=days), out)
+        return
+    if duration is None and count is None:
+        raise typer.BadParameter(
+            "live mode needs --duration or --count (or --out FILE for a history)"
+        )
+    _simulate_live(settings, params, rate or settings.simulator.rate, duration, count, accelerated)
+
+
+def _simulate_history(params: Any, out: Path) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from fraudstream.simulator.generator import BLOCK_DAYS, generate_blocks
+    from fraudstream.simulator.history import write_history
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    frauds = 0
+    scenarios: dict[str, int] = {}
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("simulating days", total=params.days)
+
+        def done(block: Any) -> None:
+            nonlocal frauds
+            frauds += int(block["is_fraud"].sum())
+            for name, number in block["scenario"].value_counts().items():
+                scenarios[str(name)] = scenarios.get(str(name), 0) + int(number)
+            progress.advance(task, min(BLOCK_DAYS, params.days - progress.tasks[0].completed))
+
+        rows = write_history(generate_blocks(params), out, params, on_block=done)
+    seconds = time.monotonic() - started
+    mix = ", ".join(f"{name} {number:,}" for name, number in sorted(scenarios.items()))
+    typer.echo(
+        f"wrote {rows:,} transactions over {params.days} days to {out} in {seconds:.1f} s "
+        f"({rows / seconds:,.0f} tx/s)"
+    )
+    typer.echo(f"fraud rate {frauds / max(rows, 1):.3%} ({frauds:,} frauds: {mix})")
+
+
+def _simulate_live(
+    settings: Settings, params: Any, rate: float, duration: str | None, count: int | None,
+    accelerated: bool,
+) -> None:  # fmt: skip
+    import signal
+    import threading
+
+    from fraudstream.clock import SystemClock
+    from fraudstream.simulator.publish import Publisher, simulate_live
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    publisher = Publisher(settings.kafka)
+    limit = f"{count:,} transactions" if count else f"{duration}"
+    err.print(
+        f"sending {rate:,.0f} tx/s to {settings.kafka.bootstrap} for {limit} (Ctrl-C stops cleanly)"
+    )
+    report = simulate_live(
+        publisher, params, rate=rate, clock=SystemClock(), count=count,
+        duration_s=_duration_seconds(duration) if duration else None,
+        accelerated=accelerated, stop=stop,
+    )  # fmt: skip
+    deviation = (report.achieved_rate - rate) / rate
+    typer.echo(
+        f"sent {report.sent:,} transactions in {report.seconds:.1f} s: achieved {report.achieved_rate:,.0f} "
+        f"tx/s for a target of {rate:,.0f} ({deviation:+.2%}); {report.frauds:,} frauds, "
+        f"{report.labels_sent:,} labels; all delivered"
+    )
+
+
+@app.command()
+def replay(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="A history, Handbook or Sparkov/Kaggle file.")],
+    speed: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Real time × N by event time; default: as fast as possible."),
+    ] = None,
+    file_format: Annotated[
+        str, typer.Option("--format", help="auto | history | handbook | sparkov.")
+    ] = "auto",
+    show_bad: Annotated[int, typer.Option(min=0, help="Bad rows to list.")] = 20,
+) -> None:
+    """Stream a dataset into Kafka (card numbers tokenised on the way in)."""
+    import signal
+    import threading
+    from datetime import timedelta
+
+    from fraudstream.clock import SystemClock
+    from fraudstream.privacy import CardTokenizer
+    from fraudstream.simulator.adapters import DatasetError, load_dataset
+    from fraudstream.simulator.publish import Publisher
+    from fraudstream.simulator.publish import replay as replay_dataset
+
+    settings = _settings(ctx)
+    key = settings.privacy.tokenizer_key()
+    try:
+        tokenizer = CardTokenizer(key) if key else None
+        with err.status(f"reading {file}…"):
+            dataset = load_dataset(
+                file, tokenizer=tokenizer, file_format=file_format,
+                label_delay=timedelta(days=settings.simulator.label_delay_days),
+            )  # fmt: skip
+    except (DatasetError, ValueError) as error:
+        _fail(str(error), 2)
+    for bad in dataset.bad_rows[:show_bad]:
+        err.print(f"skipped {bad}", markup=False, highlight=False)
+    if len(dataset.bad_rows) > show_bad:
+        err.print(f"… and {len(dataset.bad_rows) - show_bad} more problems")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    report = replay_dataset(
+        Publisher(settings.kafka), dataset, clock=SystemClock(), speed=speed, stop=stop
+    )
+    typer.echo(
+        f"{dataset.format}: read {dataset.rows_read:,} rows, skipped {dataset.rows_skipped:,} bad; "
+        f"sent {report.transactions:,} transactions and {report.labels:,} labels in "
+        f"{report.seconds:.1f} s" + (" (stopped early)" if report.stopped_early else "")
+    )
+
+
+@app.command()
+def schema(
+    record: Annotated[str, typer.Argument(help="transaction | label")] = "transaction",
+) -> None:
+    """Print the JSON Schema of a canonical record."""
+    from fraudstream.schema import Label, Transaction, json_schema
+
+    records = {"transaction": Transaction, "label": Label}
+    if record not in records:
+        _fail(f"unknown record {record!r}: choose from transaction, label", 2)
+    typer.echo(json.dumps(json_schema(records[record]), indent=2, sort_keys=True))
+
+
 def main() -> None:
     """Console-script entry point: turns known failures into one clear line and an exit code."""
     try:
@@ -301,7 +498,7 @@ def main() -> None:
     except SettingsError as error:
         _print_error(str(error))
         sys.exit(2)
-    except (ServiceError, BusError, MigrationError) as error:
+    except (ServiceError, BusError, MigrationError, DeliveryError) as error:
         _print_error(str(error))
         sys.exit(1)
     except KeyboardInterrupt:

@@ -33,8 +33,10 @@ __all__ = [
     "ENV_PREFIX",
     "DatabaseSettings",
     "KafkaSettings",
+    "PrivacySettings",
     "Settings",
     "SettingsError",
+    "SimulatorSettings",
     "TopicSettings",
     "env_name",
     "load_settings",
@@ -166,6 +168,26 @@ class DatabaseSettings(_Section):
         return self.url is None
 
 
+class PrivacySettings(_Section):
+    token_key: SecretStr | None = Field(
+        default=None,
+        description="Secret key of the keyed hash that turns card numbers into tokens (at least "
+        "16 characters); needed to replay datasets that contain card numbers.",
+    )
+
+    def tokenizer_key(self) -> bytes | None:
+        return self.token_key.get_secret_value().encode() if self.token_key else None
+
+
+class SimulatorSettings(_Section):
+    preset: Literal["default", "handbook"] = "default"
+    seed: int = Field(default=0, ge=0)
+    rate: float = Field(default=1000.0, gt=0, le=10_000_000, description="Live transactions/s.")
+    label_delay_days: float = Field(
+        default=7.0, ge=0, le=365, description="Report delay given to labels of outside datasets."
+    )
+
+
 class Settings(BaseSettings):
     """Everything fraudstream can be told; frozen once loaded."""
 
@@ -188,6 +210,8 @@ class Settings(BaseSettings):
     start_timeout_s: float = Field(default=90.0, gt=0, le=3600)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    privacy: PrivacySettings = Field(default_factory=PrivacySettings)
+    simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
 
     @field_validator("state_dir", "cache_dir")
     @classmethod
@@ -266,7 +290,7 @@ def _describe(error: ValidationError, file: Path | None) -> str:
             lines.append(_unknown(f"{path!r}" + (f" (in {file})" if file else ""), path))
             continue
         where = f"{path} (env {env_name(path)}" + (f", or in {file}" if file else "") + ")"
-        secret = any(word in path for word in ("password", "url"))
+        secret = any(word in path for word in ("password", "url", "key"))
         shown = "" if secret else f" got {issue.get('input')!r}:"
         lines.append(f"bad value for {where}:{shown} {issue['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,0 +1,1 @@
+"""Realistic card traffic with tagged fraud scenarios and delayed labels, and dataset adapters."""

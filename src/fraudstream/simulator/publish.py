@@ -1,0 +1,324 @@
+"""Putting transactions and labels on Kafka: the producer, the live simulator, dataset replay.
+
+The producer is idempotent with ``acks=all`` and compression, keys transactions by card so a
+card's events stay in order, and surfaces every delivery error instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import KafkaError, Message, Producer
+
+from fraudstream.bus import DeliveryError
+from fraudstream.clock import Clock
+from fraudstream.config import KafkaSettings
+from fraudstream.schema import Label, Transaction, encode
+from fraudstream.simulator.adapters import TRANSACTION_COLUMNS, Dataset
+from fraudstream.simulator.generator import SimulationParams, generate_blocks
+
+__all__ = [
+    "LabelRows",
+    "LiveReport",
+    "Publisher",
+    "ReplayReport",
+    "TransactionRows",
+    "replay",
+    "simulate_live",
+]
+
+
+class Publisher:
+    """A Kafka producer for the ``transactions`` and ``labels`` topics."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.topics = kafka.topics
+        self.delivered = 0
+        self.failed = 0
+        self.first_errors: list[str] = []
+        self._producer = Producer(
+            {
+                **kafka.client_config(),
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": "lz4",
+                "linger.ms": 5,
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "queue.buffering.max.kbytes": 1_048_576,
+                "on_delivery": self._on_delivery,
+            }
+        )
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is None:
+            self.delivered += 1
+            return
+        self.failed += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(str(error))
+
+    def send(self, topic: str, key: str, value: bytes) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key)
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.05)
+
+    def send_transaction(self, record: Transaction) -> None:
+        self.send(self.topics.transactions, record.card_id, encode(record))
+
+    def send_label(self, record: Label) -> None:
+        self.send(self.topics.labels, record.card_id or record.tx_id, encode(record))
+
+    def poll(self) -> None:
+        self._producer.poll(0)
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait for every message to be acknowledged; raise if any was not."""
+        remaining = self._producer.flush(timeout_s)
+        if remaining or self.failed:
+            raise DeliveryError(
+                f"{self.failed + remaining} message(s) not delivered to Kafka "
+                f"({remaining} still queued after {timeout_s:.0f} s): "
+                + "; ".join(self.first_errors or ["timed out"])
+            )
+
+
+# --- rows to records ---------------------------------------------------------------------
+
+
+def _column(frame: pd.DataFrame, name: str) -> list[object]:
+    if name not in frame or frame[name].isna().all():
+        return [None] * len(frame)
+    column = frame[name]
+    present = column.notna()
+    if bool(present.all()):
+        return column.tolist()
+    return column.astype(object).where(present, None).tolist()
+
+
+class TransactionRows:
+    """Canonical records for the rows of a frame, built one at a time (no list of millions)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._names = [name for name in TRANSACTION_COLUMNS if name != "event_time"]
+        self._columns = [_column(frame, name) for name in self._names]
+        self._times = frame["event_time"].dt.to_pydatetime().tolist()
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def record(self, index: int, event_time: datetime | None = None) -> Transaction:
+        fields = {
+            name: column[index]
+            for name, column in zip(self._names, self._columns, strict=True)
+            if column[index] is not None
+        }
+        return Transaction(event_time=event_time or self._times[index], **fields)  # type: ignore[arg-type]
+
+
+class LabelRows:
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._rows = list(
+            zip(
+                frame["tx_id"], frame["is_fraud"], frame["reported_at"], frame["source"],
+                frame["card_id"], frame["scenario"], strict=True,
+            )
+        )  # fmt: skip
+
+    def record(self, index: int) -> Label:
+        tx_id, is_fraud, reported_at, source, card_id, scenario = self._rows[index]
+        return Label(
+            tx_id=tx_id,
+            is_fraud=bool(is_fraud),
+            reported_at=pd.Timestamp(reported_at).to_pydatetime(),
+            source=source,
+            card_id=card_id if isinstance(card_id, str) else None,
+            scenario=scenario if isinstance(scenario, str) else None,
+        )
+
+
+# --- live simulation -----------------------------------------------------------------------
+
+
+@dataclass
+class LiveReport:
+    target_rate: float
+    sent: int = 0
+    labels_sent: int = 0
+    frauds: int = 0
+    seconds: float = 0.0
+    scenarios: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def achieved_rate(self) -> float:
+        return self.sent / self.seconds if self.seconds > 0 else 0.0
+
+
+def simulate_live(
+    publisher: Publisher,
+    params: SimulationParams,
+    *,
+    rate: float,
+    clock: Clock,
+    count: int | None = None,
+    duration_s: float | None = None,
+    accelerated: bool = False,
+    stop: threading.Event | None = None,
+) -> LiveReport:
+    """Send simulated traffic at ``rate`` transactions/s until ``count``, ``duration_s`` or
+    ``stop``. Event time is the send time (``clock.now()``); with ``accelerated`` it is the
+    simulation's own time, started at now, so days pass in minutes and labels arrive."""
+    if count is None and duration_s is None and stop is None:
+        raise ValueError("give a count, a duration or a stop event")
+    stop = stop or threading.Event()
+    report = LiveReport(target_rate=rate)
+    blocks = generate_blocks(replace(params, days=0))
+    buffer = _Buffer(blocks)
+    pending: list[tuple[datetime, int, Label]] = []  # labels waiting for their report time
+    origin_wall = clock.now()
+    origin_sim = buffer.first_time()
+    started = clock.monotonic()
+    chunk = max(1, int(rate / 200))  # about 5 ms of traffic per step
+    while not stop.is_set():
+        elapsed = clock.monotonic() - started
+        if duration_s is not None and elapsed >= duration_s:
+            break
+        due = int(rate * elapsed) + 1 - report.sent
+        if count is not None:
+            due = min(due, count - report.sent)
+            if due <= 0 and report.sent >= count:
+                break
+        if due <= 0:
+            clock.sleep(min((report.sent + 1) / rate - elapsed, 0.01))
+            continue
+        rows = buffer.take(min(due, chunk))
+        if accelerated:
+            times = (origin_wall + (rows["event_time"] - origin_sim)).dt.to_pydatetime().tolist()
+        else:
+            times = [clock.now()] * len(rows)
+        records = TransactionRows(rows)
+        for index, event_time in enumerate(times):
+            publisher.send_transaction(records.record(index, event_time))
+        report.sent += len(rows)
+        report.seconds = clock.monotonic() - started + 1 / rate
+        _queue_labels(rows, times, pending, report)
+        now = times[-1] if accelerated else clock.now()
+        while pending and pending[0][0] <= now:
+            publisher.send_label(heapq.heappop(pending)[2])
+            report.labels_sent += 1
+        publisher.poll()
+    publisher.flush()
+    return report
+
+
+def _queue_labels(
+    rows: pd.DataFrame,
+    times: list[datetime],
+    pending: list[tuple[datetime, int, Label]],
+    report: LiveReport,
+) -> None:
+    fraud = rows["is_fraud"].to_numpy()
+    for position in np.flatnonzero(fraud):
+        row = rows.iloc[position]
+        name = str(row["scenario"])
+        report.frauds += 1
+        report.scenarios[name] = report.scenarios.get(name, 0) + 1
+        if pd.isna(row["label_reported_at"]):
+            continue  # this fraud is never reported
+        delay = row["label_reported_at"] - row["event_time"]
+        label = Label(
+            tx_id=row["tx_id"],
+            is_fraud=True,
+            reported_at=times[position] + delay.to_pytimedelta(),
+            source="simulator",
+            card_id=row["card_id"],
+            scenario=name,
+        )
+        heapq.heappush(pending, (label.reported_at, report.frauds, label))
+
+
+class _Buffer:
+    """Rows from consecutive generated blocks, handed out in slices."""
+
+    def __init__(self, blocks: Iterator[pd.DataFrame]) -> None:
+        self._blocks = blocks
+        self._frame = next(blocks)
+        self._position = 0
+
+    def first_time(self) -> pd.Timestamp:
+        return pd.Timestamp(self._frame["event_time"].iat[0])
+
+    def take(self, count: int) -> pd.DataFrame:
+        if self._position >= len(self._frame):
+            self._frame, self._position = next(self._blocks), 0
+        rows = self._frame.iloc[self._position : self._position + count]
+        self._position += len(rows)
+        return rows
+
+
+# --- replay -----------------------------------------------------------------------------
+
+
+@dataclass
+class ReplayReport:
+    transactions: int = 0
+    labels: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def replay(
+    publisher: Publisher,
+    dataset: Dataset,
+    *,
+    clock: Clock,
+    speed: float | None = None,
+    stop: threading.Event | None = None,
+) -> ReplayReport:
+    """Stream a dataset's transactions and label events in time order, as fast as possible
+    (``speed`` None) or at ``speed`` × real time by event time."""
+    stop = stop or threading.Event()
+    txs, labels = dataset.transactions, dataset.labels
+    times = np.concatenate(
+        [
+            txs["event_time"].to_numpy(dtype="datetime64[us]"),
+            labels["reported_at"].to_numpy(dtype="datetime64[us]"),
+        ]
+    )
+    kinds = np.concatenate([np.zeros(len(txs), np.int8), np.ones(len(labels), np.int8)])
+    order = np.lexsort((kinds, times))  # by time; a transaction before a label at the same time
+    tx_records = TransactionRows(txs)
+    label_records = LabelRows(labels)
+    report = ReplayReport()
+    started = clock.monotonic()
+    first = times[order[0]] if len(order) else None
+    for step, index in enumerate(order):
+        if stop.is_set():
+            report.stopped_early = True
+            break
+        if speed is not None and first is not None:
+            offset = (times[index] - first) / np.timedelta64(1, "s") / speed
+            wait = offset - (clock.monotonic() - started)
+            if wait > 0:
+                publisher.poll()
+                clock.sleep(wait)
+        if index < len(txs):
+            publisher.send_transaction(tx_records.record(index))
+            report.transactions += 1
+        else:
+            publisher.send_label(label_records.record(index - len(txs)))
+            report.labels += 1
+        if step % 10_000 == 0:
+            publisher.poll()
+    publisher.flush()
+    report.seconds = clock.monotonic() - started
+    return report
