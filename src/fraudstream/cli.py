@@ -420,7 +420,8 @@ def _simulate_live(
     )  # fmt: skip
     deviation = (report.achieved_rate - rate) / rate
     typer.echo(
-        f"sent {report.sent:,} transactions in {report.seconds:.1f} s: achieved {report.achieved_rate:,.0f} "
+        f"sent {report.sent:,} transactions in {report.seconds:.1f} s: "
+        f"achieved {report.achieved_rate:,.0f} "
         f"tx/s for a target of {rate:,.0f} ({deviation:+.2%}); {report.frauds:,} frauds, "
         f"{report.labels_sent:,} labels; all delivered"
     )
@@ -485,7 +486,10 @@ def schema(
     """Print the JSON Schema of a canonical record."""
     from fraudstream.schema import Label, Transaction, json_schema
 
-    records = {"transaction": Transaction, "label": Label}
+    records: dict[str, type[Transaction] | type[Label]] = {
+        "transaction": Transaction,
+        "label": Label,
+    }
     if record not in records:
         _fail(f"unknown record {record!r}: choose from transaction, label", 2)
     typer.echo(json.dumps(json_schema(records[record]), indent=2, sort_keys=True))

@@ -26,7 +26,9 @@ VALID = {
 
 def _decode(**changes: object) -> Transaction | Invalid:
     payload = {**VALID, **changes}
-    return decode_transaction(json.dumps({k: v for k, v in payload.items() if v is not ...}).encode(), now=NOW)
+    return decode_transaction(
+        json.dumps({k: v for k, v in payload.items() if v is not ...}).encode(), now=NOW
+    )
 
 
 def test_a_valid_transaction_round_trips() -> None:

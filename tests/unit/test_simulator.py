@@ -36,7 +36,11 @@ def test_handbook_preset_reproduces_the_handbook_dataset(handbook: pd.DataFrame)
     # The Handbook's generated data: 1,754,155 transactions, 0.84 % fraudulent.
     assert 1_700_000 < len(handbook) < 1_810_000
     assert 0.0075 < handbook["is_fraud"].mean() < 0.0095
-    assert set(handbook["scenario"].dropna()) == {"amount_threshold", "compromised_terminal", "compromised_card"}
+    assert set(handbook["scenario"].dropna()) == {
+        "amount_threshold",
+        "compromised_terminal",
+        "compromised_card",
+    }
     share = handbook["scenario"].value_counts(normalize=True)
     assert 0.55 < share["compromised_terminal"] < 0.70
     assert 0.25 < share["compromised_card"] < 0.38
@@ -110,9 +114,11 @@ def test_impossible_travel_happens_far_from_home(default: pd.DataFrame) -> None:
 def test_category_shift_moves_spending_to_high_risk_merchants(default: pd.DataFrame) -> None:
     shifted = default[default["scenario"] == "category_shift"]
     assert set(shifted["merchant_category"]) <= {"electronics", "jewelry", "gift_cards"}
-    legit_share = default.loc[default["scenario"].isna(), "merchant_category"].isin(
-        ["electronics", "jewelry", "gift_cards"]
-    ).mean()
+    legit_share = (
+        default.loc[default["scenario"].isna(), "merchant_category"]
+        .isin(["electronics", "jewelry", "gift_cards"])
+        .mean()
+    )
     assert legit_share < 0.15
 
 

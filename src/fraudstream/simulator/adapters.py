@@ -96,10 +96,12 @@ def load_dataset(
     if not path.is_file():
         raise DatasetError(f"{path} does not exist")
     if file_format not in ("auto", *FORMATS):
-        raise DatasetError(f"unknown format {file_format!r}: choose from auto, {', '.join(FORMATS)}")
-    if path.suffix == ".parquet" and file_format in ("auto", "history"):
-        if history_metadata(path) is not None:  # written by us: valid by construction
-            return _history(pd.read_parquet(path))
+        raise DatasetError(
+            f"unknown format {file_format!r}: choose from auto, {', '.join(FORMATS)}"
+        )
+    ours = path.suffix == ".parquet" and file_format in ("auto", "history")
+    if ours and history_metadata(path) is not None:  # written by us: valid by construction
+        return _history(pd.read_parquet(path))
     raw, bad_lines = _read(path)
     chosen = detect_format(list(raw.columns)) if file_format == "auto" else file_format
     mapper: Callable[[_Rows, timedelta, CardTokenizer | None], Dataset]
@@ -120,12 +122,12 @@ def _read(path: Path) -> tuple[pd.DataFrame, list[BadRow]]:
         return frame.astype(str).reset_index(drop=True), []
     if not (path.suffix == ".csv" or path.name.endswith(".csv.gz")):
         raise DatasetError(f"{path.name}: expected a .csv, .csv.gz or .parquet file")
+    # pandas pads short lines silently, so lines with the wrong field count are found first.
+    skip, bad = _malformed_lines(path)
     try:
-        return _read_csv(path, skip=[]), []
-    except pd.errors.ParserError:
-        # Some lines have the wrong number of fields: find them, report them, read the rest.
-        skip, bad = _malformed_lines(path)
         return _read_csv(path, skip=skip), bad
+    except pd.errors.ParserError as error:
+        raise DatasetError(f"{path.name} is not readable CSV: {error}") from None
 
 
 def _read_csv(path: Path, skip: list[int]) -> pd.DataFrame:
@@ -150,7 +152,7 @@ def _malformed_lines(path: Path) -> tuple[list[int], list[BadRow]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     skip: list[int] = []
     bad: list[BadRow] = []
-    with opener(path, "rt", newline="") as handle:  # type: ignore[operator]
+    with opener(path, "rt", newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
         for line_index, fields in enumerate(reader, start=1):
@@ -297,7 +299,8 @@ def _sparkov(rows: _Rows, label_delay: timedelta, tokenizer: CardTokenizer | Non
     card_ok = numbers.str.fullmatch(r"\d{8,19}").to_numpy()
     rows._flag(~card_ok, "cc_num", lambda _v: "not a card number (8 to 19 digits)")
     cards = pd.Series(
-        [tokenizer.token(n) if ok else "" for n, ok in zip(numbers, card_ok)], index=numbers.index
+        [tokenizer.token(n) if ok else "" for n, ok in zip(numbers, card_ok, strict=True)],
+        index=numbers.index,
     )
     columns: dict[str, pd.Series | str | None] = {
         "tx_id": rows.text("trans_num"),

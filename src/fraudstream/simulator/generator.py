@@ -28,9 +28,9 @@ from fraudstream.simulator.population import (
 )
 
 __all__ = [
+    "HISTORY_COLUMNS",
     "PRESETS",
     "SCENARIOS",
-    "HISTORY_COLUMNS",
     "SimulationParams",
     "generate",
     "generate_blocks",
@@ -178,7 +178,9 @@ class _Columns:
         return self.seconds // DAY
 
     def append(self, other: _Columns) -> _Columns:
-        return _Columns(*(np.concatenate([a, b]) for a, b in zip(self.arrays(), other.arrays())))
+        return _Columns(
+            *(np.concatenate([a, b]) for a, b in zip(self.arrays(), other.arrays(), strict=True))
+        )
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return self.customer, self.terminal, self.seconds, self.amount, self.scenario
@@ -252,7 +254,9 @@ def _legitimate(params: SimulationParams, pop: Population, first_day: int, n_day
 
 
 def _concat(parts: list[_Columns]) -> _Columns:
-    arrays = [np.concatenate(group) for group in zip(*(part.arrays() for part in parts))]
+    arrays = [
+        np.concatenate(group) for group in zip(*(part.arrays() for part in parts), strict=True)
+    ]
     return _Columns(*arrays)
 
 
@@ -377,7 +381,7 @@ def _rows(rows: list[tuple[int, int, int, float]], code: int) -> _Columns:
     if not rows:
         empty = np.empty(0, np.int64)
         return _Columns(empty, empty, empty, np.empty(0), np.empty(0, np.int8))
-    customer, terminal, second, amount = (np.array(column) for column in zip(*rows))
+    customer, terminal, second, amount = (np.array(column) for column in zip(*rows, strict=True))
     return _Columns(
         customer.astype(np.int64),
         terminal.astype(np.int64),

@@ -48,7 +48,10 @@ class Population:
     def pick_terminals(self, customers: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
         """One terminal per customer, uniformly among those in reach (customers must have one)."""
         counts = self.reach_counts()[customers]
-        return self.reach[self.reach_offsets[customers] + (uniforms * counts).astype(np.int64)]
+        picked: np.ndarray = self.reach[
+            self.reach_offsets[customers] + (uniforms * counts).astype(np.int64)
+        ]
+        return picked
 
 
 def make_population(n_customers: int, n_terminals: int, radius: float, seed: int) -> Population:
@@ -79,7 +82,7 @@ def make_population(n_customers: int, n_terminals: int, radius: float, seed: int
 def _terminals_within(
     customers: np.ndarray, terminals: np.ndarray, radius: float, chunk: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
-    """CSR lists of terminal indices within ``radius`` of each customer (chunked: bounded memory)."""
+    """CSR lists of terminals within ``radius`` of each customer (chunked: bounded memory)."""
     lists = []
     for start in range(0, len(customers), chunk):
         block = customers[start : start + chunk]

@@ -100,9 +100,12 @@ def _column(frame: pd.DataFrame, name: str) -> list[object]:
         return [None] * len(frame)
     column = frame[name]
     present = column.notna()
-    if bool(present.all()):
-        return column.tolist()
-    return column.astype(object).where(present, None).tolist()
+    values: list[object] = (
+        column.tolist()
+        if bool(present.all())
+        else column.astype(object).where(present, None).tolist()
+    )
+    return values
 
 
 class TransactionRows:

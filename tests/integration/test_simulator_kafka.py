@@ -1,0 +1,182 @@
+"""The simulator and replay against the real broker: rates, labels, tokenisation, clean stops."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from fraudstream import bus
+from fraudstream.clock import SystemClock
+from fraudstream.config import Settings, TopicSettings
+from fraudstream.privacy import looks_like_card_number
+from fraudstream.schema import Label, Transaction, decode_label, decode_transaction
+from fraudstream.simulator.generator import preset
+from fraudstream.simulator.publish import Publisher, simulate_live
+
+from ..conftest import overrides_env, run_cli
+from ..unit.test_adapters import CARDS, SPARKOV_HEADER, _sparkov_row, _write_csv
+
+
+@pytest.fixture
+def kafka_settings(stack_settings: Settings) -> Settings:
+    """The session's broker with topics of this test's own."""
+    run = uuid.uuid4().hex[:8]
+    topics = TopicSettings(
+        transactions=f"tx-{run}", labels=f"labels-{run}", alerts=f"alerts-{run}", dlq=f"dlq-{run}"
+    )
+    kafka = stack_settings.kafka.model_copy(update={"topics": topics})
+    bus.ensure_topics(kafka)
+    return stack_settings.model_copy(update={"kafka": kafka})
+
+
+def _drain(settings: Settings, topic: str, expect: int | None = None, timeout_s: float = 60):
+    consumer = Consumer(
+        {
+            **settings.kafka.client_config(),
+            "group.id": f"drain-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    messages = []
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while time.monotonic() < deadline:
+        batch = consumer.consume(10_000, timeout=0.5)
+        messages += [m for m in batch if not m.error()]
+        if expect is not None and len(messages) >= expect:
+            break
+        quiet = quiet + 1 if not batch else 0
+        if expect is None and messages and quiet >= 4:
+            break
+    consumer.close()
+    return messages
+
+
+@pytest.mark.parametrize("rate", [500, 4000])
+def test_live_rate_is_held_within_two_percent(kafka_settings: Settings, rate: int) -> None:
+    count = rate * 5
+    params = preset("default", n_customers=2_000, n_terminals=4_000, seed=3)
+    report = simulate_live(
+        Publisher(kafka_settings.kafka), params, rate=rate, count=count, clock=SystemClock()
+    )
+    assert report.sent == count
+    messages = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=count)
+    assert len(messages) == count
+    stamps = sorted(m.timestamp()[1] for m in messages)  # producer create time, ms
+    achieved = (count - 1) / ((stamps[-1] - stamps[0]) / 1000)
+    assert abs(achieved - rate) / rate <= 0.02, achieved
+    now = SystemClock().now()
+    for message in messages[:500]:
+        record = decode_transaction(message.value(), now=now)
+        assert isinstance(record, Transaction)
+        assert message.key().decode() == record.card_id
+        assert b"scenario" not in message.value() and b"is_fraud" not in message.value()
+
+
+def test_accelerated_clock_delivers_delayed_labels(kafka_settings: Settings) -> None:
+    params = preset("default", n_customers=1_000, n_terminals=2_000, seed=5)
+    report = simulate_live(
+        Publisher(kafka_settings.kafka),
+        params,
+        rate=20_000,
+        count=60_000,
+        clock=SystemClock(),
+        accelerated=True,
+    )
+    assert report.labels_sent > 0 and report.frauds >= report.labels_sent
+    txs = {}
+    for message in _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=60_000):
+        record = decode_transaction(message.value(), now=SystemClock().now().replace(year=2100))
+        assert isinstance(record, Transaction)
+        txs[record.tx_id] = record
+    labels = [
+        decode_label(m.value()) for m in _drain(kafka_settings, kafka_settings.kafka.topics.labels)
+    ]
+    assert len(labels) == report.labels_sent
+    for label in labels:
+        assert isinstance(label, Label) and label.is_fraud and label.scenario
+        assert label.reported_at > txs[label.tx_id].event_time  # reported after it happened
+    span = max(t.event_time for t in txs.values()) - min(t.event_time for t in txs.values())
+    assert span.days >= 3  # simulation time ran much faster than the few seconds of sending
+
+
+def test_sigterm_stops_cleanly_with_everything_delivered(kafka_settings: Settings) -> None:
+    env = _cli_env(kafka_settings)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fraudstream", "simulate", "--rate", "2000", "--duration", "120s",
+         "--customers", "1000", "--terminals", "2000"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(6)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    sent = int(stdout.split("sent ")[1].split(" transactions")[0].replace(",", ""))
+    assert sent > 2_000
+    assert (
+        len(_drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=sent)) == sent
+    )
+
+
+def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    topics = settings.kafka.topics
+    return overrides_env(
+        {
+            "state_dir": str(settings.state_dir),
+            "kafka.port": str(settings.kafka.port),
+            "kafka.controller_port": str(settings.kafka.controller_port),
+            "database.port": str(settings.database.port),
+            "kafka.topics.transactions": topics.transactions,
+            "kafka.topics.labels": topics.labels,
+            "kafka.topics.alerts": topics.alerts,
+            "kafka.topics.dlq": topics.dlq,
+            **extra,
+        }
+    )
+
+
+def test_replay_of_a_kaggle_file_sends_tokens_never_card_numbers(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    rows = [_sparkov_row(i) for i in range(8)] + [_sparkov_row(8, amt="lots")]
+    path = _write_csv(tmp_path / "fraudTrain.csv", SPARKOV_HEADER, rows)
+    env = _cli_env(kafka_settings, **{"privacy.token_key": "replay-test-key-0123456789"})
+    result = run_cli("replay", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "skipped row 9, amt: not a number: 'lots'" in result.stderr
+    assert "sparkov: read 9 rows, skipped 1 bad; sent 8 transactions and 1 labels" in result.stdout
+    txs = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=8)
+    labels = _drain(kafka_settings, kafka_settings.kafka.topics.labels, expect=1)
+    assert len(txs) == 8 and len(labels) == 1
+    everything = b"".join(m.value() + (m.key() or b"") for m in txs + labels).decode()
+    assert not any(number in everything for number in CARDS)
+    assert not looks_like_card_number(everything + result.stdout + result.stderr)
+    assert json.loads(txs[0].value())["card_id"].startswith("card_")
+
+
+def test_replay_at_real_time_times_n_follows_event_time(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    # Eight transactions one minute apart, replayed at 60 x real time: about 7 s in all.
+    # (No frauds: their labels come 7 days of event time later, which would pace the end.)
+    rows = [_sparkov_row(i, is_fraud=0) for i in range(8)]
+    path = _write_csv(tmp_path / "paced.csv", SPARKOV_HEADER, rows)
+    env = _cli_env(kafka_settings, **{"privacy.token_key": "replay-test-key-0123456789"})
+    started = time.monotonic()
+    result = run_cli("replay", str(path), "--speed", "60", env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    messages = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=8)
+    stamps = sorted(m.timestamp()[1] for m in messages)
+    assert 6.5 <= (stamps[-1] - stamps[0]) / 1000 <= 7.5
+    assert elapsed >= 7
