@@ -24,6 +24,7 @@ from fraudstream.config import (
     load_settings,
     setting_paths,
 )
+from fraudstream.model.registry import RegistryError
 from fraudstream.stack import ServiceError, Stack
 from fraudstream.store.migrations import MigrationError
 
@@ -495,6 +496,200 @@ def schema(
     typer.echo(json.dumps(json_schema(records[record]), indent=2, sort_keys=True))
 
 
+def _training_data(settings: Settings, history: Path | None, from_db: bool) -> tuple[Any, Any, str]:
+    """(labelled transactions, reported frauds, source description) for training."""
+    from datetime import timedelta
+
+    from fraudstream.model.data import frauds_for_features, from_dataset, labelled_frame
+    from fraudstream.privacy import CardTokenizer
+    from fraudstream.simulator.adapters import DatasetError, load_dataset
+
+    if (history is None) == (not from_db):
+        raise typer.BadParameter("give either --history FILE or --from-db")
+    if from_db:
+        from fraudstream.store.db import connect
+        from fraudstream.store.training import load_labels, load_transactions
+
+        with connect(settings) as conn:
+            transactions, labels = load_transactions(conn), load_labels(conn)
+        frame = labelled_frame(transactions, labels)
+        return frame, frauds_for_features(frame, labels), "database"
+    assert history is not None
+    key = settings.privacy.tokenizer_key()
+    try:
+        dataset = load_dataset(
+            history, tokenizer=CardTokenizer(key) if key else None,
+            label_delay=timedelta(days=settings.simulator.label_delay_days),
+        )  # fmt: skip
+    except DatasetError as error:
+        _fail(str(error), 2)
+    if dataset.bad_rows:
+        err.print(
+            f"skipped {dataset.rows_skipped:,} bad rows (see `fraudstream replay` for the list)"
+        )
+    frame, frauds = from_dataset(dataset)
+    return frame, frauds, history.name
+
+
+def _features_with_progress(frame: Any, frauds: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from fraudstream.features import history_features
+
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("computing features", total=len(frame))
+        return history_features(frame, frauds, progress=lambda rows: progress.advance(task, rows))
+
+
+def _baseline_table(title: str, rows: dict[str, tuple[float, float, float]]) -> Table:
+    from fraudstream.model.train import HANDBOOK_BASELINES
+
+    table = Table("model", "AUC-ROC", "AP", "CP@100", title=title, box=None)
+    for name, (auc, ap, cp) in rows.items():
+        table.add_row(f"[bold]{name}[/]", f"{auc:.3f}", f"{ap:.3f}", f"{cp:.3f}")
+    for name, (auc, ap, cp) in HANDBOOK_BASELINES.items():
+        table.add_row(name, f"{auc:.3f}", f"{ap:.3f}", f"{cp:.3f}")
+    return table
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    history: Annotated[Path | None, typer.Option(help="History, Handbook or Sparkov file.")] = None,
+    from_db: Annotated[bool, typer.Option(help="Train on stored transactions and labels.")] = False,
+    backend: Annotated[str | None, typer.Option(help="xgboost | lightgbm (model.backend).")] = None,
+    promote: Annotated[
+        bool | None, typer.Option(help="Make it the current model (default: when none is).")
+    ] = None,
+) -> None:
+    """Train a model on time-ordered folds, store it in the registry with its metrics."""
+    from fraudstream.clock import SystemClock
+    from fraudstream.model.registry import Registry
+    from fraudstream.model.train import train as train_model
+
+    settings = _settings(ctx)
+    name = backend or settings.model.backend
+    if name not in ("xgboost", "lightgbm"):
+        raise typer.BadParameter(f"unknown backend {name!r}: choose xgboost or lightgbm")
+    frame, frauds, source = _training_data(settings, history, from_db)
+    started = time.monotonic()
+    features = _features_with_progress(frame, frauds)
+    with err.status("training") as status:
+        result = train_model(
+            frame, features, backend_name=name, k=100,
+            cards_per_day=settings.model.review_cards_per_day,
+            decline_precision=settings.model.decline_precision, seed=settings.model.seed,
+            created_at=SystemClock().now(), source=source,
+            progress=lambda message: status.update(message),
+        )  # fmt: skip
+    registry = Registry(settings.models_dir)
+    version = registry.save(result.model, result.metadata)
+    if promote or (promote is None and registry.current() is None):
+        registry.promote(version)
+    assert result.test is not None
+    test = result.test
+    out.print(_baseline_table(
+        f"{version} on test folds ({name}, {time.monotonic() - started:.0f} s)",
+        {f"fraudstream {name}": (test.auc_roc, test.average_precision, test.card_precision_at_k)},
+    ))  # fmt: skip
+    thresholds = result.metadata["thresholds"]
+    out.print(
+        f"thresholds: review ≥ {thresholds['review']:.4f} (≈{thresholds['review_cards_per_day']} cards/day), "
+        f"decline ≥ {thresholds['decline']:.4f} (precision ≥ {thresholds['decline_precision']:.0%})"
+    )
+    current = registry.current()
+    out.print(
+        f"stored {version} in {settings.models_dir}" + (" (current)" if current == version else "")
+    )
+
+
+@app.command()
+def evaluate(
+    ctx: typer.Context,
+    history: Annotated[Path | None, typer.Option(help="History, Handbook or Sparkov file.")] = None,
+    from_db: Annotated[
+        bool, typer.Option(help="Evaluate on stored transactions and labels.")
+    ] = False,
+    model: Annotated[str | None, typer.Option(help="Model version whose settings to use.")] = None,
+) -> None:
+    """Report AUC-ROC, AP and CP@100 with the Handbook's protocol, beside its baselines."""
+    from fraudstream.features import FEATURE_NAMES
+    from fraudstream.model.protocol import Protocol
+    from fraudstream.model.registry import Registry
+    from fraudstream.model.train import evaluate_folds
+
+    settings = _settings(ctx)
+    registry = Registry(settings.models_dir)
+    version = model or registry.current()
+    if version is None:
+        _fail("no model to take the settings from: run `fraudstream train` or pass --model", 1)
+    metadata = registry.metadata(version)
+    frame, frauds, source = _training_data(settings, history, from_db)
+    features = _features_with_progress(frame, frauds)
+    protocol = Protocol.for_history(frame["event_time"].min())
+    with err.status("evaluating on test folds"):
+        scores, _ = evaluate_folds(
+            frame, features[list(FEATURE_NAMES)].to_numpy(dtype=float), protocol.test_folds(),
+            metadata["backend"], metadata["params"], k=100, seed=metadata["seed"],
+        )  # fmt: skip
+    out.print(_baseline_table(
+        f"{source}, {version} settings, mean of {len(protocol.test_folds())} test folds",
+        {f"fraudstream {metadata['backend']}": (scores.auc_roc, scores.average_precision, scores.card_precision_at_k)},
+    ))  # fmt: skip
+    for fold in protocol.test_folds():
+        out.print(f"  fold: {fold.describe()}", highlight=False)
+
+
+models_app = typer.Typer(help="List, inspect and promote model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(ctx: typer.Context) -> None:
+    """Every stored model, newest first; * marks the current one."""
+    from fraudstream.model.registry import Registry
+
+    registry = Registry(_settings(ctx).models_dir)
+    current = registry.current()
+    table = Table("", "version", "created", "backend", "AUC-ROC", "AP", "CP@100", box=None)
+    for meta in registry.versions():
+        test = meta.get("metrics", {}).get("test", {})
+        table.add_row(
+            "*" if meta["version"] == current else "", meta["version"], str(meta.get("created_at", ""))[:19],
+            meta["backend"], f"{test.get('auc_roc', float('nan')):.3f}",
+            f"{test.get('average_precision', float('nan')):.3f}", f"{test.get('card_precision_at_k', float('nan')):.3f}",
+        )  # fmt: skip
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="Default: current.")] = None,
+) -> None:
+    """A model's metadata: features, training window, metrics, thresholds, hashes."""
+    from fraudstream.model.registry import Registry
+
+    registry = Registry(_settings(ctx).models_dir)
+    chosen = version or registry.current()
+    if chosen is None:
+        _fail("no current model: run `fraudstream train`", 1)
+    typer.echo(json.dumps(registry.metadata(chosen), indent=2, sort_keys=True))
+
+
+@models_app.command("promote")
+def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]) -> None:
+    """Make VERSION the current model (running engines switch to it)."""
+    from fraudstream.model.registry import Registry
+
+    registry = Registry(_settings(ctx).models_dir)
+    registry.promote(version)
+    out.print(f"{version} is now the current model")
+
+
 def main() -> None:
     """Console-script entry point: turns known failures into one clear line and an exit code."""
     try:
@@ -502,7 +697,7 @@ def main() -> None:
     except SettingsError as error:
         _print_error(str(error))
         sys.exit(2)
-    except (ServiceError, BusError, MigrationError, DeliveryError) as error:
+    except (ServiceError, BusError, MigrationError, DeliveryError, RegistryError) as error:
         _print_error(str(error))
         sys.exit(1)
     except KeyboardInterrupt:

@@ -33,6 +33,7 @@ __all__ = [
     "ENV_PREFIX",
     "DatabaseSettings",
     "KafkaSettings",
+    "ModelSettings",
     "PrivacySettings",
     "Settings",
     "SettingsError",
@@ -188,6 +189,22 @@ class SimulatorSettings(_Section):
     )
 
 
+class ModelSettings(_Section):
+    dir: Path | None = Field(
+        default=None, description="Model registry (default <state_dir>/models)."
+    )
+    backend: Literal["xgboost", "lightgbm"] = Field(
+        default="xgboost", description="Gradient-boosting library used for training."
+    )
+    review_cards_per_day: int = Field(
+        default=100, ge=1, le=1_000_000, description="Alert budget: cards a day analysts review."
+    )
+    decline_precision: float = Field(
+        default=0.9, gt=0, le=1, description="Precision required before the model declines."
+    )
+    seed: int = Field(default=0, ge=0)
+
+
 class Settings(BaseSettings):
     """Everything fraudstream can be told; frozen once loaded."""
 
@@ -212,6 +229,11 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.model.dir or self.state_dir / "models").expanduser().absolute()
 
     @field_validator("state_dir", "cache_dir")
     @classmethod

@@ -1,0 +1,302 @@
+"""Per-card streaming features over sliding windows, vectorised over a batch.
+
+State is each card's recent transactions (time, amount in cents, terminal, coordinates). A
+batch is processed in arrival order per card. Time inside a card is the running maximum of
+event time, so a late event is treated as happening at the card's latest time: results never
+depend on how the stream was cut into batches, which is what lets the local engine, the Spark
+engine and offline training agree to the last bit (amounts are summed as integer cents).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fraudstream.features.definitions import (
+    CARD_HISTORY_CAP,
+    CARD_STATE_TTL,
+    CARD_WINDOWS,
+    DISTINCT_TERMINAL_WINDOWS,
+    window_name,
+)
+
+__all__ = ["CardState", "card_features"]
+
+_US = 1_000_000
+_MAX_WINDOW_US = int(max(CARD_WINDOWS).total_seconds() * _US)
+_TTL_US = int(CARD_STATE_TTL.total_seconds() * _US)
+# Columns of a card's history rows (int64): time µs, cents, terminal hash, x·1e6, y·1e6, kind.
+_T, _CENTS, _TERMINAL, _X, _Y, _KIND = range(6)
+_NO_COORD, _PLANAR, _GEO = 0, 1, 2
+_EARTH_KM = 6371.0088
+
+
+@dataclass
+class CardState:
+    """Recent transactions per card; ``dirty`` names the cards changed since it was cleared."""
+
+    cards: dict[str, np.ndarray] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self.cards)
+
+    def expire(self, now_us: int) -> int:
+        """Forget cards idle for longer than the TTL; returns how many."""
+        cutoff = now_us - _TTL_US
+        stale = [card for card, rows in self.cards.items() if rows[-1, _T] < cutoff]
+        for card in stale:
+            del self.cards[card]
+            self.dirty.add(card)
+        return len(stale)
+
+    def to_bytes(self, cards: list[str] | None = None) -> bytes:
+        """Compact, exact serialisation (all cards, or only ``cards``)."""
+        names = sorted(self.cards) if cards is None else sorted(c for c in cards if c in self.cards)
+        counts = np.array([len(self.cards[name]) for name in names], dtype=np.int64)
+        rows = (
+            np.concatenate([self.cards[name] for name in names])
+            if names
+            else np.empty((0, 6), np.int64)
+        )
+        keys = "\x00".join(names).encode()
+        header = struct.pack("<4sIQQ", b"FSC1", len(names), len(keys), len(rows))
+        return header + keys + counts.tobytes() + rows.astype("<i8").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CardState:
+        magic, n_cards, key_bytes, n_rows = struct.unpack_from("<4sIQQ", data)
+        if magic != b"FSC1":
+            raise ValueError("not a fraudstream card-state snapshot")
+        offset = struct.calcsize("<4sIQQ")
+        names = data[offset : offset + key_bytes].decode().split("\x00") if n_cards else []
+        offset += key_bytes
+        counts = np.frombuffer(data, "<i8", n_cards, offset)
+        offset += 8 * n_cards
+        rows = np.frombuffer(data, "<i8", n_rows * 6, offset).reshape(n_rows, 6).astype(np.int64)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        cards = {name: rows[bounds[i] : bounds[i + 1]].copy() for i, name in enumerate(names)}
+        return cls(cards=cards)
+
+    def merge(self, other: CardState) -> None:
+        """Take over ``other``'s cards (e.g. restored dirty keys over a snapshot)."""
+        self.cards.update(other.cards)
+
+
+_TERMINAL_HASHES: dict[str, int] = {}
+
+
+def terminal_hash(terminal_id: str) -> int:
+    """A stable 62-bit id for a terminal (the same in every process and engine)."""
+    value = _TERMINAL_HASHES.get(terminal_id)
+    if value is None:
+        digest = hashlib.blake2b(terminal_id.encode(), digest_size=8).digest()
+        value = int.from_bytes(digest, "little") >> 2
+        if len(_TERMINAL_HASHES) < 2_000_000:
+            _TERMINAL_HASHES[terminal_id] = value
+    return value
+
+
+def _coordinates(batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Terminal coordinates as integers (×1e6) with their kind: planar x/y or geographic."""
+    n = len(batch)
+    x = np.zeros(n, np.int64)
+    y = np.zeros(n, np.int64)
+    kind = np.full(n, _NO_COORD, np.int64)
+    for kind_code, (cx, cy) in (
+        (_GEO, ("terminal_lat", "terminal_lon")),
+        (_PLANAR, ("terminal_x", "terminal_y")),
+    ):
+        if cx in batch and cy in batch:
+            vx = pd.to_numeric(batch[cx], errors="coerce").to_numpy(dtype=float)
+            vy = pd.to_numeric(batch[cy], errors="coerce").to_numpy(dtype=float)
+            ok = ~np.isnan(vx) & ~np.isnan(vy)
+            x[ok] = np.round(vx[ok] * 1e6).astype(np.int64)
+            y[ok] = np.round(vy[ok] * 1e6).astype(np.int64)
+            kind[ok] = kind_code
+    return x, y, kind
+
+
+def _distance(
+    x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray, kind: np.ndarray
+) -> np.ndarray:
+    """Planar distance in map units, or great-circle distance in km (inputs ×1e6)."""
+    a1, b1, a2, b2 = (v / 1e6 for v in (x1, y1, x2, y2))
+    planar = np.hypot(a1 - a2, b1 - b2)
+    lat1, lat2 = np.radians(a1), np.radians(a2)
+    dlat, dlon = lat2 - lat1, np.radians(b2 - b1)
+    h = np.sin(dlat / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin(dlon / 2) ** 2
+    geo = 2 * _EARTH_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+    return np.where(kind == _GEO, geo, planar)
+
+
+def card_features(state: CardState, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Update ``state`` with ``batch`` (arrival order) and return its card feature columns."""
+    n = len(batch)
+    if n == 0:
+        return {}
+    times = batch["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    cents = np.round(batch["amount"].to_numpy(dtype=float) * 100).astype(np.int64)
+    terminals = np.fromiter((terminal_hash(t) for t in batch["terminal_id"]), np.int64, n)
+    x, y, kind = _coordinates(batch)
+    new_rows = np.column_stack([times, cents, terminals, x, y, kind])
+
+    codes, cards = pd.factorize(batch["card_id"].to_numpy(dtype=object))
+    histories = [state.cards.get(card) for card in cards]
+    hist_counts = np.array([0 if h is None else len(h) for h in histories], np.int64)
+    present = [h for h in histories if h is not None]
+    hist_rows = np.concatenate(present) if present else np.empty((0, 6), np.int64)
+    hist_codes = np.repeat(np.arange(len(cards)), hist_counts)
+
+    rows = np.concatenate([hist_rows, new_rows])
+    group = np.concatenate([hist_codes, codes])
+    batch_position = np.concatenate([np.full(len(hist_rows), -1), np.arange(n)])
+    order = np.lexsort((np.arange(len(rows)), group))  # by card, history first, then arrival
+    rows, group, batch_position = rows[order], group[order], batch_position[order]
+    start = np.searchsorted(group, group, side="left")  # index of each row's first group row
+
+    # Time within a card never goes backwards (late events take the card's latest time).
+    t = rows[:, _T].copy()
+    _group_cummax(t, group)
+    rows[:, _T] = t
+
+    index = np.arange(len(rows))
+    features: dict[str, np.ndarray] = {}
+    cents_sum = np.cumsum(rows[:, _CENTS])
+    first_allowed = np.maximum(start, index - CARD_HISTORY_CAP + 1)
+    lefts = {}
+    for window in CARD_WINDOWS:
+        left = _window_left(t, group, start, int(window.total_seconds() * _US))
+        left = np.maximum(left, first_allowed)
+        lefts[window] = left
+        count = index - left + 1
+        total = cents_sum - np.where(left > 0, cents_sum[left - 1], 0)
+        name = window_name(window)
+        features[f"card_tx_count_{name}"] = count.astype(float)
+        features[f"card_amount_mean_{name}"] = total / count / 100.0
+        if window == CARD_WINDOWS[-1]:
+            previous = count - 1
+            mean_before = np.where(
+                previous > 0, (total - rows[:, _CENTS]) / np.maximum(previous, 1), np.nan
+            )
+            features[f"card_amount_ratio_{name}"] = np.where(
+                previous > 0,
+                rows[:, _CENTS] / np.where(mean_before > 0, mean_before, np.nan),
+                np.nan,
+            )
+
+    has_prev = (index > start) & (index - 1 >= lefts[CARD_WINDOWS[-1]])
+    prev = np.maximum(index - 1, 0)
+    seconds = np.where(has_prev, (t - t[prev]) / _US, np.nan)
+    same_kind = has_prev & (rows[:, _KIND] != _NO_COORD) & (rows[:, _KIND] == rows[prev, _KIND])
+    distance = np.where(
+        same_kind,
+        _distance(rows[prev, _X], rows[prev, _Y], rows[:, _X], rows[:, _Y], rows[:, _KIND]),
+        np.nan,
+    )
+    features["card_seconds_since_prev"] = seconds
+    features["card_terminal_distance"] = distance
+    features["card_terminal_speed"] = distance / np.maximum(seconds, 1.0) * 3600
+
+    previous_same = _previous_same_terminal(rows[:, _TERMINAL], group)
+    for window in DISTINCT_TERMINAL_WINDOWS:
+        left = _window_left(t, group, start, int(window.total_seconds() * _US))
+        left = np.maximum(left, first_allowed)
+        features[f"card_distinct_terminals_{window_name(window)}"] = _distinct(
+            previous_same, left
+        ).astype(float)
+
+    _store(state, cards, rows, group, t)
+    new = batch_position >= 0
+    out_order = np.argsort(batch_position[new])
+    result = {name: values[new][out_order] for name, values in features.items()}
+    result["card_distance_from_home"] = _from_home(batch)
+    return result
+
+
+def _group_cummax(values: np.ndarray, group: np.ndarray) -> None:
+    """In-place running maximum within each contiguous group."""
+    if len(values) == 0:
+        return
+    lowest = values.min()
+    span = int(values.max() - lowest) + 1
+    if (int(group.max()) + 1) * span < 2**62:
+        keyed = (values - lowest) + group * span
+        np.maximum.accumulate(keyed, out=keyed)
+        values[:] = keyed - group * span + lowest
+        return
+    boundaries = np.flatnonzero(np.diff(group)) + 1  # pragma: no cover - enormous spans only
+    for part in np.split(np.arange(len(values)), boundaries):
+        values[part] = np.maximum.accumulate(values[part])
+
+
+def _window_left(t: np.ndarray, group: np.ndarray, start: np.ndarray, width_us: int) -> np.ndarray:
+    """Per row, the first row of its group whose time is within ``width_us`` (exclusive)."""
+    lowest = t.min()
+    span = int(t.max() - lowest) + width_us + 2
+    key = (t - lowest + width_us + 1) + group * span  # nondecreasing: groups then time
+    left = np.searchsorted(key, key - width_us, side="right")
+    return np.maximum(left, start)
+
+
+def _previous_same_terminal(terminals: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Index of the previous row of the same card at the same terminal, or -1."""
+    order = np.lexsort((np.arange(len(terminals)), terminals, group))
+    same = np.zeros(len(order), bool)
+    same[1:] = (group[order][1:] == group[order][:-1]) & (
+        terminals[order][1:] == terminals[order][:-1]
+    )
+    previous = np.full(len(order), -1, np.int64)
+    previous[order[1:][same[1:]]] = order[:-1][same[1:]]
+    return previous
+
+
+def _distinct(previous_same: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Distinct terminals in [left, i]: rows whose previous visit is before the window."""
+    index = np.arange(len(left))
+    counts = np.zeros(len(left), np.int64)
+    width = index - left  # rows before i inside the window
+    for k in range(int(width.max(initial=0)) + 1):
+        j = index - k
+        inside = k <= width
+        counts += inside & (previous_same[np.maximum(j, 0)] < left)
+    return counts
+
+
+def _store(
+    state: CardState, cards: np.ndarray, rows: np.ndarray, group: np.ndarray, t: np.ndarray
+) -> None:
+    """Keep, per card, only rows that a future window can still see."""
+    ends = np.searchsorted(group, np.arange(len(cards)), side="right")
+    starts = np.searchsorted(group, np.arange(len(cards)), side="left")
+    for code, card in enumerate(cards):
+        begin, end = starts[code], ends[code]
+        latest = t[end - 1]
+        keep_from = max(
+            begin,
+            end - CARD_HISTORY_CAP,
+            int(np.searchsorted(t[begin:end], latest - _MAX_WINDOW_US, side="right")) + begin,
+        )
+        state.cards[card] = rows[keep_from:end].copy()
+        state.dirty.add(card)
+
+
+def _from_home(batch: pd.DataFrame) -> np.ndarray:
+    n = len(batch)
+    for kind, columns in (
+        (_PLANAR, ("customer_x", "customer_y", "terminal_x", "terminal_y")),
+        (_GEO, ("customer_lat", "customer_lon", "terminal_lat", "terminal_lon")),
+    ):
+        if all(c in batch for c in columns):
+            values = [
+                pd.to_numeric(batch[c], errors="coerce").to_numpy(dtype=float) * 1e6
+                for c in columns
+            ]
+            distance = _distance(values[0], values[1], values[2], values[3], np.full(n, kind))
+            if not np.isnan(distance).all():
+                return distance
+    return np.full(n, np.nan)

@@ -1,0 +1,1 @@
+"""Gradient-boosted fraud scoring: training on time-ordered folds, metrics, registry, reasons."""

@@ -1,0 +1,197 @@
+"""Card and terminal features against brute-force references, batching, state, leakage."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, describe
+from fraudstream.features.card import card_features
+from fraudstream.features.definitions import CARD_WINDOWS, DISTINCT_TERMINAL_WINDOWS, window_name
+from fraudstream.features.pipeline import history_features
+from fraudstream.features.terminal import TerminalActivity
+
+T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> pd.DataFrame:
+    """Random transactions on a few cards and terminals, in arrival order, some late."""
+    n = draw(st.integers(1, 60))
+    gaps = draw(st.lists(st.integers(0, 4 * 86_400), min_size=n, max_size=n))
+    times = np.cumsum(gaps)
+    late = draw(st.lists(st.integers(0, 7_200), min_size=n, max_size=n))  # up to 2 h late
+    return pd.DataFrame(
+        {
+            "tx_id": [f"t{i}" for i in range(n)],
+            "event_time": [T0 + timedelta(seconds=int(t - d)) for t, d in zip(times, late, strict=True)],
+            "card_id": draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=n, max_size=n)),
+            "terminal_id": draw(st.lists(st.sampled_from(["T1", "T2", "T3", "T4"]), min_size=n, max_size=n)),
+            "amount": draw(st.lists(st.integers(0, 50_000).map(lambda c: c / 100), min_size=n, max_size=n)),
+            "terminal_x": draw(st.lists(st.floats(0, 100), min_size=n, max_size=n)),
+            "terminal_y": draw(st.lists(st.floats(0, 100), min_size=n, max_size=n)),
+        }
+    )
+
+
+def brute_force(stream: pd.DataFrame) -> pd.DataFrame:
+    """The definitions, one transaction at a time."""
+    seen: dict[str, list[tuple[datetime, int, str, float, float]]] = {}
+    rows = []
+    for tx in stream.itertuples():
+        history = seen.setdefault(tx.card_id, [])
+        t = max([tx.event_time, *(h[0] for h in history[-1:])])
+        cents = round(tx.amount * 100)
+        history.append((t, cents, tx.terminal_id, round(tx.terminal_x * 1e6) / 1e6, round(tx.terminal_y * 1e6) / 1e6))
+        out: dict[str, float] = {}
+        for window in CARD_WINDOWS:
+            inside = [h for h in history if h[0] > t - window]
+            out[f"card_tx_count_{window_name(window)}"] = len(inside)
+            out[f"card_amount_mean_{window_name(window)}"] = sum(h[1] for h in inside) / len(inside) / 100
+        month = [h for h in history if h[0] > t - CARD_WINDOWS[-1]]
+        before = month[:-1]
+        mean_before = sum(h[1] for h in before) / len(before) if before else math.nan
+        out["card_amount_ratio_30d"] = cents / mean_before if before and mean_before > 0 else math.nan
+        prev = before[-1] if before else None
+        out["card_seconds_since_prev"] = (t - prev[0]).total_seconds() if prev else math.nan
+        out["card_terminal_distance"] = (
+            math.hypot(prev[3] - history[-1][3], prev[4] - history[-1][4]) if prev else math.nan
+        )
+        for window in DISTINCT_TERMINAL_WINDOWS:
+            terminals = {h[2] for h in history if h[0] > t - window}
+            out[f"card_distinct_terminals_{window_name(window)}"] = len(terminals)
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream=streams(), cut=st.integers(1, 59))
+def test_card_windows_match_brute_force_whatever_the_batching(stream: pd.DataFrame, cut: int) -> None:
+    expected = brute_force(stream)
+    state = CardState()
+    parts = [card_features(state, stream.iloc[:cut]), card_features(state, stream.iloc[cut:])]
+    for name, values in expected.items():
+        got = np.concatenate([p[name] for p in parts if p])
+        np.testing.assert_allclose(got, values.to_numpy(dtype=float), rtol=1e-12, atol=1e-9, err_msg=name)
+    whole = card_features(CardState(), stream)
+    for name in whole:  # the same bits, one batch or two
+        np.testing.assert_array_equal(np.concatenate([p[name] for p in parts if p]), whole[name])
+
+
+def _stream(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "tx_id": [f"t{i}" for i in range(n)],
+            "event_time": pd.Timestamp(T0) + pd.to_timedelta(np.sort(rng.integers(0, 40 * 86_400, n)), unit="s"),
+            "card_id": rng.choice([f"c{i}" for i in range(50)], n),
+            "terminal_id": rng.choice([f"T{i}" for i in range(30)], n),
+            "amount": np.round(rng.gamma(2, 30, n), 2),
+            "terminal_x": rng.uniform(0, 100, n),
+            "terminal_y": rng.uniform(0, 100, n),
+            "customer_x": rng.uniform(0, 100, n),
+            "customer_y": rng.uniform(0, 100, n),
+        }
+    )
+
+
+def test_state_snapshot_round_trip_resumes_exactly() -> None:
+    stream = _stream(3_000)
+    uninterrupted = FeatureComputer().compute(stream)
+    first = FeatureComputer()
+    head = first.compute(stream.iloc[:1_700])
+    snapshot = first.state.to_bytes()
+    restored = FeatureComputer(state=CardState.from_bytes(snapshot))
+    tail = restored.compute(stream.iloc[1_700:])
+    pd.testing.assert_frame_equal(pd.concat([head, tail]), uninterrupted)
+    assert CardState.from_bytes(snapshot).cards.keys() == first.state.cards.keys()
+    assert len(snapshot) < 50 * 48 * 600  # compact: 48 bytes a remembered transaction
+
+
+def test_dirty_keys_restore_over_an_older_snapshot() -> None:
+    stream = _stream(2_000, seed=3)
+    engine = FeatureComputer()
+    engine.compute(stream.iloc[:1_000])
+    base = engine.state.to_bytes()
+    engine.state.dirty.clear()
+    engine.compute(stream.iloc[1_000:1_500])
+    delta = engine.state.to_bytes(sorted(engine.state.dirty))
+    restored = CardState.from_bytes(base)
+    restored.merge(CardState.from_bytes(delta))
+    assert set(restored.cards) == set(engine.state.cards)
+    for card, rows in engine.state.cards.items():
+        np.testing.assert_array_equal(restored.cards[card], rows)
+
+
+def test_idle_cards_expire() -> None:
+    state = CardState()
+    card_features(state, _stream(200))
+    now = int(pd.Timestamp(T0 + timedelta(days=80)).value // 1000)
+    assert state.expire(now) == len({*_stream(200)["card_id"]})
+    assert len(state) == 0
+
+
+def test_no_label_leakage() -> None:
+    """A label reported after a transaction never changes that transaction's features."""
+    stream = _stream(4_000, seed=7)
+    frauds = stream.sample(300, random_state=1).assign(
+        reported_at=lambda f: f["event_time"] + pd.to_timedelta(np.random.default_rng(2).integers(0, 10 * 86_400, 300), unit="s")
+    )
+    all_known = history_features(stream, frauds)
+    cut = pd.Timestamp(T0 + timedelta(days=20, hours=13))
+    only_before = history_features(stream, frauds[frauds["reported_at"] <= cut])
+    earlier = (stream["event_time"] < cut).to_numpy()
+    pd.testing.assert_frame_equal(all_known[earlier], only_before[earlier])
+    assert not all_known[~earlier].equals(only_before[~earlier])  # the labels do matter later
+
+
+def test_terminal_risk_uses_the_delayed_window_and_known_labels() -> None:
+    activity = TerminalActivity()
+    day = pd.Timestamp("2026-03-20", tz="UTC")
+    txs = pd.DataFrame(
+        {
+            "terminal_id": ["T1"] * 4 + ["T2"],
+            "event_time": [day - timedelta(days=d) for d in (8, 8, 9, 2, 8)],
+        }
+    )
+    activity.add_transactions(txs["terminal_id"], txs["event_time"])
+    activity.add_frauds(
+        pd.Series(["T1", "T1"]),
+        pd.Series([day - timedelta(days=8), day - timedelta(days=2)]),
+        pd.Series([day - timedelta(days=1), day + timedelta(hours=1)]),  # the second: not yet known
+    )
+    table = activity.table(np.datetime64("2026-03-20"))
+    row = table.lookup(np.array(["T1", "T2", "T9"]))
+    assert list(row["terminal_tx_count_1d_delayed"]) == [2, 1, 0]  # day D-8 only
+    assert list(row["terminal_tx_count_7d_delayed"]) == [3, 1, 0]  # days D-14..D-8
+    assert list(row["terminal_risk_1d_delayed"]) == [0.5, 0, 0]
+    assert list(row["terminal_known_frauds_7d"]) == [0, 0, 0]  # D-2's fraud is reported after D
+    assert list(row["terminal_known_fraud_rate_7d"]) == [0, 0, 0]
+
+
+def test_feature_vector_is_complete_and_deterministic() -> None:
+    stream = _stream(1_000)
+    first = FeatureComputer().compute(stream)
+    assert list(first.columns) == list(FEATURE_NAMES)
+    pd.testing.assert_frame_equal(first, FeatureComputer().compute(stream))
+    assert first["card_distance_from_home"].notna().all()
+
+
+@pytest.mark.parametrize(
+    ("feature", "value", "words"),
+    [
+        ("card_amount_ratio_30d", 5.2, "amount 5.2× this card's 30-day average"),
+        ("card_tx_count_1h", 4, "4 transactions on this card in 1h"),
+        ("terminal_risk_7d_delayed", 0.25, "terminal's fraud rate 25% over 7d a week ago"),
+        ("card_seconds_since_prev", 90, "2 min since this card's previous transaction"),
+        ("card_amount_ratio_30d", float("nan"), "card_amount_ratio_30d unknown (no history)"),
+    ],
+)
+def test_features_read_in_words(feature: str, value: float, words: str) -> None:
+    assert describe(feature, value) == words
