@@ -547,7 +547,8 @@ def _features_with_progress(frame: Any, frauds: Any) -> Any:
 def _baseline_table(title: str, rows: dict[str, tuple[float, float, float]]) -> Table:
     from fraudstream.model.train import HANDBOOK_BASELINES
 
-    table = Table("model", "AUC-ROC", "AP", "CP@100", title=title, box=None)
+    out.print(title, highlight=False)
+    table = Table("model", "AUC-ROC", "AP", "CP@100", box=None)
     for name, (auc, ap, cp) in rows.items():
         table.add_row(f"[bold]{name}[/]", f"{auc:.3f}", f"{ap:.3f}", f"{cp:.3f}")
     for name, (auc, ap, cp) in HANDBOOK_BASELINES.items():
@@ -688,6 +689,34 @@ def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]
     registry = Registry(_settings(ctx).models_dir)
     registry.promote(version)
     out.print(f"{version} is now the current model")
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="Tiny sizes: proves the benchmarks run (tests).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Report to update.")] = Path("docs/benchmarks.md"),
+) -> None:
+    """Measure generation, features and scoring speed; update the benchmark report."""
+    from fraudstream.bench import stages
+    from fraudstream.bench.report import update_section
+    from fraudstream.clock import SystemClock
+
+    when = SystemClock().now()
+    how = "fraudstream bench" + (" --quick" if quick else "")
+    with err.status("benchmarking") as status:
+        generation = stages.generation(days=7 if quick else 91, repeats=1 if quick else 3)
+        model = stages.feature_and_scoring(
+            measured_batches=5 if quick else 200, repeats=1 if quick else 3,
+            progress=lambda message: status.update(message),
+        )  # fmt: skip
+    update_section(out, "simulator", "Simulator", [generation], when, how)
+    update_section(out, "features", "Features and scoring", model, when, how)
+    for result in [generation, *model]:
+        out_line = f"{result.name}: {result.value:,.0f} {result.unit}"
+        typer.echo(out_line)
+    typer.echo(f"updated {out}")
 
 
 def main() -> None:

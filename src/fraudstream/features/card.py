@@ -164,58 +164,79 @@ def card_features(state: CardState, batch: pd.DataFrame) -> dict[str, np.ndarray
     _group_cummax(t, group)
     rows[:, _T] = t
 
-    index = np.arange(len(rows))
+    # Only the batch's rows need features; history rows are only looked back at.
+    new = np.flatnonzero(batch_position >= 0)
+    start_new, t_new = start[new], t[new]
     features: dict[str, np.ndarray] = {}
     cents_sum = np.cumsum(rows[:, _CENTS])
-    first_allowed = np.maximum(start, index - CARD_HISTORY_CAP + 1)
+    first_allowed = np.maximum(start_new, new - CARD_HISTORY_CAP + 1)
+    key = _time_key(t, group)
     lefts = {}
     for window in CARD_WINDOWS:
-        left = _window_left(t, group, start, int(window.total_seconds() * _US))
-        left = np.maximum(left, first_allowed)
+        left = np.maximum(key.left(new, int(window.total_seconds() * _US)), first_allowed)
         lefts[window] = left
-        count = index - left + 1
-        total = cents_sum - np.where(left > 0, cents_sum[left - 1], 0)
+        count = new - left + 1
+        total = cents_sum[new] - np.where(left > 0, cents_sum[np.maximum(left - 1, 0)], 0)
         name = window_name(window)
         features[f"card_tx_count_{name}"] = count.astype(float)
         features[f"card_amount_mean_{name}"] = total / count / 100.0
         if window == CARD_WINDOWS[-1]:
             previous = count - 1
-            mean_before = np.where(
-                previous > 0, (total - rows[:, _CENTS]) / np.maximum(previous, 1), np.nan
-            )
+            cents = rows[new, _CENTS]
+            mean_before = (total - cents) / np.maximum(previous, 1)
+            usable = (previous > 0) & (mean_before > 0)
             features[f"card_amount_ratio_{name}"] = np.where(
-                previous > 0,
-                rows[:, _CENTS] / np.where(mean_before > 0, mean_before, np.nan),
-                np.nan,
+                usable, cents / np.where(usable, mean_before, 1.0), np.nan
             )
 
-    has_prev = (index > start) & (index - 1 >= lefts[CARD_WINDOWS[-1]])
-    prev = np.maximum(index - 1, 0)
-    seconds = np.where(has_prev, (t - t[prev]) / _US, np.nan)
-    same_kind = has_prev & (rows[:, _KIND] != _NO_COORD) & (rows[:, _KIND] == rows[prev, _KIND])
+    has_prev = (new > start_new) & (new - 1 >= lefts[CARD_WINDOWS[-1]])
+    prev = np.maximum(new - 1, 0)
+    seconds = np.where(has_prev, (t_new - t[prev]) / _US, np.nan)
+    kind_new = rows[new, _KIND]
+    same_kind = has_prev & (kind_new != _NO_COORD) & (kind_new == rows[prev, _KIND])
     distance = np.where(
         same_kind,
-        _distance(rows[prev, _X], rows[prev, _Y], rows[:, _X], rows[:, _Y], rows[:, _KIND]),
+        _distance(rows[prev, _X], rows[prev, _Y], rows[new, _X], rows[new, _Y], kind_new),
         np.nan,
     )
     features["card_seconds_since_prev"] = seconds
     features["card_terminal_distance"] = distance
     features["card_terminal_speed"] = distance / np.maximum(seconds, 1.0) * 3600
 
-    previous_same = _previous_same_terminal(rows[:, _TERMINAL], group)
+    widest = max(DISTINCT_TERMINAL_WINDOWS)
+    reach = np.maximum(key.left(new, int(widest.total_seconds() * _US)), first_allowed)
+    previous_same = _previous_same_terminal(rows[:, _TERMINAL], group, reach, group[new])
     for window in DISTINCT_TERMINAL_WINDOWS:
-        left = _window_left(t, group, start, int(window.total_seconds() * _US))
-        left = np.maximum(left, first_allowed)
-        features[f"card_distinct_terminals_{window_name(window)}"] = _distinct(
-            previous_same, left
-        ).astype(float)
+        left = np.maximum(key.left(new, int(window.total_seconds() * _US)), first_allowed)
+        distinct = _distinct(previous_same, new, left)
+        features[f"card_distinct_terminals_{window_name(window)}"] = distinct.astype(float)
 
-    _store(state, cards, rows, group, t)
-    new = batch_position >= 0
+    _store(state, cards, rows, group, t, key)
     out_order = np.argsort(batch_position[new])
-    result = {name: values[new][out_order] for name, values in features.items()}
+    result = {name: values[out_order] for name, values in features.items()}
     result["card_distance_from_home"] = _from_home(batch)
     return result
+
+
+class _TimeKey:
+    """Rows ordered by (card, time) as one nondecreasing integer key, for window searches."""
+
+    def __init__(self, t: np.ndarray, group: np.ndarray, max_width: int) -> None:
+        self.lowest = int(t.min()) if len(t) else 0
+        self.max_width = max_width
+        self.span = (int(t.max()) - self.lowest if len(t) else 0) + max_width + 2
+        self.key = (t - self.lowest + max_width + 1) + group * self.span
+
+    def left(self, rows: np.ndarray, width_us: int) -> np.ndarray:
+        """For each of ``rows``, the first row of its card within ``width_us`` (exclusive).
+
+        The offset ``max_width + 1`` keeps ``key − width`` above the previous card's keys.
+        """
+        return np.searchsorted(self.key, self.key[rows] - width_us, side="right")
+
+
+def _time_key(t: np.ndarray, group: np.ndarray) -> _TimeKey:
+    return _TimeKey(t, group, _MAX_WINDOW_US)
 
 
 def _group_cummax(values: np.ndarray, group: np.ndarray) -> None:
@@ -234,55 +255,52 @@ def _group_cummax(values: np.ndarray, group: np.ndarray) -> None:
         values[part] = np.maximum.accumulate(values[part])
 
 
-def _window_left(t: np.ndarray, group: np.ndarray, start: np.ndarray, width_us: int) -> np.ndarray:
-    """Per row, the first row of its group whose time is within ``width_us`` (exclusive)."""
-    lowest = t.min()
-    span = int(t.max() - lowest) + width_us + 2
-    key = (t - lowest + width_us + 1) + group * span  # nondecreasing: groups then time
-    left = np.searchsorted(key, key - width_us, side="right")
-    return np.maximum(left, start)
+def _previous_same_terminal(
+    terminals: np.ndarray, group: np.ndarray, reach: np.ndarray, reach_group: np.ndarray
+) -> np.ndarray:
+    """Index of the previous row of the same card at the same terminal, or -1.
 
-
-def _previous_same_terminal(terminals: np.ndarray, group: np.ndarray) -> np.ndarray:
-    """Index of the previous row of the same card at the same terminal, or -1."""
-    order = np.lexsort((np.arange(len(terminals)), terminals, group))
-    same = np.zeros(len(order), bool)
-    same[1:] = (group[order][1:] == group[order][:-1]) & (
-        terminals[order][1:] == terminals[order][:-1]
+    Only rows that some batch row's widest window reaches (``reach``) are examined; the others
+    get -1, which is all the distinct counts need of them.
+    """
+    first = np.full(int(group.max(initial=-1)) + 1, np.iinfo(np.int64).max)
+    np.minimum.at(first, reach_group, reach)
+    candidates = np.flatnonzero(np.arange(len(group)) >= first[group])
+    sub_terminals, sub_group = terminals[candidates], group[candidates]
+    order = np.lexsort((candidates, sub_terminals, sub_group))
+    same = (sub_group[order][1:] == sub_group[order][:-1]) & (
+        sub_terminals[order][1:] == sub_terminals[order][:-1]
     )
-    previous = np.full(len(order), -1, np.int64)
-    previous[order[1:][same[1:]]] = order[:-1][same[1:]]
+    previous = np.full(len(group), -1, np.int64)
+    previous[candidates[order[1:][same]]] = candidates[order[:-1][same]]
     return previous
 
 
-def _distinct(previous_same: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """Distinct terminals in [left, i]: rows whose previous visit is before the window."""
-    index = np.arange(len(left))
-    counts = np.zeros(len(left), np.int64)
-    width = index - left  # rows before i inside the window
+def _distinct(previous_same: np.ndarray, rows: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Distinct terminals in [left, i] for each i of ``rows``: the rows in the window whose
+    previous visit to the same terminal (by this card) is before the window."""
+    counts = np.zeros(len(rows), np.int64)
+    width = rows - left  # rows before i inside the window
     for k in range(int(width.max(initial=0)) + 1):
-        j = index - k
         inside = k <= width
-        counts += inside & (previous_same[np.maximum(j, 0)] < left)
+        j = np.maximum(rows - k, 0)
+        counts += inside & (previous_same[j] < left)
     return counts
 
 
 def _store(
-    state: CardState, cards: np.ndarray, rows: np.ndarray, group: np.ndarray, t: np.ndarray
+    state: CardState, cards: np.ndarray, rows: np.ndarray, group: np.ndarray, t: np.ndarray, key: _TimeKey
 ) -> None:
-    """Keep, per card, only rows that a future window can still see."""
-    ends = np.searchsorted(group, np.arange(len(cards)), side="right")
-    starts = np.searchsorted(group, np.arange(len(cards)), side="left")
-    for code, card in enumerate(cards):
-        begin, end = starts[code], ends[code]
-        latest = t[end - 1]
-        keep_from = max(
-            begin,
-            end - CARD_HISTORY_CAP,
-            int(np.searchsorted(t[begin:end], latest - _MAX_WINDOW_US, side="right")) + begin,
-        )
-        state.cards[card] = rows[keep_from:end].copy()
-        state.dirty.add(card)
+    """Keep, per card, only the rows a future window can still see."""
+    codes = np.arange(len(cards))
+    starts = np.searchsorted(group, codes, side="left")
+    ends = np.searchsorted(group, codes, side="right")
+    last = ends - 1
+    keep_from = np.maximum.reduce([starts, ends - CARD_HISTORY_CAP, key.left(last, _MAX_WINDOW_US)])
+    for card, begin, end in zip(cards, keep_from.tolist(), ends.tolist(), strict=True):
+        state.cards[card] = rows[begin:end].copy()
+    state.dirty.update(cards)
+
 
 
 def _from_home(batch: pd.DataFrame) -> np.ndarray:
