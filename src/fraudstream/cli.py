@@ -598,7 +598,8 @@ def train(
     ))  # fmt: skip
     thresholds = result.metadata["thresholds"]
     out.print(
-        f"thresholds: review ≥ {thresholds['review']:.4f} (≈{thresholds['review_cards_per_day']} cards/day), "
+        f"thresholds: review ≥ {thresholds['review']:.4f} "
+        f"(≈{thresholds['review_cards_per_day']} cards/day), "
         f"decline ≥ {thresholds['decline']:.4f} (precision ≥ {thresholds['decline_precision']:.0%})"
     )
     current = registry.current()
@@ -638,7 +639,11 @@ def evaluate(
         )  # fmt: skip
     out.print(_baseline_table(
         f"{source}, {version} settings, mean of {len(protocol.test_folds())} test folds",
-        {f"fraudstream {metadata['backend']}": (scores.auc_roc, scores.average_precision, scores.card_precision_at_k)},
+        {
+            f"fraudstream {metadata['backend']}": (
+                scores.auc_roc, scores.average_precision, scores.card_precision_at_k,
+            )
+        },
     ))  # fmt: skip
     for fold in protocol.test_folds():
         out.print(f"  fold: {fold.describe()}", highlight=False)
@@ -658,11 +663,13 @@ def models_list(ctx: typer.Context) -> None:
     table = Table("", "version", "created", "backend", "AUC-ROC", "AP", "CP@100", box=None)
     for meta in registry.versions():
         test = meta.get("metrics", {}).get("test", {})
-        table.add_row(
-            "*" if meta["version"] == current else "", meta["version"], str(meta.get("created_at", ""))[:19],
-            meta["backend"], f"{test.get('auc_roc', float('nan')):.3f}",
-            f"{test.get('average_precision', float('nan')):.3f}", f"{test.get('card_precision_at_k', float('nan')):.3f}",
-        )  # fmt: skip
+        figures = [
+            f"{test.get(name, float('nan')):.3f}"
+            for name in ("auc_roc", "average_precision", "card_precision_at_k")
+        ]
+        marker = "*" if meta["version"] == current else ""
+        created = str(meta.get("created_at", ""))[:19]
+        table.add_row(marker, meta["version"], created, meta["backend"], *figures)
     out.print(table)
 
 
@@ -709,6 +716,7 @@ def bench(
         generation = stages.generation(days=7 if quick else 91, repeats=1 if quick else 3)
         model = stages.feature_and_scoring(
             measured_batches=5 if quick else 200, repeats=1 if quick else 3,
+            customers=500 if quick else 5_000,
             progress=lambda message: status.update(message),
         )  # fmt: skip
     update_section(out, "simulator", "Simulator", [generation], when, how)

@@ -30,10 +30,16 @@ def streams(draw: st.DrawFn) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "tx_id": [f"t{i}" for i in range(n)],
-            "event_time": [T0 + timedelta(seconds=int(t - d)) for t, d in zip(times, late, strict=True)],
+            "event_time": [
+                T0 + timedelta(seconds=int(t - d)) for t, d in zip(times, late, strict=True)
+            ],
             "card_id": draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=n, max_size=n)),
-            "terminal_id": draw(st.lists(st.sampled_from(["T1", "T2", "T3", "T4"]), min_size=n, max_size=n)),
-            "amount": draw(st.lists(st.integers(0, 50_000).map(lambda c: c / 100), min_size=n, max_size=n)),
+            "terminal_id": draw(
+                st.lists(st.sampled_from(["T1", "T2", "T3", "T4"]), min_size=n, max_size=n)
+            ),
+            "amount": draw(
+                st.lists(st.integers(0, 50_000).map(lambda c: c / 100), min_size=n, max_size=n)
+            ),
             "terminal_x": draw(st.lists(st.floats(0, 100), min_size=n, max_size=n)),
             "terminal_y": draw(st.lists(st.floats(0, 100), min_size=n, max_size=n)),
         }
@@ -48,16 +54,28 @@ def brute_force(stream: pd.DataFrame) -> pd.DataFrame:
         history = seen.setdefault(tx.card_id, [])
         t = max([tx.event_time, *(h[0] for h in history[-1:])])
         cents = round(tx.amount * 100)
-        history.append((t, cents, tx.terminal_id, round(tx.terminal_x * 1e6) / 1e6, round(tx.terminal_y * 1e6) / 1e6))
+        history.append(
+            (
+                t,
+                cents,
+                tx.terminal_id,
+                round(tx.terminal_x * 1e6) / 1e6,
+                round(tx.terminal_y * 1e6) / 1e6,
+            )
+        )
         out: dict[str, float] = {}
         for window in CARD_WINDOWS:
             inside = [h for h in history if h[0] > t - window]
             out[f"card_tx_count_{window_name(window)}"] = len(inside)
-            out[f"card_amount_mean_{window_name(window)}"] = sum(h[1] for h in inside) / len(inside) / 100
+            out[f"card_amount_mean_{window_name(window)}"] = (
+                sum(h[1] for h in inside) / len(inside) / 100
+            )
         month = [h for h in history if h[0] > t - CARD_WINDOWS[-1]]
         before = month[:-1]
         mean_before = sum(h[1] for h in before) / len(before) if before else math.nan
-        out["card_amount_ratio_30d"] = cents / mean_before if before and mean_before > 0 else math.nan
+        out["card_amount_ratio_30d"] = (
+            cents / mean_before if before and mean_before > 0 else math.nan
+        )
         prev = before[-1] if before else None
         out["card_seconds_since_prev"] = (t - prev[0]).total_seconds() if prev else math.nan
         out["card_terminal_distance"] = (
@@ -72,13 +90,17 @@ def brute_force(stream: pd.DataFrame) -> pd.DataFrame:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=streams(), cut=st.integers(1, 59))
-def test_card_windows_match_brute_force_whatever_the_batching(stream: pd.DataFrame, cut: int) -> None:
+def test_card_windows_match_brute_force_whatever_the_batching(
+    stream: pd.DataFrame, cut: int
+) -> None:
     expected = brute_force(stream)
     state = CardState()
     parts = [card_features(state, stream.iloc[:cut]), card_features(state, stream.iloc[cut:])]
     for name, values in expected.items():
         got = np.concatenate([p[name] for p in parts if p])
-        np.testing.assert_allclose(got, values.to_numpy(dtype=float), rtol=1e-12, atol=1e-9, err_msg=name)
+        np.testing.assert_allclose(
+            got, values.to_numpy(dtype=float), rtol=1e-12, atol=1e-9, err_msg=name
+        )
     whole = card_features(CardState(), stream)
     for name in whole:  # the same bits, one batch or two
         np.testing.assert_array_equal(np.concatenate([p[name] for p in parts if p]), whole[name])
@@ -89,7 +111,8 @@ def _stream(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "tx_id": [f"t{i}" for i in range(n)],
-            "event_time": pd.Timestamp(T0) + pd.to_timedelta(np.sort(rng.integers(0, 40 * 86_400, n)), unit="s"),
+            "event_time": pd.Timestamp(T0)
+            + pd.to_timedelta(np.sort(rng.integers(0, 40 * 86_400, n)), unit="s"),
             "card_id": rng.choice([f"c{i}" for i in range(50)], n),
             "terminal_id": rng.choice([f"T{i}" for i in range(30)], n),
             "amount": np.round(rng.gamma(2, 30, n), 2),
@@ -141,7 +164,10 @@ def test_no_label_leakage() -> None:
     """A label reported after a transaction never changes that transaction's features."""
     stream = _stream(4_000, seed=7)
     frauds = stream.sample(300, random_state=1).assign(
-        reported_at=lambda f: f["event_time"] + pd.to_timedelta(np.random.default_rng(2).integers(0, 10 * 86_400, 300), unit="s")
+        reported_at=lambda f: (
+            f["event_time"]
+            + pd.to_timedelta(np.random.default_rng(2).integers(0, 10 * 86_400, 300), unit="s")
+        )
     )
     all_known = history_features(stream, frauds)
     cut = pd.Timestamp(T0 + timedelta(days=20, hours=13))

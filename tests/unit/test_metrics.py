@@ -24,7 +24,7 @@ def test_metrics_without_positives_are_undefined() -> None:
 
 def test_card_precision_at_k_by_hand() -> None:
     # Day 1: cards by max score A .9 (fraud), B .8, C .7 (fraud) -> top-2 {A, B}: 1/2.
-    # Day 2: A was caught on day 1 and is removed; top-2 of B .6, C .95 (fraud), D .1 -> {C, B}: 1/2.
+    # Day 2: A (caught on day 1) is removed; top-2 of B .6, C .95 (fraud), D .1 -> {C, B}: 1/2.
     # Day 3: A and C are removed; B .3 (fraud), D .2 -> top-2 {B, D}: 1/2 ... B is fraud: 1/2.
     frame = pd.DataFrame(
         {
@@ -36,6 +36,8 @@ def test_card_precision_at_k_by_hand() -> None:
     )
     assert card_precision_at_k(frame, k=2) == pytest.approx((1 / 2 + 1 / 2 + 1 / 2) / 3)
     # Without removal, A stays on top every day: day 2 {A, C} both fraud -> 1; day 3 {A, B} -> 1.
-    assert card_precision_at_k(frame, k=2, remove_detected=False) == pytest.approx((0.5 + 1 + 1) / 3)
+    assert card_precision_at_k(frame, k=2, remove_detected=False) == pytest.approx(
+        (0.5 + 1 + 1) / 3
+    )
     # The denominator is k even when fewer cards exist.
     assert card_precision_at_k(frame[frame["day"] == 3], k=4) == pytest.approx(2 / 4)

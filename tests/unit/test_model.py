@@ -69,7 +69,9 @@ def test_training_result_carries_metrics_thresholds_and_windows(trained: tuple) 
     meta = result.metadata
     assert meta["features"] == list(FEATURE_NAMES) and meta["backend"] == "xgboost"
     assert set(meta["metrics"]["test"]) == {"auc_roc", "average_precision", "card_precision_at_k"}
-    assert result.test.auc_roc > 0.8 and result.test.average_precision > 0.4  # learns, even when small
+    assert (
+        result.test.auc_roc > 0.8 and result.test.average_precision > 0.4
+    )  # learns, even when small
     assert 0 < meta["thresholds"]["review"] <= meta["thresholds"]["decline"] <= 1
     assert len(result.validation) == 2
     assert meta["training_window"]["days"] == 7 and meta["training_window"]["delay_days"] == 7
@@ -88,13 +90,15 @@ def test_training_is_deterministic(trained: tuple, tmp_path: Path) -> None:
 
 
 def test_registry_round_trip_promotion_and_tampering(trained: tuple, tmp_path: Path) -> None:
-    frame, features, result = trained
+    _frame, features, result = trained
     registry = Registry(tmp_path / "models")
     with pytest.raises(RegistryError, match="run `fraudstream train` first"):
         registry.load()
     version = registry.save(result.model, result.metadata)
     registry.promote(version)
-    assert registry.current() == version and [m["version"] for m in registry.versions()] == [version]
+    assert registry.current() == version and [m["version"] for m in registry.versions()] == [
+        version
+    ]
     scorer = Scorer(registry.load())
     rows = features.iloc[-500:]
     scores = scorer.score(rows)
@@ -126,7 +130,9 @@ def test_reasons_are_the_largest_contributions_in_words(trained: tuple, tmp_path
     reasons = scorer.explain(risky)
     contributions = scorer._backend.contributions(scorer.artifact.model, scorer.matrix(risky))
     logits = np.log(scorer.score(risky) / (1 - scorer.score(risky)))
-    np.testing.assert_allclose(contributions.sum(axis=1), logits, rtol=1e-4, atol=1e-4)  # exact SHAP
+    np.testing.assert_allclose(
+        contributions.sum(axis=1), logits, rtol=1e-4, atol=1e-4
+    )  # exact SHAP
     for row_reasons, row_contrib in zip(reasons, contributions, strict=True):
         assert len(row_reasons) == 3
         magnitudes = [abs(r.contribution) for r in row_reasons]

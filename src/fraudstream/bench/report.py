@@ -35,7 +35,8 @@ def machine() -> str:
             continue
     memory = psutil.virtual_memory().total / 1024**3
     return (
-        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; {platform.system()} {platform.release()}; "
+        f"{cpu}, {os.cpu_count()} cores, {memory:.0f} GiB; "
+        f"{platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; " + ", ".join(versions)
     )
 

@@ -62,8 +62,10 @@ def generation(days: int, repeats: int) -> Result:
                   f"{len(frame):,} transactions over {days} days")  # fmt: skip
 
 
-def _history(days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    history = generate(preset("default", days=days, n_customers=5_000, n_terminals=10_000))
+def _history(days: int, customers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    history = generate(
+        preset("default", days=days, n_customers=customers, n_terminals=2 * customers)
+    )
     labels = labels_from_history(history)
     frame = labelled_frame(history.drop(columns=["is_fraud"]), labels)
     return frame, frauds_for_features(frame, labels)
@@ -83,11 +85,12 @@ def bench_model(frame: pd.DataFrame, frauds: pd.DataFrame) -> Scorer:
 
 def feature_and_scoring(
     batch_size: int = 1_000, warm_days: int = 30, measured_batches: int = 200, repeats: int = 3,
+    customers: int = 5_000,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> list[Result]:  # fmt: skip
     """Rows/s of features alone, scoring alone, and both, one core, batches of ``batch_size``."""
     progress("generating a history and training a model for the scoring benchmark")
-    frame, frauds = _history(160)
+    frame, frauds = _history(160, customers)
     scorer = bench_model(frame, frauds)
     warm = frame[frame["event_time"] < frame["event_time"].min() + pd.Timedelta(days=warm_days)]
     rest = frame.iloc[len(warm) : len(warm) + batch_size * measured_batches]

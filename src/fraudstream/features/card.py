@@ -232,7 +232,8 @@ class _TimeKey:
 
         The offset ``max_width + 1`` keeps ``key − width`` above the previous card's keys.
         """
-        return np.searchsorted(self.key, self.key[rows] - width_us, side="right")
+        left: np.ndarray = np.searchsorted(self.key, self.key[rows] - width_us, side="right")
+        return left
 
 
 def _time_key(t: np.ndarray, group: np.ndarray) -> _TimeKey:
@@ -289,7 +290,12 @@ def _distinct(previous_same: np.ndarray, rows: np.ndarray, left: np.ndarray) -> 
 
 
 def _store(
-    state: CardState, cards: np.ndarray, rows: np.ndarray, group: np.ndarray, t: np.ndarray, key: _TimeKey
+    state: CardState,
+    cards: np.ndarray,
+    rows: np.ndarray,
+    group: np.ndarray,
+    t: np.ndarray,
+    key: _TimeKey,
 ) -> None:
     """Keep, per card, only the rows a future window can still see."""
     codes = np.arange(len(cards))
@@ -300,7 +306,6 @@ def _store(
     for card, begin, end in zip(cards, keep_from.tolist(), ends.tolist(), strict=True):
         state.cards[card] = rows[begin:end].copy()
     state.dirty.update(cards)
-
 
 
 def _from_home(batch: pd.DataFrame) -> np.ndarray:

@@ -10,6 +10,7 @@ transaction's event day, so no transaction ever sees a label reported after it h
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -96,8 +97,8 @@ class TerminalActivity:
             pd.concat([self._frauds, frame], ignore_index=True) if len(self._frauds) else frame
         )
 
-    def table(self, day: np.datetime64) -> TerminalTable:
-        day = np.datetime64(day, "D")
+    def table(self, when: np.datetime64) -> TerminalTable:
+        day: Any = np.asarray(when).astype("datetime64[D]")[()]
         as_of = day.astype("datetime64[us]")
         counts = self._counts
         columns: dict[str, pd.Series] = {}
@@ -142,7 +143,11 @@ class TerminalActivity:
 
     def forget_before(self, day: np.datetime64) -> None:
         """Drop activity no table from ``day`` on can use (bounded memory for engines)."""
-        oldest = np.datetime64(day, "D") - _DELAY_DAYS - max(w.days for w in TERMINAL_WINDOWS)
+        oldest = (
+            np.asarray(day).astype("datetime64[D]")[()]
+            - _DELAY_DAYS
+            - max(w.days for w in TERMINAL_WINDOWS)
+        )
         if len(self._counts):
             keep = (
                 self._counts.index.get_level_values(1).to_numpy().astype("datetime64[D]") >= oldest

@@ -16,7 +16,8 @@ class Scorer:
     def __init__(self, artifact: ModelArtifact) -> None:
         if artifact.metadata["features_version"] != FEATURES_VERSION:
             raise RegistryError(
-                f"model {artifact.version} was built for features v{artifact.metadata['features_version']}, "
+                f"model {artifact.version} was built for features "
+                f"v{artifact.metadata['features_version']}, "
                 f"this fraudstream computes v{FEATURES_VERSION}: train a new model"
             )
         self.artifact = artifact
@@ -26,7 +27,8 @@ class Scorer:
         self._backend = artifact.backend
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
-        return features[self.names].to_numpy(dtype=float)
+        matrix: np.ndarray = features[self.names].to_numpy(dtype=float)
+        return matrix
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         return self._backend.predict(self.artifact.model, self.matrix(features))

@@ -216,7 +216,7 @@ def train(
         },
         "metrics": {"test": test.as_dict(), "k": k},
         "thresholds": thresholds,
-        "rows": int(len(frame)),
+        "rows": len(frame),
         "frauds": int(frame["is_fraud"].sum()),
         "source": source,
         "created_at": created_at.isoformat(),
