@@ -56,8 +56,16 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
     missing = [name for name in kafka.topics.all() if name not in existing]
     if not missing:
         return []
+    # The broker stamps transactions on arrival, so end-to-end latency can be split into
+    # "reached Kafka" and "stored in PostgreSQL".
+    append_time = {"message.timestamp.type": "LogAppendTime"}
     requests = [
-        NewTopic(name, num_partitions=kafka.partitions, replication_factor=kafka.replication_factor)
+        NewTopic(
+            name,
+            num_partitions=kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            config=append_time if name == kafka.topics.transactions else {},
+        )
         for name in missing
     ]
     created = []

@@ -699,6 +699,38 @@ def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]
 
 
 @app.command()
+def score(
+    ctx: typer.Context,
+    engine: Annotated[str, typer.Option(help="local (default) | spark.")] = "local",
+    max_idle: Annotated[
+        float | None, typer.Option(help="Stop after this many idle seconds (default: run on).")
+    ] = None,
+) -> None:
+    """Score the transactions topic continuously into PostgreSQL (Ctrl-C/SIGTERM stops cleanly)."""
+    import logging
+    import signal
+    import threading
+
+    from fraudstream.clock import SystemClock
+
+    if engine != "local":
+        _fail(f"engine {engine!r} is not available yet: use --engine local", 2)
+    from fraudstream.engines.local import LocalEngine
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stats = LocalEngine(_settings(ctx), SystemClock(), stop).run(max_idle_s=max_idle)
+    typer.echo(
+        f"scored {stats.scored:,} transactions in {stats.batches:,} batches "
+        f"({stats.stored:,} new rows), rejected {stats.rejected:,}, alerts {stats.alerts:,}"
+    )
+
+
+@app.command()
 def bench(
     quick: Annotated[
         bool, typer.Option(help="Tiny sizes: proves the benchmarks run (tests).")

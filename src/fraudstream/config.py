@@ -32,8 +32,10 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "ENV_PREFIX",
     "DatabaseSettings",
+    "EngineSettings",
     "KafkaSettings",
     "ModelSettings",
+    "PolicySettings",
     "PrivacySettings",
     "Settings",
     "SettingsError",
@@ -205,6 +207,24 @@ class ModelSettings(_Section):
     seed: int = Field(default=0, ge=0)
 
 
+class EngineSettings(_Section):
+    group_id: str = Field(default="fraudstream-engine", min_length=1, max_length=200)
+    batch_max_messages: int = Field(default=5000, ge=1, le=1_000_000)
+    batch_max_ms: int = Field(
+        default=50, ge=1, le=60_000, description="Longest wait to fill a batch."
+    )
+    snapshot_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    status_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    model_check_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    engine_id: str | None = Field(default=None, description="Default: host name and pid.")
+
+
+class PolicySettings(_Section):
+    rules_file: Path | None = Field(
+        default=None, description="Decision rules (TOML); default built in."
+    )
+
+
 class Settings(BaseSettings):
     """Everything fraudstream can be told; frozen once loaded."""
 
@@ -230,6 +250,8 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @property
     def models_dir(self) -> Path:

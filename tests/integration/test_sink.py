@@ -24,7 +24,7 @@ def _batch(prefix: str, n: int, engine: str) -> pd.DataFrame:
             "event_time": [NOW - timedelta(milliseconds=40 + i) for i in range(n)],
             "card_id": [f"card_{i % 3}" for i in range(n)],
             "terminal_id": [f"T{i % 2}" for i in range(n)],
-            "amount": [Decimal("10.25")] * n,
+            "amount": [10.25] * n,
             "score": [i / n for i in range(n)],
             "decision": ["approve" if i % 4 else "review" for i in range(n)],
             "rule_hits": [["card_velocity_1h"] if i == 0 else [] for i in range(n)],

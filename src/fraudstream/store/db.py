@@ -5,7 +5,6 @@ from __future__ import annotations
 import psycopg
 
 from fraudstream.config import Settings
-from fraudstream.stack.postgres import EmbeddedPostgres
 
 __all__ = ["connect", "conninfo"]
 
@@ -14,6 +13,8 @@ def conninfo(settings: Settings) -> str:
     """libpq connection string for the configured database (contains the password: never log)."""
     if settings.database.url is not None:
         return settings.database.url.get_secret_value()
+    from fraudstream.stack.postgres import EmbeddedPostgres  # the stack imports this module
+
     return EmbeddedPostgres(settings).conninfo()
 
 

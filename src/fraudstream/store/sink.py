@@ -29,13 +29,15 @@ COLUMNS = (
     "kafka_time", "scored_at",
 )  # fmt: skip
 _TYPES = (
-    "text", "timestamptz", "text", "text", "numeric", "float8", "text", "text[]", "jsonb",
+    "text", "timestamptz", "text", "text", "float8", "float8", "text", "text[]", "jsonb",
     "text", "text", "int4", "int8", "timestamptz", "timestamptz",
 )  # fmt: skip
 
+# Amounts arrive as binary float8 (cheap to COPY) and are rounded to numeric(14, 2) on insert.
 _STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staging_predictions
-    (LIKE fraud_predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS
+    (LIKE fraud_predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+ALTER TABLE staging_predictions ALTER COLUMN amount TYPE float8
 """
 
 _BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
@@ -43,7 +45,8 @@ _BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
 _INSERT = f"""
 WITH inserted AS (
     INSERT INTO fraud_predictions ({", ".join(COLUMNS)})
-    SELECT {", ".join(COLUMNS)} FROM staging_predictions
+    SELECT {", ".join("round(amount::numeric, 2)" if c == "amount" else c for c in COLUMNS)}
+    FROM staging_predictions
     ON CONFLICT (tx_id) DO NOTHING
     RETURNING event_time, terminal_id, amount, decision, engine, stored_at
 ), measured AS (
@@ -125,7 +128,12 @@ class PredictionSink:
         conn.execute(_STAGING)
         conn.commit()
 
-    def write(self, predictions: pd.DataFrame, checkpoints: list[Checkpoint]) -> StoredBatch:
+    def write(
+        self,
+        predictions: pd.DataFrame,
+        checkpoints: list[Checkpoint],
+        rejected: list[tuple[str, int, int, str]] = (),  # type: ignore[assignment]
+    ) -> StoredBatch:
         """Store a batch's predictions and checkpoints atomically; idempotent.
 
         ``predictions`` has the columns ``COLUMNS``: ``rule_hits`` lists of rule names,
@@ -141,6 +149,12 @@ class PredictionSink:
                     for row in _rows(predictions):
                         copy.write_row(row)
                 inserted = cursor.execute(_INSERT).fetchone()
+                if rejected:
+                    cursor.executemany(
+                        "INSERT INTO dlq_events (source_topic, source_partition, source_offset, "
+                        "reason) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(t, p, o, reason[:1000]) for t, p, o, reason in rejected],
+                    )
             self._checkpoint(checkpoints)
         return StoredBatch(rows=len(predictions), inserted=int(inserted[0]) if inserted else 0)
 

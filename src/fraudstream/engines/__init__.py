@@ -1,0 +1,1 @@
+"""Stream engines: thin wrappers that run features, model and policy over Kafka."""

@@ -1,0 +1,420 @@
+"""The local engine: a Kafka consumer-group application scoring vectorised micro-batches.
+
+Per batch: decode and validate (bad messages to the dead-letter topic), features per
+partition with the shared feature code, score, decide, then one PostgreSQL transaction with
+the predictions, the consumed offsets and (periodically) each partition's card state. Alerts
+are produced after the commit. On every partition assignment the engine restores the card
+state stored in PostgreSQL and seeks to the offset it was taken at; the replayed messages give
+the same rows, which the primary key absorbs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from fraudstream.clock import Clock
+from fraudstream.config import Settings
+from fraudstream.features import FEATURES_VERSION, CardState, FeatureComputer, TerminalTable
+from fraudstream.model.registry import Registry
+from fraudstream.model.scoring import Scorer
+from fraudstream.policy import RuleSet, decide, default_rules, load_rules
+from fraudstream.schema import Invalid, Transaction, decode_label, decode_transaction
+from fraudstream.store.db import connect
+from fraudstream.store.outcomes import load_terminal_activity, store_labels
+from fraudstream.store.sink import Checkpoint, PredictionSink
+
+__all__ = ["EngineStats", "LocalEngine"]
+
+log = logging.getLogger("fraudstream.engine")
+
+_FIELDS = [name for name in Transaction.__struct_fields__]
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    scored: int = 0
+    stored: int = 0
+    rejected: int = 0
+    alerts: int = 0
+    batch_ms: list[float] = field(default_factory=list)
+
+
+class LocalEngine:
+    name = "local"
+
+    def __init__(
+        self, settings: Settings, clock: Clock, stop: threading.Event | None = None
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.topic = settings.kafka.topics.transactions
+        self.group = settings.engine.group_id
+        self.engine_id = settings.engine.engine_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.registry = Registry(settings.models_dir)
+        self.scorer = Scorer(self.registry.load())
+        self.rules: RuleSet = (
+            load_rules(settings.policy.rules_file)
+            if settings.policy.rules_file
+            else default_rules()
+        )
+        self.conn = connect(settings)
+        self.sink = PredictionSink(
+            self.conn, consumer_group=self.group, features_version=FEATURES_VERSION
+        )
+        self.states: dict[int, CardState] = {}
+        self.snapshot_due: dict[int, float] = {}
+        self.tables: dict[np.datetime64, TerminalTable] = {}
+        self.stats = EngineStats()
+        kafka = settings.kafka.client_config()
+        self.consumer = Consumer(
+            {
+                **kafka,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "range",
+                "max.poll.interval.ms": 300_000,
+                "session.timeout.ms": 10_000,
+                "fetch.wait.max.ms": 10,
+                "log_level": 3,
+            }
+        )
+        self.label_consumer = Consumer(
+            {
+                **kafka,
+                "group.id": f"{self.group}-labels",
+                "enable.auto.commit": True,
+                "auto.offset.reset": "earliest",
+                "log_level": 3,
+            }
+        )
+        self.producer = Producer(
+            {
+                **kafka,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+            }
+        )
+        self._model_checked = 0.0
+        self._status_written = 0.0
+        self._started_at = clock.now()
+
+    # --- partitions --------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        snapshots = self.sink.snapshots(self.topic)
+        for partition in partitions:
+            stored = snapshots.get(partition.partition)
+            if stored is None:
+                self.states[partition.partition] = CardState()
+                partition.offset = OFFSET_BEGINNING
+            else:
+                offset, blob = stored
+                self.states[partition.partition] = CardState.from_bytes(blob)
+                partition.offset = offset
+            self.snapshot_due[partition.partition] = 0.0  # snapshot at the first batch
+        log.info("assigned %s", {p.partition: p.offset for p in partitions})
+        consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for partition in partitions:
+            self.states.pop(partition.partition, None)
+            self.snapshot_due.pop(partition.partition, None)
+        consumer.unassign()
+
+    # --- main loop -----------------------------------------------------------------------
+
+    def run(self, max_idle_s: float | None = None) -> EngineStats:
+        """Process batches until ``stop`` is set (or nothing arrives for ``max_idle_s``)."""
+        self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.label_consumer.subscribe([self.settings.kafka.topics.labels])
+        idle_since = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                messages = self.consumer.consume(
+                    self.settings.engine.batch_max_messages,
+                    self.settings.engine.batch_max_ms / 1000,
+                )
+                usable = [m for m in messages if not m.error()]
+                for message in messages:
+                    if message.error() and message.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error: %s", message.error())
+                if usable:
+                    self.process(usable)
+                    idle_since = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+                self._housekeeping()
+        finally:
+            self.close()
+        return self.stats
+
+    def close(self) -> None:
+        self.producer.flush(30)
+        try:
+            self.consumer.close()
+            self.label_consumer.close()
+        finally:
+            self.conn.close()
+
+    def process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        now = self.clock.now()
+        rows: dict[int, list[tuple[Transaction, Message]]] = defaultdict(list)
+        rejected: list[tuple[Message, str]] = []
+        for message in messages:
+            record = decode_transaction(message.value() or b"", now=now)
+            if isinstance(record, Invalid):
+                rejected.append((message, record.reason))
+            else:
+                rows[message.partition()].append((record, message))
+        frames = []
+        for partition, items in rows.items():
+            state = self.states.setdefault(partition, CardState())
+            batch = _frame(items)
+            computer = FeatureComputer(state=state, tables=self._table)
+            features = computer.compute(batch)
+            frames.append((batch, features))
+        predictions = self._predict(frames) if frames else _empty_predictions()
+        if rejected:
+            self._dead_letter(rejected)
+        checkpoints = self._checkpoints(messages)
+        result = self.sink.write(
+            predictions,
+            checkpoints,
+            [(m.topic(), m.partition(), m.offset(), reason) for m, reason in rejected],
+        )
+        self._alert(predictions)
+        self.stats.batches += 1
+        self.stats.scored += len(predictions)
+        self.stats.stored += result.inserted
+        self.stats.rejected += len(rejected)
+        self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
+        del self.stats.batch_ms[:-1000]
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def _table(self, day: np.datetime64) -> TerminalTable:
+        if day not in self.tables:
+            self._drain_labels()
+            activity = load_terminal_activity(self.conn, day)
+            self.conn.commit()
+            self.tables[day] = activity.table(day)
+            for old in [d for d in self.tables if d < day - np.timedelta64(2, "D")]:
+                del self.tables[old]
+        return self.tables[day]
+
+    def _drain_labels(self) -> None:
+        """Read the labels topic up to now, so a day's table has every label reported by then."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            messages = self.label_consumer.consume(10_000, 0.2)
+            labels = []
+            for message in messages:
+                if message.error():
+                    continue
+                label = decode_label(message.value() or b"")
+                if isinstance(label, Invalid):
+                    log.warning(
+                        "invalid label at %s/%s: %s",
+                        message.partition(),
+                        message.offset(),
+                        label.reason,
+                    )
+                else:
+                    labels.append(label)
+            if labels:
+                with self.conn.transaction():
+                    store_labels(self.conn, labels)
+            if not messages:
+                return
+
+    def _predict(self, frames: list[tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+        batch = pd.concat([b for b, _ in frames], ignore_index=True)
+        features = pd.concat([f for _, f in frames], ignore_index=True)
+        scores = self.scorer.score(features)
+        decisions = decide(
+            scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
+            self.scorer.thresholds, self.rules,
+        )  # fmt: skip
+        reasons: list[list[dict[str, object]]] = [[] for _ in range(len(batch))]
+        flagged = np.flatnonzero(decisions.decision != "approve")
+        if len(flagged):
+            for row, row_reasons in zip(
+                flagged, self.scorer.explain(features.iloc[flagged]), strict=True
+            ):
+                reasons[row] = [reason.as_dict() for reason in row_reasons]
+        scored_at = self.clock.now()
+        return pd.DataFrame(
+            {
+                "tx_id": batch["tx_id"],
+                "event_time": batch["event_time"].dt.to_pydatetime(),
+                "card_id": batch["card_id"],
+                "terminal_id": batch["terminal_id"],
+                "amount": batch["amount"].round(2),
+                "score": scores,
+                "decision": decisions.decision,
+                "rule_hits": decisions.rule_hits,
+                "reasons": reasons,
+                "model_version": self.scorer.version,
+                "engine": self.name,
+                "kafka_partition": batch["_partition"],
+                "kafka_offset": batch["_offset"],
+                "kafka_time": batch["_kafka_time"],
+                "scored_at": scored_at,
+            }
+        )
+
+    def _dead_letter(self, rejected: list[tuple[Message, str]]) -> None:
+        """Keep every unusable message: original bytes, reason and source on the DLQ topic,
+        acknowledged before the batch commits (so none is lost if the engine dies)."""
+        for message, reason in rejected:
+            self.producer.produce(
+                self.settings.kafka.topics.dlq,
+                key=message.key(),
+                value=message.value(),
+                headers={
+                    "reason": reason.encode()[:1000],
+                    "source.topic": message.topic().encode(),
+                    "source.partition": str(message.partition()).encode(),
+                    "source.offset": str(message.offset()).encode(),
+                },
+            )
+        if self.producer.flush(30):
+            raise RuntimeError("dead-letter messages were not acknowledged by Kafka")
+
+    def _checkpoints(self, messages: list[Message]) -> list[Checkpoint]:
+        last: dict[int, int] = {}
+        for message in messages:
+            if not message.error():
+                last[message.partition()] = max(last.get(message.partition(), -1), message.offset())
+        now = time.monotonic()
+        checkpoints = []
+        snapshotting = any(now >= self.snapshot_due.get(p, 0.0) for p in last)
+        if snapshotting:
+            # Alerts of earlier batches must be delivered before the snapshot moves the replay
+            # point past them (alerts are at-least-once).
+            self.producer.flush(30)
+        for partition, offset in last.items():
+            snapshot = None
+            if now >= self.snapshot_due.get(partition, 0.0):
+                snapshot = self.states[partition].to_bytes()
+                self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
+            checkpoints.append(Checkpoint(self.topic, partition, offset + 1, snapshot))
+        return checkpoints
+
+    def _alert(self, predictions: pd.DataFrame) -> None:
+        flagged = predictions[predictions["decision"] != "approve"]
+        for row in flagged.itertuples(index=False):
+            payload = {
+                "tx_id": row.tx_id,
+                "card_id": row.card_id,
+                "terminal_id": row.terminal_id,
+                "amount": float(row.amount),
+                "score": round(float(row.score), 6),
+                "decision": row.decision,
+                "rule_hits": row.rule_hits,
+                "reasons": row.reasons,
+                "model_version": row.model_version,
+                "event_time": row.event_time.isoformat(),
+            }
+            self.producer.produce(
+                self.settings.kafka.topics.alerts,
+                key=row.card_id,
+                value=json.dumps(payload).encode(),
+            )
+        self.stats.alerts += len(flagged)
+        self.producer.poll(0)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._model_checked >= self.settings.engine.model_check_interval_s:
+            self._model_checked = now
+            current = self.registry.current()
+            if current and current != self.scorer.version:
+                self.scorer = Scorer(self.registry.load(current))
+                log.info("switched to model %s", current)
+        if now - self._status_written >= self.settings.engine.status_interval_s:
+            self._status_written = now
+            self._write_status()
+
+    def _write_status(self) -> None:
+        batch_ms = np.array(self.stats.batch_ms or [np.nan])
+        assignment = sorted(self.states)
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
+                "partitions, throughput_tps, lag, batch_ms_p50, batch_ms_p99, dlq_total, started_at, "
+                "heartbeat_at) VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, now()) "
+                "ON CONFLICT (engine_id) DO UPDATE SET model_version = excluded.model_version, "
+                "partitions = excluded.partitions, lag = excluded.lag, "
+                "batch_ms_p50 = excluded.batch_ms_p50, batch_ms_p99 = excluded.batch_ms_p99, "
+                "dlq_total = excluded.dlq_total, heartbeat_at = now()",
+                (
+                    self.engine_id, self.name, self.group, self.scorer.version, assignment,
+                    self._lag(), float(np.nanpercentile(batch_ms, 50)), float(np.nanpercentile(batch_ms, 99)),
+                    self.stats.rejected, self._started_at,
+                ),
+            )  # fmt: skip
+        log.info(
+            "scored %d, stored %d, rejected %d, alerts %d, batch p50 %.1f ms",
+            self.stats.scored, self.stats.stored, self.stats.rejected, self.stats.alerts,
+            float(np.nanpercentile(batch_ms, 50)),
+        )  # fmt: skip
+
+    def _lag(self) -> int | None:
+        try:
+            assigned = self.consumer.assignment()
+            positions = self.consumer.position(assigned)
+            lag = 0
+            for partition in positions:
+                low, high = self.consumer.get_watermark_offsets(partition, timeout=1, cached=True)
+                if partition.offset >= 0:
+                    lag += max(high - partition.offset, 0)
+            return lag
+        except Exception:  # lag is advisory; never stop scoring for it
+            return None
+
+
+def _frame(items: list[tuple[Transaction, Message]]) -> pd.DataFrame:
+    columns: dict[str, list[Any]] = {name: [getattr(r, name) for r, _ in items] for name in _FIELDS}
+    frame = pd.DataFrame(columns)
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    frame["_partition"] = [m.partition() for _, m in items]
+    frame["_offset"] = [m.offset() for _, m in items]
+    frame["_kafka_time"] = [
+        pd.Timestamp(m.timestamp()[1], unit="ms", tz="UTC").to_pydatetime()
+        if m.timestamp()[1] > 0
+        else None
+        for _, m in items
+    ]
+    return frame
+
+
+def _empty_predictions() -> pd.DataFrame:
+    from fraudstream.store.sink import COLUMNS
+
+    return pd.DataFrame({name: [] for name in COLUMNS})
