@@ -160,8 +160,9 @@ class LocalEngine:
                 )
                 usable = [m for m in messages if not m.error()]
                 for message in messages:
-                    if message.error() and message.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", message.error())
+                    error = message.error()
+                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                        log.warning("consumer error: %s", error)
                 if usable:
                     self.process(usable)
                     idle_since = time.monotonic()
@@ -190,7 +191,7 @@ class LocalEngine:
             if isinstance(record, Invalid):
                 rejected.append((message, record.reason))
             else:
-                rows[message.partition()].append((record, message))
+                rows[_partition(message)].append((record, message))
         frames = []
         for partition, items in rows.items():
             state = self.states.setdefault(partition, CardState())
@@ -205,7 +206,7 @@ class LocalEngine:
         result = self.sink.write(
             predictions,
             checkpoints,
-            [(m.topic(), m.partition(), m.offset(), reason) for m, reason in rejected],
+            [(str(m.topic()), _partition(m), _offset(m), reason) for m, reason in rejected],
         )
         self._alert(predictions)
         self.stats.batches += 1
@@ -298,7 +299,7 @@ class LocalEngine:
                 value=message.value(),
                 headers={
                     "reason": reason.encode()[:1000],
-                    "source.topic": message.topic().encode(),
+                    "source.topic": str(message.topic()).encode(),
                     "source.partition": str(message.partition()).encode(),
                     "source.offset": str(message.offset()).encode(),
                 },
@@ -310,7 +311,8 @@ class LocalEngine:
         last: dict[int, int] = {}
         for message in messages:
             if not message.error():
-                last[message.partition()] = max(last.get(message.partition(), -1), message.offset())
+                partition = _partition(message)
+                last[partition] = max(last.get(partition, -1), _offset(message))
         now = time.monotonic()
         checkpoints = []
         snapshotting = any(now >= self.snapshot_due.get(p, 0.0) for p in last)
@@ -367,15 +369,17 @@ class LocalEngine:
         with self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
-                "partitions, throughput_tps, lag, batch_ms_p50, batch_ms_p99, dlq_total, started_at, "
-                "heartbeat_at) VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, now()) "
+                "partitions, throughput_tps, lag, batch_ms_p50, batch_ms_p99, dlq_total, "
+                "started_at, heartbeat_at) "
+                "VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, now()) "
                 "ON CONFLICT (engine_id) DO UPDATE SET model_version = excluded.model_version, "
                 "partitions = excluded.partitions, lag = excluded.lag, "
                 "batch_ms_p50 = excluded.batch_ms_p50, batch_ms_p99 = excluded.batch_ms_p99, "
                 "dlq_total = excluded.dlq_total, heartbeat_at = now()",
                 (
                     self.engine_id, self.name, self.group, self.scorer.version, assignment,
-                    self._lag(), float(np.nanpercentile(batch_ms, 50)), float(np.nanpercentile(batch_ms, 99)),
+                    self._lag(), float(np.nanpercentile(batch_ms, 50)),
+                    float(np.nanpercentile(batch_ms, 99)),
                     self.stats.rejected, self._started_at,
                 ),
             )  # fmt: skip
@@ -391,12 +395,20 @@ class LocalEngine:
             positions = self.consumer.position(assigned)
             lag = 0
             for partition in positions:
-                low, high = self.consumer.get_watermark_offsets(partition, timeout=1, cached=True)
+                _low, high = self.consumer.get_watermark_offsets(partition, timeout=1, cached=True)
                 if partition.offset >= 0:
                     lag += max(high - partition.offset, 0)
             return lag
         except Exception:  # lag is advisory; never stop scoring for it
             return None
+
+
+def _partition(message: Message) -> int:
+    return int(message.partition() or 0)
+
+
+def _offset(message: Message) -> int:
+    return int(message.offset() or 0)
 
 
 def _frame(items: list[tuple[Transaction, Message]]) -> pd.DataFrame:

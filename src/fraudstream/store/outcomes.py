@@ -35,8 +35,9 @@ def store_labels(conn: psycopg.Connection[Any], labels: list[Label]) -> int:
 def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) -> TerminalActivity:
     """What the terminal table of ``day`` needs: daily counts before it and frauds reported by
     its midnight (joined to the stored predictions for their terminal and time)."""
-    first = (day - _LOOKBACK_DAYS).astype(object)
-    last = np.datetime64(day, "D").astype(object)
+    day_d: Any = np.asarray(day).astype("datetime64[D]")[()]
+    first = (day_d - _LOOKBACK_DAYS).astype(object)
+    last = day_d.astype(object)
     activity = TerminalActivity()
     counts = conn.execute(
         "SELECT terminal_id, day, tx_count FROM terminal_daily WHERE day >= %s AND day < %s",
