@@ -197,8 +197,10 @@ def test_terminal_risk_uses_the_delayed_window_and_known_labels() -> None:
     assert list(row["terminal_tx_count_1d_delayed"]) == [2, 1, 0]  # day D-8 only
     assert list(row["terminal_tx_count_7d_delayed"]) == [3, 1, 0]  # days D-14..D-8
     assert list(row["terminal_risk_1d_delayed"]) == [0.5, 0, 0]
-    assert list(row["terminal_known_frauds_7d"]) == [0, 0, 0]  # D-2's fraud is reported after D
-    assert list(row["terminal_known_fraud_rate_7d"]) == [0, 0, 0]
+    # Known window [D-8, D-1): T1 has 3 transactions there; the D-8 fraud is known, the D-2
+    # fraud is reported only after D starts.
+    assert list(row["terminal_known_frauds_7d"]) == [1, 0, 0]
+    assert list(row["terminal_known_fraud_rate_7d"]) == [pytest.approx(1 / 3), 0, 0]
 
 
 def test_feature_vector_is_complete_and_deterministic() -> None:

@@ -2,7 +2,9 @@
 
 Labels arrive days late, so the table for day D uses only labels reported by D 00:00 UTC. Its
 "delayed" columns look at transactions from [D − delay − w, D − delay) (the Handbook's rule),
-its "known" columns at the last 7 days with whatever has been reported so far. The table
+its "known" columns at the 7 days before yesterday, [D − 8, D − 1), with whatever has been
+reported so far. Only transactions at least a day old are counted, so engines that lag each
+other by less than a day build identical tables. The table
 changes once a day; every engine instance and the offline trainer use the table of the
 transaction's event day, so no transaction ever sees a label reported after it happened.
 """
@@ -26,6 +28,7 @@ __all__ = ["TerminalActivity", "TerminalTable", "terminal_columns"]
 
 _DELAY_DAYS = TERMINAL_DELAY.days
 _KNOWN_DAYS = KNOWN_FRAUD_WINDOW.days
+_SETTLED_DAYS = 1
 
 
 def terminal_columns() -> list[str]:
@@ -141,9 +144,12 @@ class TerminalActivity:
             columns[f"terminal_risk_{name}_delayed"] = (
                 n_fraud.reindex(n_tx.index).fillna(0) / n_tx
             ).where(n_tx > 0, 0.0)
-        recent_tx = _sum_by_terminal(counts, (tx_days >= day - _KNOWN_DAYS) & (tx_days < day))
+        # The known window ends a day before D: every engine has stored those transactions
+        # when D starts, so every engine builds the same table.
+        end = day - _SETTLED_DAYS
+        recent_tx = _sum_by_terminal(counts, (tx_days >= end - _KNOWN_DAYS) & (tx_days < end))
         recent_fraud = _count_by_terminal(
-            known, (known_days >= day - _KNOWN_DAYS) & (known_days < day)
+            known, (known_days >= end - _KNOWN_DAYS) & (known_days < end)
         )
         name = window_name(KNOWN_FRAUD_WINDOW)
         columns[f"terminal_known_frauds_{name}"] = recent_fraud
