@@ -26,6 +26,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     Producer,
     TopicPartition,
@@ -105,6 +106,7 @@ class LocalEngine:
                 **kafka,
                 "group.id": f"{self.group}-labels",
                 "enable.auto.commit": True,
+                "enable.auto.offset.store": True,
                 "auto.offset.reset": "earliest",
                 "log_level": 3,
             }
@@ -118,6 +120,7 @@ class LocalEngine:
                 "compression.type": "lz4",
             }
         )
+        self._label_next: dict[int, int] = {}
         self._model_checked = 0.0
         self._status_written = 0.0
         self._started_at = clock.now()
@@ -148,9 +151,10 @@ class LocalEngine:
     # --- main loop -----------------------------------------------------------------------
 
     def run(self, max_idle_s: float | None = None) -> EngineStats:
-        """Process batches until ``stop`` is set (or nothing arrives for ``max_idle_s``)."""
+        """Process batches until ``stop`` is set (or, once partitions are assigned, nothing
+        arrives for ``max_idle_s``)."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self.label_consumer.subscribe([self.settings.kafka.topics.labels])
+        self._assign_labels()
         idle_since = time.monotonic()
         try:
             while not self.stop.is_set():
@@ -163,8 +167,9 @@ class LocalEngine:
                     error = message.error()
                     if error is not None and error.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error: %s", error)
-                if usable:
-                    self.process(usable)
+                if usable or not self.states:  # idle only counts once partitions are assigned
+                    if usable:
+                        self.process(usable)
                     idle_since = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break
@@ -228,15 +233,40 @@ class LocalEngine:
                 del self.tables[old]
         return self.tables[day]
 
+    def _assign_labels(self) -> None:
+        """Every engine reads every label (terminal risk needs them all), from where its group
+        committed; labels are stored idempotently, so re-reading some is harmless."""
+        topic = self.settings.kafka.topics.labels
+        metadata = self.label_consumer.list_topics(topic, timeout=30)
+        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
+        committed = _retry(
+            lambda: self.label_consumer.committed(partitions, timeout=10), "label offsets"
+        )
+        for partition in committed:
+            if partition.offset < 0:
+                low, _high = self.label_consumer.get_watermark_offsets(partition, timeout=30)
+                partition.offset = low
+            self._label_next[partition.partition] = partition.offset
+        self.label_consumer.assign(committed)
+
     def _drain_labels(self) -> None:
-        """Read the labels topic up to now, so a day's table has every label reported by then."""
-        deadline = time.monotonic() + 10
+        """Read the labels topic up to its current end, so a day's table has every label
+        produced before the day's first transaction (the simulator and replay send labels in
+        time order with the transactions)."""
+        ends = {}
+        for partition in self.label_consumer.assignment():
+            _low, high = self.label_consumer.get_watermark_offsets(partition, timeout=10)
+            ends[partition.partition] = high
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
+            if all(self._label_next.get(p, 0) >= end for p, end in ends.items()):
+                return
             messages = self.label_consumer.consume(10_000, 0.2)
             labels = []
             for message in messages:
                 if message.error():
                     continue
+                self._label_next[_partition(message)] = _offset(message) + 1
                 label = decode_label(message.value() or b"")
                 if isinstance(label, Invalid):
                     log.warning(
@@ -250,8 +280,7 @@ class LocalEngine:
             if labels:
                 with self.conn.transaction():
                     store_labels(self.conn, labels)
-            if not messages:
-                return
+        log.warning("labels topic not drained within 60 s; building the terminal table anyway")
 
     def _predict(self, frames: list[tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
         batch = pd.concat([b for b, _ in frames], ignore_index=True)
@@ -401,6 +430,24 @@ class LocalEngine:
             return lag
         except Exception:  # lag is advisory; never stop scoring for it
             return None
+
+
+def _retry(call: Any, what: str, attempts: int = 10) -> Any:
+    """Retry a Kafka call through transient errors (coordinator moving, broker restarting)."""
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaException as error:
+            if attempt == attempts - 1 or (not error.args[0].retriable() and error.args[0].code() not in (
+                KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT,
+            )):  # fmt: skip
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
 
 
 def _partition(message: Message) -> int:
