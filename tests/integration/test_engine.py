@@ -8,10 +8,9 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd

@@ -432,6 +432,15 @@ class LocalEngine:
             return None
 
 
+_TRANSIENT = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
 def _retry(call: Any, what: str, attempts: int = 10) -> Any:
     """Retry a Kafka call through transient errors (coordinator moving, broker restarting)."""
     delay = 0.2
@@ -439,10 +448,9 @@ def _retry(call: Any, what: str, attempts: int = 10) -> Any:
         try:
             return call()
         except KafkaException as error:
-            if attempt == attempts - 1 or (not error.args[0].retriable() and error.args[0].code() not in (
-                KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-                KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError._TIMED_OUT,
-            )):  # fmt: skip
+            kafka_error = error.args[0]
+            transient = kafka_error.retriable() or kafka_error.code() in _TRANSIENT
+            if attempt == attempts - 1 or not transient:
                 raise
             log.warning("%s: %s; retrying in %.1f s", what, error, delay)
             time.sleep(delay)
