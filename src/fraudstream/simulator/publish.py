@@ -207,11 +207,17 @@ def simulate_live(
         if due <= 0:
             clock.sleep(min((report.sent + 1) / rate - elapsed, 0.01))
             continue
-        rows = buffer.take(min(due, chunk))
+        rows = buffer.peek_rows(min(due, chunk))
         if accelerated:
             times = (origin_wall + (rows["event_time"] - origin_sim)).dt.to_pydatetime().tolist()
+            if times[-1] > clock.now():
+                # Caught up with the present: from here on the simulation runs in real time.
+                clock.sleep(min((times[-1] - clock.now()).total_seconds(), 0.5))
+                started = clock.monotonic() - report.sent / rate  # no burst after the wait
+                continue
         else:
             times = [clock.now()] * len(rows)
+        buffer.advance(len(rows))
         records = TransactionRows(rows)
         for index, event_time in enumerate(times):
             publisher.send_transaction(records.record(index, event_time))
@@ -262,12 +268,12 @@ def _simulated_span(
         (first["event_time"].iat[-1] - first["event_time"].iat[0]).total_seconds() / 86_400, 1e-3
     )
     per_day = len(first) / days
-    total = (
-        count
-        if count is not None
-        else rate * (duration_s if duration_s is not None else 30 * 86_400)
-    )
-    return timedelta(days=min(total / per_day, 365.0))
+    if count is None and duration_s is None:
+        return timedelta(days=30)  # endless: a month of history, then live
+    total = count if count is not None else rate * (duration_s or 0.0)
+    # A margin, so that volume drifting above the first week's never makes a bounded run wait
+    # for the wall clock to catch up.
+    return timedelta(days=min(total / per_day * 1.2 + 1, 365.0))
 
 
 class _Buffer:
@@ -284,12 +290,14 @@ class _Buffer:
     def first_time(self) -> pd.Timestamp:
         return pd.Timestamp(self._frame["event_time"].iat[0])
 
-    def take(self, count: int) -> pd.DataFrame:
+    def peek_rows(self, count: int) -> pd.DataFrame:
+        """The next ``count`` rows (fewer at a block's end), without consuming them."""
         if self._position >= len(self._frame):
             self._frame, self._position = next(self._blocks), 0
-        rows = self._frame.iloc[self._position : self._position + count]
-        self._position += len(rows)
-        return rows
+        return self._frame.iloc[self._position : self._position + count]
+
+    def advance(self, count: int) -> None:
+        self._position += count
 
 
 # --- replay -----------------------------------------------------------------------------

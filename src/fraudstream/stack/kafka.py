@@ -213,11 +213,12 @@ class KafkaBroker:
         self.config_file.write_text("".join(f"{key}={value}\n" for key, value in lines.items()))
 
     def _format(self, java: str, libs: Path) -> None:
+        # A cluster id may begin with "-", so it is passed as --cluster-id=ID, never as two words.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         result = subprocess.run(
             [
                 java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-                "--cluster-id", cluster_id, "--config", str(self.config_file), "--standalone",
+                f"--cluster-id={cluster_id}", "--config", str(self.config_file), "--standalone",
             ],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
