@@ -27,6 +27,7 @@ def stack_overrides(state_dir: Path) -> dict[str, str]:
     """Settings for a private stack: its own state directory and free ports."""
     return {
         "state_dir": str(state_dir),
+        "pipeline": "false",
         "kafka.port": str(free_port()),
         "kafka.controller_port": str(free_port()),
         "database.port": str(free_port()),

@@ -102,6 +102,20 @@ def _settings(ctx: typer.Context) -> Settings:
     return options.settings()
 
 
+def _stack(ctx: typer.Context) -> Stack:
+    """The stack, with the environment its engine and simulator processes inherit: this
+    command's own, plus its --config and --set choices, so the children see the same settings."""
+    import os
+
+    options: _Options = ctx.obj
+    env = dict(os.environ)
+    if options.config is not None:
+        env[CONFIG_FILE_ENV] = str(options.config.absolute())
+    for key, value in options.overrides.items():
+        env[env_name(key)] = value
+    return Stack(options.settings(), child_env=env)
+
+
 def _print_error(message: str) -> None:
     err.print("[bold red]error:[/] ", end="")
     err.print(message, markup=False, highlight=False)
@@ -115,8 +129,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 @app.command()
 def up(ctx: typer.Context) -> None:
     """Start the local stack detached and return when it is healthy."""
-    settings = _settings(ctx)
-    stack = Stack(settings)
+    stack = _stack(ctx)
     started = time.monotonic()
     with err.status("starting fraudstream…") as status:
         report = stack.up(progress=lambda message: status.update(message + "…"))
@@ -133,6 +146,8 @@ def up(ctx: typer.Context) -> None:
             out.print(f"created topics {', '.join(report.topics_created)}")
         if report.migrations_applied:
             out.print(f"database schema migrated to version {max(report.migrations_applied)}")
+        if report.model_trained:
+            out.print(f"trained and promoted a first model, {report.model_trained}")
     _print_status(stack)
 
 
@@ -145,7 +160,7 @@ def down(
 ) -> None:
     """Stop the local stack cleanly."""
     settings = _settings(ctx)
-    stopped = Stack(settings).down(volumes=volumes)
+    stopped = _stack(ctx).down(volumes=volumes)
     out.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     if volumes:
         out.print(f"deleted {settings.state_dir}")
@@ -157,7 +172,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """List each service with its state, pid, address and uptime."""
-    stack = Stack(_settings(ctx))
+    stack = _stack(ctx)
     if as_json:
         rows = [status.__dict__ for status in stack.status()]
         out.print_json(json.dumps(rows))
@@ -192,7 +207,7 @@ def _duration(seconds: float | None) -> str:
 def logs(
     ctx: typer.Context,
     service: Annotated[
-        str | None, typer.Argument(help="kafka or postgres; all when omitted.")
+        str | None, typer.Argument(help="kafka, postgres, engine or simulator; all when omitted.")
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
@@ -200,7 +215,7 @@ def logs(
     tail: Annotated[int, typer.Option("--tail", "-n", min=0, help="Lines to show first.")] = 50,
 ) -> None:
     """Show or follow a service's log."""
-    files = Stack(_settings(ctx)).log_files()
+    files = _stack(ctx).log_files()
     if service is not None:
         if service not in files:
             _fail(
@@ -325,8 +340,13 @@ def simulate(
     ] = None,
     count: Annotated[int | None, typer.Option(min=1, help="Live: stop after this many.")] = None,
     accelerated: Annotated[
-        bool, typer.Option(help="Live: event time runs at simulation speed (labels arrive).")
+        bool,
+        typer.Option(
+            help="Live: event time runs at simulation speed, starting in the past, until it "
+            "catches up with now (labels arrive)."
+        ),
     ] = False,
+    forever: Annotated[bool, typer.Option(help="Live: run until stopped.")] = False,
     preset: Annotated[
         str | None, typer.Option(help="default | handbook (simulator.preset).")
     ] = None,
@@ -356,9 +376,9 @@ def simulate(
             )
         _simulate_history(replace(params, days=days), out)
         return
-    if duration is None and count is None:
+    if duration is None and count is None and not forever:
         raise typer.BadParameter(
-            "live mode needs --duration or --count (or --out FILE for a history)"
+            "live mode needs --duration, --count or --forever (or --out FILE for a history)"
         )
     _simulate_live(settings, params, rate or settings.simulator.rate, duration, count, accelerated)
 
@@ -410,7 +430,7 @@ def _simulate_live(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     publisher = Publisher(settings.kafka)
-    limit = f"{count:,} transactions" if count else f"{duration}"
+    limit = f"{count:,} transactions" if count else (duration or "ever")
     err.print(
         f"sending {rate:,.0f} tx/s to {settings.kafka.bootstrap} for {limit} (Ctrl-C stops cleanly)"
     )

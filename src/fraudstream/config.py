@@ -205,6 +205,12 @@ class ModelSettings(_Section):
         default=0.9, gt=0, le=1, description="Precision required before the model declines."
     )
     seed: int = Field(default=0, ge=0)
+    bootstrap_customers: int = Field(
+        default=5_000, ge=50, le=1_000_000, description="Card holders in the first model's history."
+    )
+    bootstrap_days: int = Field(
+        default=160, ge=160, le=3650, description="Days of history the first model is trained on."
+    )
 
 
 class EngineSettings(_Section):
@@ -245,6 +251,11 @@ class Settings(BaseSettings):
         description="Where downloaded jars are cached and reused across state directories.",
     )
     start_timeout_s: float = Field(default=90.0, gt=0, le=3600)
+    pipeline: bool = Field(
+        default=True,
+        description="`up` also starts the engine and the simulator (training a first model if "
+        "none exists); false runs only Kafka and PostgreSQL.",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     privacy: PrivacySettings = Field(default_factory=PrivacySettings)

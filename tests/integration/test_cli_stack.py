@@ -193,3 +193,39 @@ def test_external_services_are_used_not_started(stack_settings: Settings, tmp_pa
     }
     assert "password" not in result.stdout + result.stderr
     assert os.listdir(tmp_path / "state") == [".fraudstream-state", "run"]
+
+
+def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
+    overrides = {
+        **stack_overrides(tmp_path / "state"),
+        "pipeline": "true",
+        "model.bootstrap_customers": "300",
+        "simulator.rate": "3000",
+    }
+    env = overrides_env(overrides)
+    settings = load_settings(overrides=overrides)
+    try:
+        up = run_cli("up", env=env, timeout=600)
+        assert up.returncode == 0, up.stderr
+        assert "trained and promoted a first model" in up.stdout
+        states = {name: row["state"] for name, row in _status(env).items()}
+        assert states == {n: "running" for n in ("kafka", "postgres", "engine", "simulator")}
+        deadline = time.monotonic() + 120
+        counts: tuple[int, int] = (0, 0)
+        while time.monotonic() < deadline:
+            with psycopg.connect(conninfo(settings)) as conn:
+                row = conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE decision <> 'approve') FROM fraud_predictions"
+                ).fetchone()
+            counts = (int(row[0]), int(row[1])) if row else (0, 0)
+            if counts[0] > 5_000 and counts[1] > 0:
+                break
+            time.sleep(2)
+        assert counts[0] > 5_000 and counts[1] > 0, counts
+        logs = run_cli("logs", "engine", "-n", "20", env=env)
+        assert "scored" in logs.stdout
+        down = run_cli("down", env=env, timeout=180)
+        assert down.returncode == 0, down.stderr
+        assert "stopped simulator, engine, postgres, kafka" in down.stdout
+    finally:
+        run_cli("down", "--volumes", env=env, timeout=180)

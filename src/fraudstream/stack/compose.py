@@ -7,9 +7,10 @@ Managed services are those fraudstream runs itself; a service configured as exte
 from __future__ import annotations
 
 import fcntl
+import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Protocol
 from fraudstream import bus
 from fraudstream.config import Settings
 from fraudstream.stack.kafka import KafkaBroker
+from fraudstream.stack.pipeline import pipeline_services
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.stack.process import PidRecord, ServiceError
 from fraudstream.store import migrations
@@ -65,17 +67,24 @@ class UpReport:
     already_running: list[str] = field(default_factory=list)
     topics_created: list[str] = field(default_factory=list)
     migrations_applied: list[int] = field(default_factory=list)
+    model_trained: str | None = None
 
     @property
     def changed(self) -> bool:
-        return bool(self.started or self.topics_created or self.migrations_applied)
+        return bool(
+            self.started or self.topics_created or self.migrations_applied or self.model_trained
+        )
 
 
 class Stack:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, child_env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.broker = KafkaBroker(settings)
         self.database = EmbeddedPostgres(settings)
+        env = dict(os.environ if child_env is None else child_env)
+        self.pipeline: list[ManagedService] = (
+            list(pipeline_services(settings, env)) if settings.pipeline else []
+        )
 
     def managed(self) -> list[ManagedService]:
         """Services fraudstream runs itself, in start order."""
@@ -87,7 +96,7 @@ class Stack:
         return services
 
     def log_files(self) -> dict[str, Path]:
-        return {service.name: service.log_file for service in self.managed()}
+        return {service.name: service.log_file for service in [*self.managed(), *self.pipeline]}
 
     def up(self, progress: Callable[[str], None] = lambda _message: None) -> UpReport:
         """Start what is not running, wait until healthy, create topics and schema."""
@@ -111,13 +120,30 @@ class Stack:
             progress("migrating the database schema")
             with connect(self.settings) as conn:
                 report.migrations_applied = [m.version for m in migrations.migrate(conn)]
+            if self.pipeline:
+                self._start_pipeline(report, progress)
         return report
+
+    def _start_pipeline(self, report: UpReport, progress: Callable[[str], None]) -> None:
+        from fraudstream.clock import SystemClock
+        from fraudstream.model.bootstrap import ensure_model
+
+        version = ensure_model(self.settings, SystemClock(), progress)
+        if version is not None:
+            report.model_trained = version
+        for service in self.pipeline:
+            if service.is_running():
+                report.already_running.append(service.name)
+                continue
+            progress(f"starting {service.name}")
+            service.start()
+            report.started.append(service.name)
 
     def down(self, *, volumes: bool = False) -> list[str]:
         """Stop the managed services (last started, first stopped); optionally delete all data."""
         stopped = []
         with self._lock():
-            for service in reversed(self.managed()):
+            for service in [*reversed(self.pipeline), *reversed(self.managed())]:
                 if service.stop():
                     stopped.append(service.name)
         if volumes:
@@ -138,7 +164,16 @@ class Stack:
             state = "running" if service.healthy() else "starting"
             uptime = time.time() - record.started_at
             statuses.append(ServiceStatus(service.name, state, record.pid, record.address, uptime))
-        order = {"kafka": 0, "postgres": 1}
+        for service in self.pipeline:
+            record = service.record()
+            if record is None or not service.is_running():
+                statuses.append(ServiceStatus(service.name, "stopped", None, service.address, None))
+            else:
+                uptime = time.time() - record.started_at
+                statuses.append(
+                    ServiceStatus(service.name, "running", record.pid, service.address, uptime)
+                )
+        order = {"kafka": 0, "postgres": 1, "engine": 2, "simulator": 3}
         return sorted(statuses, key=lambda status: order.get(status.name, 99))
 
     def schema_current(self) -> bool:

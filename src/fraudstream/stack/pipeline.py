@@ -1,0 +1,79 @@
+"""The engine and the simulator as services of the local stack (``fraudstream`` sub-commands)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from fraudstream.config import Settings
+from fraudstream.stack.process import PidRecord, read_pid, running, spawn, stop
+
+__all__ = ["PipelineService", "pipeline_services"]
+
+
+class PipelineService:
+    """A long-running ``fraudstream`` sub-command with a pid file and a log, like a container."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        arguments: list[str],
+        address: str,
+        env: Mapping[str, str],
+    ) -> None:
+        self.name = name
+        self.arguments = arguments
+        self._address = address
+        self.env = dict(env)
+        self.log_file: Path = settings.state_dir / "logs" / f"{name}.log"
+        self.pid_file = settings.state_dir / "run" / f"{name}.pid"
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    def record(self) -> PidRecord | None:
+        return read_pid(self.pid_file)
+
+    def is_running(self) -> bool:
+        return running(self.record())
+
+    def healthy(self) -> bool:
+        return self.is_running()
+
+    def preflight(self) -> None:
+        return None
+
+    def start(self) -> PidRecord:
+        argv = [sys.executable, "-m", "fraudstream", *self.arguments]
+        return spawn(
+            argv, pid_file=self.pid_file, log_file=self.log_file, address=self.address, env=self.env
+        )
+
+    def stop(self) -> bool:
+        # SIGTERM: the engine finishes its batch and commits; the simulator flushes.
+        return stop(self.pid_file, sig=signal.SIGTERM, timeout_s=60.0)
+
+
+def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[PipelineService]:
+    """Engine first, then the simulator, so that nothing waits unscored."""
+    child_env = {**env, "FRAUDSTREAM_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
+    topics = settings.kafka.topics
+    engine = PipelineService(
+        settings,
+        "engine",
+        ["score", "--engine", "local"],
+        f"group {settings.engine.group_id}",
+        child_env,
+    )
+    simulator = PipelineService(
+        settings,
+        "simulator",
+        ["simulate", "--accelerated", "--forever"],
+        f"→ {topics.transactions} at {settings.simulator.rate:,.0f} tx/s",
+        child_env,
+    )
+    return [engine, simulator]
