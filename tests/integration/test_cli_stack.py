@@ -215,7 +215,8 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             with psycopg.connect(conninfo(settings)) as conn:
                 row = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE decision <> 'approve') FROM fraud_predictions"
+                    "SELECT count(*), count(*) FILTER (WHERE decision <> 'approve') "
+                    "FROM fraud_predictions"
                 ).fetchone()
             counts = (int(row[0]), int(row[1])) if row else (0, 0)
             if counts[0] > 5_000 and counts[1] > 0:
