@@ -180,6 +180,7 @@ def test_external_services_are_used_not_started(stack_settings: Settings, tmp_pa
     env = overrides_env(
         {
             "state_dir": str(tmp_path / "state"),
+            "pipeline": "false",
             "kafka.bootstrap_servers": stack_settings.kafka.bootstrap,
             "database.url": conninfo(stack_settings),
         }
