@@ -243,7 +243,7 @@ def test_kill_minus_nine_repeatedly_stores_each_transaction_exactly_once(
         if len(predictions(crashing)) == len(frame):
             break
     finished = subprocess.run(
-        [sys.executable, "-m", "fraudstream", "score", "--max-idle", "4"],
+        [sys.executable, "-m", "fraudstream", "score", "--max-idle", "15"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-2000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.cimpl import NewTopic
 
 from fraudstream import bus
 from fraudstream.clock import SystemClock
@@ -172,6 +173,19 @@ def test_replay_at_real_time_times_n_follows_event_time(
 ) -> None:
     # Eight transactions one minute apart, replayed at 60 x real time: about 7 s in all.
     # (No frauds: their labels come 7 days of event time later, which would pace the end.)
+    # The topic keeps the producer's timestamps, which is what the pacing is about.
+    paced = kafka_settings.kafka.topics.transactions + "-paced"
+    admin = bus.admin_client(kafka_settings.kafka)
+    admin.create_topics([NewTopic(paced, num_partitions=1, replication_factor=1)])[paced].result(30)
+    kafka_settings = kafka_settings.model_copy(
+        update={
+            "kafka": kafka_settings.kafka.model_copy(
+                update={
+                    "topics": kafka_settings.kafka.topics.model_copy(update={"transactions": paced})
+                }
+            )
+        }
+    )
     rows = [_sparkov_row(i, is_fraud=0) for i in range(8)]
     path = _write_csv(tmp_path / "paced.csv", SPARKOV_HEADER, rows)
     env = _cli_env(kafka_settings, **{"privacy.token_key": "replay-test-key-0123456789"})

@@ -223,3 +223,14 @@ def test_feature_vector_is_complete_and_deterministic() -> None:
 )
 def test_features_read_in_words(feature: str, value: float, words: str) -> None:
     assert describe(feature, value) == words
+
+
+def test_a_computer_keeps_updating_the_state_it_was_given() -> None:
+    # Engines hand each partition's (possibly empty) state to a new computer per batch.
+    stream = _stream(600)
+    state = CardState()
+    parts = [
+        FeatureComputer(state=state).compute(stream.iloc[i : i + 100]) for i in range(0, 600, 100)
+    ]
+    assert len(state) > 0
+    pd.testing.assert_frame_equal(pd.concat(parts), FeatureComputer().compute(stream))

@@ -84,6 +84,7 @@ class LocalEngine:
             self.conn, consumer_group=self.group, features_version=FEATURES_VERSION
         )
         self.states: dict[int, CardState] = {}
+        self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
         self.tables: dict[np.datetime64, TerminalTable] = {}
         self.stats = EngineStats()
@@ -134,10 +135,12 @@ class LocalEngine:
             if stored is None:
                 self.states[partition.partition] = CardState()
                 partition.offset = OFFSET_BEGINNING
+                self.expected[partition.partition] = None  # whatever the log starts at
             else:
                 offset, blob = stored
                 self.states[partition.partition] = CardState.from_bytes(blob)
                 partition.offset = offset
+                self.expected[partition.partition] = offset
             self.snapshot_due[partition.partition] = 0.0  # snapshot at the first batch
         log.info("assigned %s", {p.partition: p.offset for p in partitions})
         consumer.assign(partitions)
@@ -146,6 +149,7 @@ class LocalEngine:
         for partition in partitions:
             self.states.pop(partition.partition, None)
             self.snapshot_due.pop(partition.partition, None)
+            self.expected.pop(partition.partition, None)
         consumer.unassign()
 
     # --- main loop -----------------------------------------------------------------------
@@ -191,6 +195,9 @@ class LocalEngine:
         now = self.clock.now()
         rows: dict[int, list[tuple[Transaction, Message]]] = defaultdict(list)
         rejected: list[tuple[Message, str]] = []
+        messages = self._contiguous(messages)
+        if not messages:
+            return
         for message in messages:
             record = decode_transaction(message.value() or b"", now=now)
             if isinstance(record, Invalid):
@@ -199,7 +206,7 @@ class LocalEngine:
                 rows[_partition(message)].append((record, message))
         frames = []
         for partition, items in rows.items():
-            state = self.states.setdefault(partition, CardState())
+            state = self.states[partition]
             batch = _frame(items)
             computer = FeatureComputer(state=state, tables=self._table)
             features = computer.compute(batch)
@@ -222,6 +229,32 @@ class LocalEngine:
         del self.stats.batch_ms[:-1000]
 
     # --- steps ---------------------------------------------------------------------------
+
+    def _contiguous(self, messages: list[Message]) -> list[Message]:
+        """Only messages that continue each owned partition exactly where its state stands.
+
+        A rebalance can revoke a partition after its messages were fetched, or hand back
+        messages fetched before the engine re-seeked to its snapshot: scoring those with this
+        state would store wrong rows, so they are dropped and the partition re-seeked.
+        """
+        kept = []
+        for message in messages:
+            partition, offset = _partition(message), _offset(message)
+            if partition not in self.states:
+                continue
+            expected = self.expected.get(partition)
+            if expected is not None and offset != expected:
+                if offset > expected:  # a gap: read again from where the state stands
+                    try:
+                        self.consumer.seek(TopicPartition(self.topic, partition, expected))
+                    except KafkaException as error:  # mid-rebalance: the next assignment seeks
+                        log.warning(
+                            "could not seek partition %d to %d: %s", partition, expected, error
+                        )
+                continue
+            self.expected[partition] = offset + 1
+            kept.append(message)
+        return kept
 
     def _table(self, day: np.datetime64) -> TerminalTable:
         if day not in self.tables:

@@ -37,8 +37,9 @@ class FeatureComputer:
         activity: TerminalActivity | None = None,
         tables: Callable[[np.datetime64], TerminalTable] | None = None,
     ) -> None:
-        self.state = state or CardState()
-        self.activity = activity or TerminalActivity()
+        # "is None", not "or": an empty CardState is falsy, and it must still be the one kept.
+        self.state = state if state is not None else CardState()
+        self.activity = activity if activity is not None else TerminalActivity()
         self._table_source = tables or self.activity.table
         self._tables: dict[np.datetime64, TerminalTable] = {}
 
