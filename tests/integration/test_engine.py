@@ -235,7 +235,7 @@ def test_kill_minus_nine_repeatedly_stores_each_transaction_exactly_once(
             [sys.executable, "-m", "fraudstream", "score"], env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        time.sleep(rng.uniform(3.0, 6.0))
+        time.sleep(rng.uniform(2.5, 4.5))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             kills += 1
