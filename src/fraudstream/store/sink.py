@@ -10,7 +10,7 @@ primary key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,12 +132,13 @@ class PredictionSink:
         self,
         predictions: pd.DataFrame,
         checkpoints: list[Checkpoint],
-        rejected: list[tuple[str, int, int, str]] = (),  # type: ignore[assignment]
+        rejected: Sequence[tuple[str, int, int, str]] = (),
     ) -> StoredBatch:
         """Store a batch's predictions and checkpoints atomically; idempotent.
 
         ``predictions`` has the columns ``COLUMNS``: ``rule_hits`` lists of rule names,
-        ``reasons`` JSON-able objects (lists of dicts), times timezone-aware.
+        ``reasons`` JSON-able objects (lists of dicts), times timezone-aware. ``rejected``
+        (topic, partition, offset, reason) rows go to ``dlq_events`` in the same transaction.
         """
         with self.conn.transaction():
             with self.conn.cursor() as cursor:
