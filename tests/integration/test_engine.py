@@ -158,6 +158,11 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
         reasons = [r for (r,) in conn.execute("SELECT reason FROM dlq_events").fetchall()]
         status = conn.execute("SELECT dlq_total, model_version FROM engine_status").fetchone()
         rollup = conn.execute("SELECT sum(tx_count) FROM rollup_minute").fetchone()
+        timeline = conn.execute(
+            "SELECT count(*) FILTER (WHERE kafka_time IS NULL OR kafka_time > scored_at "
+            "OR scored_at > stored_at) FROM fraud_predictions"
+        ).fetchone()
+    assert timeline == (0,)  # broker append, scoring and storing times recorded, in order
     assert len(reasons) == len(malformed)
     for expected in malformed.values():
         assert any(expected in reason for reason in reasons), expected

@@ -505,12 +505,9 @@ def _frame(items: list[tuple[Transaction, Message]]) -> pd.DataFrame:
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
     frame["_partition"] = [m.partition() for _, m in items]
     frame["_offset"] = [m.offset() for _, m in items]
-    frame["_kafka_time"] = [
-        pd.Timestamp(m.timestamp()[1], unit="ms", tz="UTC").to_pydatetime()
-        if m.timestamp()[1] > 0
-        else None
-        for _, m in items
-    ]
+    stamps = np.array([m.timestamp()[1] for _, m in items], dtype=np.int64)
+    appended = pd.to_datetime(stamps, unit="ms", utc=True).to_pydatetime()
+    frame["_kafka_time"] = np.where(stamps > 0, appended, None)  # no broker time: unknown
     return frame
 
 

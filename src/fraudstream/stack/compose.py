@@ -156,23 +156,14 @@ class Stack:
             statuses.append(self._external("kafka", self.settings.kafka.bootstrap, self._kafka_up))
         if not self.settings.database.managed:
             statuses.append(self._external("postgres", "database.url", self._database_up))
-        for service in self.managed():
+        for service in [*self.managed(), *self.pipeline]:
             record = service.record()
             if record is None or not service.is_running():
                 statuses.append(ServiceStatus(service.name, "stopped", None, service.address, None))
                 continue
             state = "running" if service.healthy() else "starting"
             uptime = time.time() - record.started_at
-            statuses.append(ServiceStatus(service.name, state, record.pid, record.address, uptime))
-        for service in self.pipeline:
-            record = service.record()
-            if record is None or not service.is_running():
-                statuses.append(ServiceStatus(service.name, "stopped", None, service.address, None))
-            else:
-                uptime = time.time() - record.started_at
-                statuses.append(
-                    ServiceStatus(service.name, "running", record.pid, service.address, uptime)
-                )
+            statuses.append(ServiceStatus(service.name, state, record.pid, service.address, uptime))
         order = {"kafka": 0, "postgres": 1, "engine": 2, "simulator": 3}
         return sorted(statuses, key=lambda status: order.get(status.name, 99))
 

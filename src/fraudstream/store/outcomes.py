@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import psycopg
 
 from fraudstream.features import TerminalActivity
@@ -55,11 +55,9 @@ def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) ->
         "JOIN fraud_predictions p USING (tx_id) "
         "WHERE l.is_fraud AND l.reported_at <= %s AND p.event_time >= %s AND p.event_time < %s "
         "GROUP BY p.tx_id, p.terminal_id, p.event_time",
-        (last, first, last + timedelta(days=0)),
+        (last, first, last),
     ).fetchall()
     if frauds:
-        import pandas as pd
-
         terminals, times, reported = zip(*frauds, strict=True)
         activity.add_frauds(pd.Series(terminals), pd.Series(times), pd.Series(reported))
     return activity
