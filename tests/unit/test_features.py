@@ -15,7 +15,7 @@ from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, desc
 from fraudstream.features.card import card_features
 from fraudstream.features.definitions import CARD_WINDOWS, DISTINCT_TERMINAL_WINDOWS, window_name
 from fraudstream.features.pipeline import history_features
-from fraudstream.features.terminal import TerminalActivity
+from fraudstream.features.terminal import TerminalActivity, count_buckets
 
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
 
@@ -234,3 +234,34 @@ def test_a_computer_keeps_updating_the_state_it_was_given() -> None:
     ]
     assert len(state) > 0
     pd.testing.assert_frame_equal(pd.concat(parts), FeatureComputer().compute(stream))
+
+
+def test_counts_summed_per_bucket_give_the_same_terminal_table() -> None:
+    # Engines load counts per `count_buckets` range, not per day; the table must not change.
+    rng = np.random.default_rng(5)
+    day = np.datetime64("2026-03-01")
+    days = day - rng.integers(1, 60, 4_000)
+    terminals = rng.choice([f"T{i}" for i in range(40)], 4_000).astype(object)
+    counts = rng.integers(1, 9, 4_000)
+    fraud_days = day - rng.integers(1, 40, 50)
+    frauds = (
+        pd.Series(rng.choice(terminals, 50)),
+        pd.Series(pd.to_datetime(fraud_days).tz_localize("UTC")),
+        pd.Series(pd.to_datetime(fraud_days + 3).tz_localize("UTC")),
+    )
+    daily = TerminalActivity()
+    daily.add_daily_counts(terminals, days, counts)
+    daily.add_frauds(*frauds)
+
+    edges = count_buckets(day)
+    inside = (days >= edges[0]) & (days < edges[-1])
+    bucket_first_day = edges[np.searchsorted(edges, days[inside], side="right") - 1]
+    bucketed = TerminalActivity()
+    bucketed.add_daily_counts(terminals[inside], bucket_first_day, counts[inside])
+    bucketed.add_frauds(*frauds)
+
+    expected = daily.table(day).frame
+    got = bucketed.table(day).frame
+    assert (expected.to_numpy() > 0).any()
+    pd.testing.assert_frame_equal(got, expected.loc[got.index])
+    assert (expected.drop(got.index) == 0).all().all()  # terminals only seen before the windows

@@ -6,10 +6,16 @@ the predictions, the consumed offsets and (periodically) each partition's card s
 are produced after the commit. On every partition assignment the engine restores the card
 state stored in PostgreSQL and seeks to the offset it was taken at; the replayed messages give
 the same rows, which the primary key absorbs.
+
+The PostgreSQL write of a batch runs on a writer thread while the next batch is decoded and
+scored (one batch in flight), so the database and the Python work overlap. When the database
+or the broker fails, the engine drops what is in flight, waits with backoff until they answer
+again, and resumes from what PostgreSQL recorded: the same recovery as after a crash.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,11 +23,14 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 import pandas as pd
+import psycopg
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -41,13 +50,27 @@ from fraudstream.policy import RuleSet, decide, default_rules, load_rules
 from fraudstream.schema import Invalid, Transaction, decode_label, decode_transaction
 from fraudstream.store.db import connect
 from fraudstream.store.outcomes import load_terminal_activity, store_labels
-from fraudstream.store.sink import Checkpoint, PredictionSink
+from fraudstream.store.sink import COLUMNS, Checkpoint, PredictionSink, StoredBatch
 
 __all__ = ["EngineStats", "LocalEngine"]
 
 log = logging.getLogger("fraudstream.engine")
 
 _FIELDS = [name for name in Transaction.__struct_fields__]
+_TABLE_DAYS_KEPT = 16  # terminal tables cached (partitions may stand on different days)
+_BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
+
+
+class Unavailable(Exception):
+    """PostgreSQL or Kafka did not answer; the engine recovers from its stored state."""
+
+
+@dataclass
+class _Batch:
+    predictions: pd.DataFrame
+    checkpoints: list[Checkpoint]
+    rejected: list[tuple[str, int, int, str]]
+    flush_alerts_first: bool  # a snapshot moves the replay point past earlier alerts
 
 
 @dataclass
@@ -79,15 +102,19 @@ class LocalEngine:
             if settings.policy.rules_file
             else default_rules()
         )
-        self.conn = connect(settings)
+        self.conn = connect(settings)  # the main thread's: tables, labels, status, snapshots
         self.sink = PredictionSink(
-            self.conn, consumer_group=self.group, features_version=FEATURES_VERSION
-        )
-        self.states: dict[int, CardState] = {}
+            connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
+        )  # the writer thread's
+        self.owned: list[int] = []  # partitions assigned to this engine
+        self.states: dict[int, CardState] = {}  # partitions restored and being scored
         self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
         self.tables: dict[np.datetime64, TerminalTable] = {}
         self.stats = EngineStats()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+        self._in_flight: Future[StoredBatch] | None = None
+        self._broken = False  # a failure left the in-memory state ahead of the database
         kafka = settings.kafka.client_config()
         self.consumer = Consumer(
             {
@@ -109,6 +136,7 @@ class LocalEngine:
                 "enable.auto.commit": True,
                 "enable.auto.offset.store": True,
                 "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,  # offset queries queue behind a waiting fetch
                 "log_level": 3,
             }
         )
@@ -119,38 +147,61 @@ class LocalEngine:
                 "acks": "all",
                 "linger.ms": 5,
                 "compression.type": "lz4",
+                "message.timeout.ms": 0,  # keep retrying through broker restarts
+                "log_level": 3,
             }
         )
         self._label_next: dict[int, int] = {}
         self._model_checked = 0.0
         self._status_written = 0.0
+        self._status_at, self._status_scored = time.monotonic(), 0
         self._started_at = clock.now()
 
     # --- partitions --------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        snapshots = self.sink.snapshots(self.topic)
+        self.owned = sorted(p.partition for p in partitions)
+        try:
+            offsets = self._restore()
+        except (psycopg.Error, Unavailable) as error:
+            # Scored from nowhere is worse than not scored: hold the partitions until the
+            # database answers (the main loop recovers and resumes them).
+            log.warning("could not restore partitions %s: %s", self.owned, error)
+            self._broken = True
+            consumer.assign(partitions)
+            consumer.pause(partitions)
+            return
         for partition in partitions:
-            stored = snapshots.get(partition.partition)
-            if stored is None:
-                self.states[partition.partition] = CardState()
-                partition.offset = OFFSET_BEGINNING
-                self.expected[partition.partition] = None  # whatever the log starts at
-            else:
-                offset, blob = stored
-                self.states[partition.partition] = CardState.from_bytes(blob)
-                partition.offset = offset
-                self.expected[partition.partition] = offset
-            self.snapshot_due[partition.partition] = 0.0  # snapshot at the first batch
+            partition.offset = offsets[partition.partition]
         log.info("assigned %s", {p.partition: p.offset for p in partitions})
         consumer.assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for partition in partitions:
-            self.states.pop(partition.partition, None)
-            self.snapshot_due.pop(partition.partition, None)
-            self.expected.pop(partition.partition, None)
+        try:
+            self._wait_written()  # the next owner resumes from what is committed
+        except Exception as error:  # not committed: the next owner scores the batch again
+            log.warning("batch in flight at revocation not stored: %s", error)
+        self.owned, self.states, self.expected, self.snapshot_due = [], {}, {}, {}
         consumer.unassign()
+
+    def _restore(self) -> dict[int, int]:
+        """Card state and resume offset of every owned partition, from PostgreSQL."""
+        snapshots = self.sink.snapshots(self.topic)
+        offsets = {}
+        self.states, self.expected, self.snapshot_due = {}, {}, {}
+        for partition in self.owned:
+            stored = snapshots.get(partition)
+            if stored is None:
+                self.states[partition] = CardState()
+                offsets[partition] = OFFSET_BEGINNING
+                self.expected[partition] = None  # whatever the log starts at
+            else:
+                offset, blob = stored
+                self.states[partition] = CardState.from_bytes(blob)
+                offsets[partition] = offset
+                self.expected[partition] = offset
+            self.snapshot_due[partition] = 0.0  # snapshot at the first batch
+        return offsets
 
     # --- main loop -----------------------------------------------------------------------
 
@@ -158,46 +209,69 @@ class LocalEngine:
         """Process batches until ``stop`` is set (or, once partitions are assigned, nothing
         arrives for ``max_idle_s``)."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        self._assign_labels()
         idle_since = time.monotonic()
+        labels_assigned = False
         try:
             while not self.stop.is_set():
-                messages = self.consumer.consume(
-                    self.settings.engine.batch_max_messages,
-                    self.settings.engine.batch_max_ms / 1000,
-                )
-                usable = [m for m in messages if not m.error()]
-                for message in messages:
-                    error = message.error()
-                    if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", error)
-                if usable or not self.states:  # idle only counts once partitions are assigned
-                    if usable:
-                        self.process(usable)
-                    idle_since = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
-                    break
-                self._housekeeping()
+                try:
+                    if self._broken:
+                        self._recover()
+                        continue
+                    if not labels_assigned:
+                        self._assign_labels()
+                        labels_assigned = True
+                    messages = self.consumer.consume(
+                        self.settings.engine.batch_max_messages,
+                        self.settings.engine.batch_max_ms / 1000,
+                    )
+                    usable = [m for m in messages if not m.error()]
+                    for message in messages:
+                        error = message.error()
+                        if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error: %s", error)
+                    if usable or not self.states:  # idle counts once partitions are assigned
+                        if usable:
+                            self.process(usable)
+                        idle_since = time.monotonic()
+                    elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                        break
+                    self._housekeeping()
+                except (psycopg.OperationalError, psycopg.InterfaceError, Unavailable) as error:
+                    log.warning("%s; recovering from the stored state", _first_line(error))
+                    self._broken = True
+                except KafkaException as error:
+                    if not _transient(error):
+                        raise
+                    log.warning("kafka: %s; recovering from the stored state", error)
+                    self._broken = True
         finally:
             self.close()
         return self.stats
 
     def close(self) -> None:
-        self.producer.flush(30)
+        """Finish the batch in flight (it commits whole or not at all), then let go."""
+        try:
+            if not self._broken:
+                self._wait_written()
+        except Exception as error:
+            log.warning("last batch not stored (it will be scored again): %s", error)
+        self._writer.shutdown(wait=True)
+        self.producer.flush(10)
         try:
             self.consumer.close()
             self.label_consumer.close()
         finally:
             self.conn.close()
+            self.sink.conn.close()
 
     def process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         now = self.clock.now()
-        rows: dict[int, list[tuple[Transaction, Message]]] = defaultdict(list)
-        rejected: list[tuple[Message, str]] = []
         messages = self._contiguous(messages)
         if not messages:
             return
+        rows: dict[int, list[tuple[Transaction, Message]]] = defaultdict(list)
+        rejected: list[tuple[Message, str]] = []
         for message in messages:
             record = decode_transaction(message.value() or b"", now=now)
             if isinstance(record, Invalid):
@@ -206,27 +280,89 @@ class LocalEngine:
                 rows[_partition(message)].append((record, message))
         frames = []
         for partition, items in rows.items():
-            state = self.states[partition]
             batch = _frame(items)
-            computer = FeatureComputer(state=state, tables=self._table)
-            features = computer.compute(batch)
-            frames.append((batch, features))
+            computer = FeatureComputer(state=self.states[partition], tables=self._table)
+            frames.append((batch, computer.compute(batch)))
         predictions = self._predict(frames) if frames else _empty_predictions()
         if rejected:
             self._dead_letter(rejected)
-        checkpoints = self._checkpoints(messages)
-        result = self.sink.write(
-            predictions,
-            checkpoints,
-            [(str(m.topic()), _partition(m), _offset(m), reason) for m, reason in rejected],
+        checkpoints, snapshotting = self._checkpoints(messages)
+        self._submit(
+            _Batch(
+                predictions,
+                checkpoints,
+                [(str(m.topic()), _partition(m), _offset(m), reason) for m, reason in rejected],
+                flush_alerts_first=snapshotting,
+            )
         )
-        self._alert(predictions)
         self.stats.batches += 1
         self.stats.scored += len(predictions)
-        self.stats.stored += result.inserted
         self.stats.rejected += len(rejected)
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
         del self.stats.batch_ms[:-1000]
+
+    # --- the writer thread ----------------------------------------------------------------
+
+    def _submit(self, batch: _Batch) -> None:
+        """Hand a batch to the writer once the previous one is committed."""
+        self._wait_written()
+        self._in_flight = self._writer.submit(self._write, batch)
+
+    def _wait_written(self) -> None:
+        """Wait for the batch in flight; its failure surfaces here, in the main thread."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self.stats.stored += in_flight.result().inserted
+
+    def _write(self, batch: _Batch) -> StoredBatch:
+        if batch.flush_alerts_first and self.producer.flush(30):
+            raise Unavailable("alerts of earlier batches not acknowledged by Kafka within 30 s")
+        result = self.sink.write(batch.predictions, batch.checkpoints, batch.rejected)
+        self._alert(batch.predictions)
+        return result
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Drop what is in flight, wait for PostgreSQL and Kafka, resume from stored state."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            try:
+                in_flight.result()  # committed or not, the stored state says which
+            except Exception as error:
+                log.info("batch in flight dropped: %s", _first_line(error))
+        delay = _BACKOFF_S[0]
+        while not self.stop.is_set():
+            try:
+                self._reconnect()
+                offsets = self._restore()
+                for partition, offset in offsets.items():
+                    if offset == OFFSET_BEGINNING:
+                        low, _high = self.consumer.get_watermark_offsets(
+                            TopicPartition(self.topic, partition), timeout=5
+                        )
+                        offset = low
+                        self.expected[partition] = low
+                    self.consumer.seek(TopicPartition(self.topic, partition, offset))
+                self.consumer.resume([TopicPartition(self.topic, p) for p in self.owned])
+            except (psycopg.Error, KafkaException, Unavailable) as error:
+                log.warning("still unavailable (%s); retrying in %.1f s", _first_line(error), delay)
+                self.stop.wait(delay)
+                delay = min(delay * 2, _BACKOFF_S[1])
+                continue
+            self.tables.clear()
+            self._broken = False
+            log.info("recovered: resuming partitions %s from the stored offsets", self.expected)
+            return
+
+    def _reconnect(self) -> None:
+        for conn in (self.conn, self.sink.conn):
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+        self.conn = connect(self.settings)
+        self.sink = PredictionSink(
+            connect(self.settings), consumer_group=self.group, features_version=FEATURES_VERSION
+        )
 
     # --- steps ---------------------------------------------------------------------------
 
@@ -257,12 +393,14 @@ class LocalEngine:
         return kept
 
     def _table(self, day: np.datetime64) -> TerminalTable:
+        """The terminal table of ``day``, built once from everything stored before it."""
         if day not in self.tables:
+            self._wait_written()  # the earlier batches' terminal counts are committed
             self._drain_labels()
             activity = load_terminal_activity(self.conn, day)
             self.conn.commit()
             self.tables[day] = activity.table(day)
-            for old in [d for d in self.tables if d < day - np.timedelta64(2, "D")]:
+            for old in sorted(self.tables)[:-_TABLE_DAYS_KEPT]:
                 del self.tables[old]
         return self.tables[day]
 
@@ -270,14 +408,17 @@ class LocalEngine:
         """Every engine reads every label (terminal risk needs them all), from where its group
         committed; labels are stored idempotently, so re-reading some is harmless."""
         topic = self.settings.kafka.topics.labels
-        metadata = self.label_consumer.list_topics(topic, timeout=30)
+        metadata = _retry(lambda: self.label_consumer.list_topics(topic, timeout=10), "labels")
         partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
         committed = _retry(
             lambda: self.label_consumer.committed(partitions, timeout=10), "label offsets"
         )
         for partition in committed:
             if partition.offset < 0:
-                low, _high = self.label_consumer.get_watermark_offsets(partition, timeout=30)
+                low, _high = _retry(
+                    lambda p=partition: self.label_consumer.get_watermark_offsets(p, timeout=10),
+                    "label offsets",
+                )
                 partition.offset = low
             self._label_next[partition.partition] = partition.offset
         self.label_consumer.assign(committed)
@@ -288,7 +429,10 @@ class LocalEngine:
         time order with the transactions)."""
         ends = {}
         for partition in self.label_consumer.assignment():
-            _low, high = self.label_consumer.get_watermark_offsets(partition, timeout=10)
+            _low, high = _retry(
+                lambda p=partition: self.label_consumer.get_watermark_offsets(p, timeout=10),
+                "label offsets",
+            )
             ends[partition.partition] = high
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -334,7 +478,7 @@ class LocalEngine:
         return pd.DataFrame(
             {
                 "tx_id": batch["tx_id"],
-                "event_time": batch["event_time"].dt.to_pydatetime(),
+                "event_time": batch["event_time"],
                 "card_id": batch["card_id"],
                 "terminal_id": batch["terminal_id"],
                 "amount": batch["amount"].round(2),
@@ -354,6 +498,12 @@ class LocalEngine:
     def _dead_letter(self, rejected: list[tuple[Message, str]]) -> None:
         """Keep every unusable message: original bytes, reason and source on the DLQ topic,
         acknowledged before the batch commits (so none is lost if the engine dies)."""
+        failures: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error)
+
         for message, reason in rejected:
             self.producer.produce(
                 self.settings.kafka.topics.dlq,
@@ -365,30 +515,31 @@ class LocalEngine:
                     "source.partition": str(message.partition()).encode(),
                     "source.offset": str(message.offset()).encode(),
                 },
+                on_delivery=delivered,
             )
-        if self.producer.flush(30):
-            raise RuntimeError("dead-letter messages were not acknowledged by Kafka")
+        if self.producer.flush(30) or failures:
+            raise Unavailable(
+                f"dead-letter messages not acknowledged by Kafka: {failures[:1] or 'timed out'}"
+            )
 
-    def _checkpoints(self, messages: list[Message]) -> list[Checkpoint]:
+    def _checkpoints(self, messages: list[Message]) -> tuple[list[Checkpoint], bool]:
+        """Next offset per partition, with the card state where a snapshot is due; and
+        whether any snapshot is taken."""
         last: dict[int, int] = {}
         for message in messages:
-            if not message.error():
-                partition = _partition(message)
-                last[partition] = max(last.get(partition, -1), _offset(message))
+            partition = _partition(message)
+            last[partition] = max(last.get(partition, -1), _offset(message))
         now = time.monotonic()
         checkpoints = []
-        snapshotting = any(now >= self.snapshot_due.get(p, 0.0) for p in last)
-        if snapshotting:
-            # Alerts of earlier batches must be delivered before the snapshot moves the replay
-            # point past them (alerts are at-least-once).
-            self.producer.flush(30)
+        snapshotting = False
         for partition, offset in last.items():
             snapshot = None
             if now >= self.snapshot_due.get(partition, 0.0):
                 snapshot = self.states[partition].to_bytes()
                 self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
+                snapshotting = True
             checkpoints.append(Checkpoint(self.topic, partition, offset + 1, snapshot))
-        return checkpoints
+        return checkpoints, snapshotting
 
     def _alert(self, predictions: pd.DataFrame) -> None:
         flagged = predictions[predictions["decision"] != "approve"]
@@ -426,29 +577,38 @@ class LocalEngine:
             self._write_status()
 
     def _write_status(self) -> None:
-        batch_ms = np.array(self.stats.batch_ms or [np.nan])
-        assignment = sorted(self.states)
+        """Throughput since the last report, lag and batch times: to the log and the table."""
+        now = time.monotonic()
+        elapsed = now - self._status_at
+        throughput = (self.stats.scored - self._status_scored) / elapsed if elapsed > 0 else 0.0
+        self._status_at, self._status_scored = now, self.stats.scored
+        p50, p99 = (
+            (float(np.percentile(self.stats.batch_ms, q)) for q in (50, 99))
+            if self.stats.batch_ms
+            else (None, None)
+        )
+        lag = self._lag()
         with self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
                 "partitions, throughput_tps, lag, batch_ms_p50, batch_ms_p99, dlq_total, "
                 "started_at, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s, %s, %s, now()) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
                 "ON CONFLICT (engine_id) DO UPDATE SET model_version = excluded.model_version, "
-                "partitions = excluded.partitions, lag = excluded.lag, "
-                "batch_ms_p50 = excluded.batch_ms_p50, batch_ms_p99 = excluded.batch_ms_p99, "
-                "dlq_total = excluded.dlq_total, heartbeat_at = now()",
+                "partitions = excluded.partitions, throughput_tps = excluded.throughput_tps, "
+                "lag = excluded.lag, batch_ms_p50 = excluded.batch_ms_p50, "
+                "batch_ms_p99 = excluded.batch_ms_p99, dlq_total = excluded.dlq_total, "
+                "heartbeat_at = now()",
                 (
-                    self.engine_id, self.name, self.group, self.scorer.version, assignment,
-                    self._lag(), float(np.nanpercentile(batch_ms, 50)),
-                    float(np.nanpercentile(batch_ms, 99)),
-                    self.stats.rejected, self._started_at,
+                    self.engine_id, self.name, self.group, self.scorer.version,
+                    sorted(self.states), throughput, lag, p50, p99, self.stats.rejected,
+                    self._started_at,
                 ),
             )  # fmt: skip
         log.info(
-            "scored %d, stored %d, rejected %d, alerts %d, batch p50 %.1f ms",
+            "%.0f tx/s, lag %s, batch p50 %s ms; scored %d, stored %d, rejected %d, alerts %d",
+            throughput, "?" if lag is None else lag, "-" if p50 is None else f"{p50:.1f}",
             self.stats.scored, self.stats.stored, self.stats.rejected, self.stats.alerts,
-            float(np.nanpercentile(batch_ms, 50)),
         )  # fmt: skip
 
     def _lag(self) -> int | None:
@@ -481,9 +641,7 @@ def _retry(call: Any, what: str, attempts: int = 10) -> Any:
         try:
             return call()
         except KafkaException as error:
-            kafka_error = error.args[0]
-            transient = kafka_error.retriable() or kafka_error.code() in _TRANSIENT
-            if attempt == attempts - 1 or not transient:
+            if attempt == attempts - 1 or not _transient(error):
                 raise
             log.warning("%s: %s; retrying in %.1f s", what, error, delay)
             time.sleep(delay)
@@ -500,18 +658,26 @@ def _offset(message: Message) -> int:
 
 
 def _frame(items: list[tuple[Transaction, Message]]) -> pd.DataFrame:
-    columns: dict[str, list[Any]] = {name: [getattr(r, name) for r, _ in items] for name in _FIELDS}
-    frame = pd.DataFrame(columns)
+    """A partition's decoded records as the canonical columns, plus where each came from."""
+    fields = zip(*(msgspec.structs.astuple(record) for record, _ in items), strict=True)
+    frame = pd.DataFrame(dict(zip(_FIELDS, fields, strict=True)))
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
-    frame["_partition"] = [m.partition() for _, m in items]
-    frame["_offset"] = [m.offset() for _, m in items]
-    stamps = np.array([m.timestamp()[1] for _, m in items], dtype=np.int64)
-    appended = pd.to_datetime(stamps, unit="ms", utc=True).to_pydatetime()
-    frame["_kafka_time"] = np.where(stamps > 0, appended, None)  # no broker time: unknown
+    frame["_partition"] = np.fromiter((m.partition() for _, m in items), np.int32, len(items))
+    frame["_offset"] = np.fromiter((m.offset() for _, m in items), np.int64, len(items))
+    stamps = np.fromiter((m.timestamp()[1] for _, m in items), np.int64, len(items))
+    appended = pd.to_datetime(stamps, unit="ms", utc=True)
+    frame["_kafka_time"] = appended.where(stamps > 0)  # no broker time: unknown
     return frame
 
 
 def _empty_predictions() -> pd.DataFrame:
-    from fraudstream.store.sink import COLUMNS
-
     return pd.DataFrame({name: [] for name in COLUMNS})
+
+
+def _transient(error: KafkaException) -> bool:
+    kafka_error = error.args[0]
+    return bool(kafka_error.retriable() or kafka_error.code() in _TRANSIENT)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

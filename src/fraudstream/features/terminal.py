@@ -24,11 +24,23 @@ from fraudstream.features.definitions import (
     window_name,
 )
 
-__all__ = ["TerminalActivity", "TerminalTable", "terminal_columns"]
+__all__ = ["TerminalActivity", "TerminalTable", "count_buckets", "terminal_columns"]
 
 _DELAY_DAYS = TERMINAL_DELAY.days
 _KNOWN_DAYS = KNOWN_FRAUD_WINDOW.days
 _SETTLED_DAYS = 1
+
+
+def count_buckets(day: np.datetime64) -> np.ndarray:
+    """Day boundaries such that every count window of ``day``'s table is a union of whole
+    buckets: transaction counts summed per bucket (dated by its first day) give the same table
+    as daily counts, in a few rows per terminal instead of one per day."""
+    first_of: Any = np.asarray(day).astype("datetime64[D]")[()]
+    delayed = first_of - _DELAY_DAYS
+    known_end = first_of - _SETTLED_DAYS
+    edges = {delayed, known_end, known_end - _KNOWN_DAYS}
+    edges |= {delayed - w.days for w in TERMINAL_WINDOWS}
+    return np.array(sorted(edges), dtype="datetime64[D]")
 
 
 def terminal_columns() -> list[str]:

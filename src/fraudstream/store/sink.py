@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 
@@ -28,24 +29,34 @@ COLUMNS = (
     "rule_hits", "reasons", "model_version", "engine", "kafka_partition", "kafka_offset",
     "kafka_time", "scored_at",
 )  # fmt: skip
-_TYPES = (
-    "text", "timestamptz", "text", "text", "float8", "float8", "text", "text[]", "jsonb",
-    "text", "text", "int4", "int8", "timestamptz", "timestamptz",
-)  # fmt: skip
+_TIMES = ("event_time", "kafka_time", "scored_at")
+# What is COPYed, in the cheapest binary types: times as microseconds since the Unix epoch,
+# amounts as float8 (rounded to numeric(14, 2) on insert), empty rule hits and reasons as NULL.
+_STAGED = {
+    "tx_id": "text", "event_time": "int8", "card_id": "text", "terminal_id": "text",
+    "amount": "float8", "score": "float8", "decision": "text", "rule_hits": "text[]",
+    "reasons": "jsonb", "model_version": "text", "engine": "text", "kafka_partition": "int4",
+    "kafka_offset": "int8", "kafka_time": "int8", "scored_at": "int8",
+}  # fmt: skip
+assert tuple(_STAGED) == COLUMNS
 
-# Amounts arrive as binary float8 (cheap to COPY) and are rounded to numeric(14, 2) on insert.
-_STAGING = """
+_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS staging_predictions
-    (LIKE fraud_predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
-ALTER TABLE staging_predictions ALTER COLUMN amount TYPE float8
+    ({", ".join(f"{name} {kind}" for name, kind in _STAGED.items())}) ON COMMIT DELETE ROWS
 """
+_CONVERTED = {
+    **{name: f"timestamptz 'epoch' + {name} * interval '1 microsecond'" for name in _TIMES},
+    "amount": "round(amount::numeric, 2)",
+    "rule_hits": "coalesce(rule_hits, '{}')",
+    "reasons": "coalesce(reasons, '[]')",
+}
 
 _BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
 # Built once from the constants above; no value from outside reaches the SQL text.
 _INSERT = f"""
 WITH inserted AS (
     INSERT INTO fraud_predictions ({", ".join(COLUMNS)})
-    SELECT {", ".join("round(amount::numeric, 2)" if c == "amount" else c for c in COLUMNS)}
+    SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
     FROM staging_predictions
     ON CONFLICT (tx_id) DO NOTHING
     RETURNING event_time, terminal_id, amount, decision, engine, stored_at
@@ -146,7 +157,7 @@ class PredictionSink:
                     f"COPY staging_predictions ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
                 )
                 with cursor.copy(copy_sql) as copy:
-                    copy.set_types(list(_TYPES))
+                    copy.set_types(list(_STAGED.values()))
                     for row in _rows(predictions):
                         copy.write_row(row)
                 inserted = cursor.execute(_INSERT).fetchone()
@@ -212,5 +223,20 @@ class PredictionSink:
 
 
 def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
-    columns = [frame[name].tolist() for name in COLUMNS]
+    """The frame as COPY rows, converted column by column (per-row Python is the cost here)."""
+    columns = []
+    for name in COLUMNS:
+        column = frame[name]
+        if name in _TIMES:
+            stamps = pd.to_datetime(column, utc=True)
+            micros = stamps.dt.tz_localize(None).to_numpy("datetime64[us]").astype(np.int64)
+            missing = stamps.isna().to_numpy()
+            values = micros.tolist()
+            if missing.any():
+                values = [None if gap else v for v, gap in zip(values, missing, strict=True)]
+        elif name in ("rule_hits", "reasons"):
+            values = [v if len(v) else None for v in column.tolist()]
+        else:
+            values = column.tolist()
+        columns.append(values)
     return list(zip(*columns, strict=True))
