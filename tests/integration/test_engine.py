@@ -1,15 +1,20 @@
-"""The local engine against real Kafka and PostgreSQL: exactly once, dead letters, kill -9."""
+"""The local engine against real Kafka and PostgreSQL: exactly once through kill -9, SIGTERM,
+broker and database restarts and a lost group member; dead letters; model hot swap."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,9 +33,10 @@ from fraudstream.model.data import from_dataset
 from fraudstream.model.registry import Registry
 from fraudstream.model.train import train
 from fraudstream.simulator.adapters import load_dataset
-from fraudstream.simulator.generator import generate, generate_blocks, preset
+from fraudstream.simulator.generator import SimulationParams, generate, generate_blocks, preset
 from fraudstream.simulator.history import write_history
 from fraudstream.simulator.publish import Publisher, TransactionRows
+from fraudstream.stack import Stack
 from fraudstream.store import migrations
 from fraudstream.store.db import connect, conninfo
 
@@ -203,57 +209,247 @@ def _drain(settings: Settings, topic: str, expect: int, timeout_s: float = 60):
     return found
 
 
-def test_kill_minus_nine_repeatedly_stores_each_transaction_exactly_once(
-    stack_settings: Settings, models_dir: Path
-) -> None:
+@dataclass(frozen=True)
+class Recorded:
+    """A stream of transactions on Kafka and what an uninterrupted engine made of it."""
+
+    settings: Settings
+    frame: pd.DataFrame
+    expected: pd.DataFrame
+
+
+ENGINE_KNOBS = {"batch_max_messages": 300, "snapshot_interval_s": 0.3}  # many small batches
+
+
+@pytest.fixture(scope="module")
+def recorded(stack_settings: Settings, models_dir: Path) -> Recorded:
     frame = todays_transactions(8_000, seed=33)
-    engine_knobs = {"batch_max_messages": 300, "snapshot_interval_s": 0.3}
-    reference = isolated(stack_settings, models_dir, **engine_knobs)
+    reference = isolated(stack_settings, models_dir, **ENGINE_KNOBS)
     publish(reference, frame)
     LocalEngine(reference, SystemClock()).run(max_idle_s=4)
     expected = predictions(reference)
     assert len(expected) == len(frame)
+    return Recorded(reference, frame, expected)
 
-    crashing = isolated(stack_settings, models_dir, **engine_knobs)
-    crashing = crashing.model_copy(update={"kafka": reference.kafka})  # the same recorded stream
-    env = overrides_env(
+
+def replaying(recorded: Recorded, stack_settings: Settings, models: Path) -> Settings:
+    """A fresh database and consumer group reading the recorded stream."""
+    fresh = isolated(stack_settings, models, **ENGINE_KNOBS)
+    return fresh.model_copy(update={"kafka": recorded.settings.kafka})
+
+
+def engine_env(settings: Settings) -> dict[str, str]:
+    return overrides_env(
         {
-            "state_dir": str(crashing.state_dir),
-            "kafka.port": str(crashing.kafka.port),
-            "kafka.controller_port": str(crashing.kafka.controller_port),
-            "kafka.topics.transactions": crashing.kafka.topics.transactions,
-            "kafka.topics.labels": crashing.kafka.topics.labels,
-            "kafka.topics.alerts": crashing.kafka.topics.alerts,
-            "kafka.topics.dlq": crashing.kafka.topics.dlq,
-            "database.port": str(crashing.database.port),
-            "database.name": crashing.database.name,
-            "engine.group_id": crashing.engine.group_id,
-            "engine.batch_max_messages": "300",
-            "engine.snapshot_interval_s": "0.3",
-            "model.dir": str(models_dir),
+            "state_dir": str(settings.state_dir),
+            "kafka.port": str(settings.kafka.port),
+            "kafka.controller_port": str(settings.kafka.controller_port),
+            "kafka.topics.transactions": settings.kafka.topics.transactions,
+            "kafka.topics.labels": settings.kafka.topics.labels,
+            "kafka.topics.alerts": settings.kafka.topics.alerts,
+            "kafka.topics.dlq": settings.kafka.topics.dlq,
+            "database.port": str(settings.database.port),
+            "database.name": settings.database.name,
+            "engine.group_id": settings.engine.group_id,
+            "engine.batch_max_messages": str(settings.engine.batch_max_messages),
+            "engine.snapshot_interval_s": str(settings.engine.snapshot_interval_s),
+            "engine.status_interval_s": str(settings.engine.status_interval_s),
+            "model.dir": str(settings.model.dir),
         }
     )
+
+
+def start_engine(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fraudstream", "score", *args],
+        env=engine_env(settings),
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def stored_count(settings: Settings) -> int:
+    with psycopg.connect(conninfo(settings)) as conn:
+        row = conn.execute("SELECT count(*) FROM fraud_predictions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def stop_engine(process: subprocess.Popen[bytes], log: Path) -> None:
+    """SIGTERM, as a service manager would; the engine must exit cleanly and soon."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        returncode = process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError("the engine did not stop within 30 s of SIGTERM") from None
+    assert returncode == 0, log.read_text()[-3000:]
+
+
+def assert_same_as_uninterrupted(settings: Settings, recorded: Recorded) -> None:
+    got = predictions(settings)
+    assert got.index.is_unique and len(got) == len(recorded.expected)
+    pd.testing.assert_series_equal(got["decision"], recorded.expected["decision"])
+    pd.testing.assert_series_equal(got["score"], recorded.expected["score"], rtol=0, atol=1e-12)
+
+
+def test_kill_minus_nine_repeatedly_stores_each_transaction_exactly_once(
+    stack_settings: Settings, models_dir: Path, recorded: Recorded, tmp_path: Path
+) -> None:
+    crashing = replaying(recorded, stack_settings, models_dir)
+    total = len(recorded.expected)
     rng = random.Random(7)
     kills = 0
     for _ in range(4):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fraudstream", "score"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        process = start_engine(crashing, tmp_path / "engine.log")
         time.sleep(rng.uniform(2.5, 4.5))
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             kills += 1
         process.wait(30)
-        if len(predictions(crashing)) == len(frame):
+        if stored_count(crashing) == total:
             break
-    finished = subprocess.run(
-        [sys.executable, "-m", "fraudstream", "score", "--max-idle", "15"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    got = predictions(crashing)
+    finished = start_engine(crashing, tmp_path / "engine.log", "--max-idle", "15")
+    assert finished.wait(300) == 0, (tmp_path / "engine.log").read_text()[-3000:]
     assert kills >= 1
-    assert len(got) == len(frame) and got.index.is_unique
-    pd.testing.assert_series_equal(got["decision"], expected["decision"])
-    pd.testing.assert_series_equal(got["score"], expected["score"], rtol=0, atol=1e-12)
+    assert_same_as_uninterrupted(crashing, recorded)
+
+
+def test_sigterm_mid_stream_commits_whole_batches_and_resumes_exactly(
+    stack_settings: Settings, models_dir: Path, recorded: Recorded, tmp_path: Path
+) -> None:
+    settings = replaying(recorded, stack_settings, models_dir)
+    total = len(recorded.expected)
+    log = tmp_path / "engine.log"
+    process = start_engine(settings, log)
+    wait_for(lambda: stored_count(settings) > 0, 60, "the first rows")
+    stop_engine(process, log)
+    assert "scored" in log.read_text()  # the exit summary: it stopped, it did not die
+    with psycopg.connect(conninfo(settings)) as conn:
+        mismatched = conn.execute(
+            "SELECT c.partition, c.next_offset, count(p.tx_id), max(p.kafka_offset) "
+            "FROM stream_checkpoints c LEFT JOIN fraud_predictions p "
+            "ON p.kafka_partition = c.partition GROUP BY 1, 2 "
+            "HAVING count(p.tx_id) <> c.next_offset OR max(p.kafka_offset) <> c.next_offset - 1"
+        ).fetchall()
+    stored = stored_count(settings)
+    assert 0 < stored < total, "stopped too late to show anything"
+    assert mismatched == []  # rows and offsets committed together, whole batches only
+
+    resumed = start_engine(settings, log, "--max-idle", "10")
+    assert resumed.wait(300) == 0, log.read_text()[-3000:]
+    assert_same_as_uninterrupted(settings, recorded)
+
+
+@pytest.mark.parametrize("service", ["broker", "database"])
+def test_engine_waits_out_a_restart_and_loses_nothing(
+    service: str,
+    stack_settings: Settings,
+    models_dir: Path,
+    recorded: Recorded,
+    tmp_path: Path,
+) -> None:
+    settings = replaying(recorded, stack_settings, models_dir)
+    total = len(recorded.expected)
+    log = tmp_path / "engine.log"
+    process = start_engine(settings, log)
+    wait_for(lambda: stored_count(settings) > total // 10, 120, "some rows before the restart")
+    target = getattr(Stack(stack_settings), service)
+    before = stored_count(settings)
+    target.stop()
+    time.sleep(3)  # the engine meets the outage mid-stream
+    assert process.poll() is None, log.read_text()[-3000:]
+    target.start()
+    wait_for(lambda: stored_count(settings) == total, 180, "every transaction after the restart")
+    stop_engine(process, log)
+    assert before < total, "the stream ended before the restart"
+    if service == "database":  # (librdkafka rides out a broker restart by itself)
+        assert "recovering from the stored state" in log.read_text()
+    assert_same_as_uninterrupted(settings, recorded)
+
+
+def test_two_engines_share_the_stream_and_the_survivor_takes_over(
+    stack_settings: Settings, models_dir: Path, recorded: Recorded, tmp_path: Path
+) -> None:
+    settings = isolated(stack_settings, models_dir, **ENGINE_KNOBS)  # an empty topic, for now
+    total = len(recorded.expected)
+    logs = [tmp_path / "engine-a.log", tmp_path / "engine-b.log"]
+    engines = [start_engine(settings, log) for log in logs]
+
+    def owners() -> dict[str, list[int]]:
+        with psycopg.connect(conninfo(settings)) as conn:
+            rows = conn.execute(
+                "SELECT engine_id, partitions FROM engine_status "
+                "WHERE heartbeat_at > now() - interval '3 seconds'"
+            ).fetchall()
+        return {str(engine): list(parts) for engine, parts in rows if parts}
+
+    wait_for(lambda: len(owners()) == 2, 60, "both engines to own partitions")
+    half = len(recorded.frame) // 2
+    publish(settings, recorded.frame.iloc[:half])  # the same stream, in two parts
+    wait_for(lambda: stored_count(settings) > 0, 60, "the first rows")
+    os.kill(engines[0].pid, signal.SIGKILL)
+    engines[0].wait(30)
+    publish(settings, recorded.frame.iloc[half:])
+    wait_for(lambda: stored_count(settings) == total, 180, "the survivor to finish the stream")
+    survivor = f"{socket.gethostname()}-{engines[1].pid}"
+    assert owners().get(survivor) == list(range(settings.kafka.partitions))
+    stop_engine(engines[1], logs[1])
+    assert_same_as_uninterrupted(settings, recorded)
+
+
+def test_a_promoted_model_is_picked_up_without_a_restart(
+    stack_settings: Settings, models_dir: Path, recorded: Recorded, tmp_path: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    registry = Registry(models)
+    first = registry.current()
+    params = preset("handbook", n_customers=600, n_terminals=1_200, days=160, seed=9)
+    frame, frauds = from_dataset(load_dataset(_history(tmp_path, params), tokenizer=None))
+    result = train(
+        frame, history_features(frame, frauds), backend_name="xgboost",
+        grid=[{"n_estimators": 30, "max_depth": 3}],
+        created_at=datetime(2026, 1, 2, tzinfo=timezone.utc), source="test",
+    )  # fmt: skip
+    second = registry.save(result.model, result.metadata)
+    assert second != first
+
+    settings = replaying(recorded, stack_settings, models)
+    log = tmp_path / "engine.log"
+    process = start_engine(settings, log)
+    wait_for(lambda: stored_count(settings) > 0, 60, "rows scored by the first model")
+    registry.promote(second)
+    wait_for(lambda: stored_count(settings) == len(recorded.expected), 180, "the whole stream")
+    stop_engine(process, log)
+
+    with psycopg.connect(conninfo(settings)) as conn:
+        versions = dict(
+            conn.execute(
+                "SELECT model_version, count(*) FROM fraud_predictions GROUP BY 1"
+            ).fetchall()
+        )
+        switched_back = conn.execute(
+            # per partition, no row of the first model after the first row of the second
+            "SELECT count(*) FROM fraud_predictions a JOIN fraud_predictions b "
+            "ON a.kafka_partition = b.kafka_partition AND a.kafka_offset > b.kafka_offset "
+            "WHERE a.model_version = %s AND b.model_version = %s",
+            (first, second),
+        ).fetchone()
+        status = conn.execute("SELECT model_version FROM engine_status").fetchone()
+    assert set(versions) == {first, second} and versions[second] > 0
+    assert switched_back == (0,)
+    assert status == (second,)
+
+
+def _history(tmp_path: Path, params: SimulationParams) -> Path:
+    path = tmp_path / "history.parquet"
+    write_history(generate_blocks(params), path, params)
+    return path
