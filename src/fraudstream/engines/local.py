@@ -267,26 +267,26 @@ class LocalEngine:
     def process(self, messages: list[Message]) -> None:
         started = time.perf_counter()
         now = self.clock.now()
-        messages = self._contiguous(messages)
-        if not messages:
+        kept = self._contiguous(messages)
+        if not kept:
             return
         rows: dict[int, list[tuple[Transaction, Message]]] = defaultdict(list)
         rejected: list[tuple[Message, str]] = []
-        for message in messages:
+        for partition, _, message in kept:
             record = decode_transaction(message.value() or b"", now=now)
             if isinstance(record, Invalid):
                 rejected.append((message, record.reason))
             else:
-                rows[_partition(message)].append((record, message))
+                rows[partition].append((record, message))
         frames = []
         for partition, items in rows.items():
-            batch = _frame(items)
+            batch = _frame(partition, items)
             computer = FeatureComputer(state=self.states[partition], tables=self._table)
             frames.append((batch, computer.compute(batch)))
         predictions = self._predict(frames) if frames else _empty_predictions()
         if rejected:
             self._dead_letter(rejected)
-        checkpoints, snapshotting = self._checkpoints(messages)
+        checkpoints, snapshotting = self._checkpoints({partition for partition, _, _ in kept})
         self._submit(
             _Batch(
                 predictions,
@@ -366,7 +366,7 @@ class LocalEngine:
 
     # --- steps ---------------------------------------------------------------------------
 
-    def _contiguous(self, messages: list[Message]) -> list[Message]:
+    def _contiguous(self, messages: list[Message]) -> list[tuple[int, int, Message]]:
         """Only messages that continue each owned partition exactly where its state stands.
 
         A rebalance can revoke a partition after its messages were fetched, or hand back
@@ -389,7 +389,7 @@ class LocalEngine:
                         )
                 continue
             self.expected[partition] = offset + 1
-            kept.append(message)
+            kept.append((partition, offset, message))
         return kept
 
     def _table(self, day: np.datetime64) -> TerminalTable:
@@ -522,23 +522,21 @@ class LocalEngine:
                 f"dead-letter messages not acknowledged by Kafka: {failures[:1] or 'timed out'}"
             )
 
-    def _checkpoints(self, messages: list[Message]) -> tuple[list[Checkpoint], bool]:
-        """Next offset per partition, with the card state where a snapshot is due; and
-        whether any snapshot is taken."""
-        last: dict[int, int] = {}
-        for message in messages:
-            partition = _partition(message)
-            last[partition] = max(last.get(partition, -1), _offset(message))
+    def _checkpoints(self, partitions: set[int]) -> tuple[list[Checkpoint], bool]:
+        """Where each partition of the batch now stands, with the card state where a snapshot
+        is due; and whether any snapshot is taken."""
         now = time.monotonic()
         checkpoints = []
         snapshotting = False
-        for partition, offset in last.items():
+        for partition in sorted(partitions):
             snapshot = None
             if now >= self.snapshot_due.get(partition, 0.0):
                 snapshot = self.states[partition].to_bytes()
                 self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
                 snapshotting = True
-            checkpoints.append(Checkpoint(self.topic, partition, offset + 1, snapshot))
+            next_offset = self.expected[partition]
+            assert next_offset is not None  # set by _contiguous for every partition it kept
+            checkpoints.append(Checkpoint(self.topic, partition, next_offset, snapshot))
         return checkpoints, snapshotting
 
     def _alert(self, predictions: pd.DataFrame) -> None:
@@ -657,12 +655,12 @@ def _offset(message: Message) -> int:
     return int(message.offset() or 0)
 
 
-def _frame(items: list[tuple[Transaction, Message]]) -> pd.DataFrame:
+def _frame(partition: int, items: list[tuple[Transaction, Message]]) -> pd.DataFrame:
     """A partition's decoded records as the canonical columns, plus where each came from."""
     fields = zip(*(msgspec.structs.astuple(record) for record, _ in items), strict=True)
     frame = pd.DataFrame(dict(zip(_FIELDS, fields, strict=True)))
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
-    frame["_partition"] = np.fromiter((m.partition() for _, m in items), np.int32, len(items))
+    frame["_partition"] = np.int32(partition)
     frame["_offset"] = np.fromiter((m.offset() for _, m in items), np.int64, len(items))
     stamps = np.fromiter((m.timestamp()[1] for _, m in items), np.int64, len(items))
     appended = pd.to_datetime(stamps, unit="ms", utc=True)
