@@ -12,6 +12,7 @@ import pytest
 
 from fraudstream.simulator.generator import SCENARIOS, generate, generate_blocks, preset
 from fraudstream.simulator.history import history_metadata, write_history
+from fraudstream.simulator.population import _terminals_within
 
 HANDBOOK_DIRECT = {None, "amount_threshold", "compromised_terminal", "compromised_card"}
 
@@ -160,3 +161,15 @@ def test_unknown_scenarios_and_presets_are_refused() -> None:
         preset("default", scenarios=("alien_invasion",))
     with pytest.raises(ValueError, match="unknown preset 'nope'"):
         preset("nope")
+
+
+def test_grid_reach_equals_a_brute_force_scan() -> None:
+    rng = np.random.default_rng(11)
+    customers = np.round(rng.uniform(0, 100, (700, 2)), 4)
+    terminals = np.round(rng.uniform(0, 100, (1_500, 2)), 4)
+    for radius in (0.9, 5.0, 40.0):
+        reach, offsets = _terminals_within(customers, terminals, radius)
+        squared = ((customers[:, None, :] - terminals[None, :, :]) ** 2).sum(axis=2)
+        rows, cols = np.nonzero(squared < radius * radius)
+        assert np.array_equal(reach, cols)
+        assert np.array_equal(np.diff(offsets), np.bincount(rows, minlength=len(customers)))
