@@ -752,30 +752,47 @@ def score(
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     quick: Annotated[
         bool, typer.Option(help="Tiny sizes: proves the benchmarks run (tests).")
     ] = False,
+    only: Annotated[
+        str, typer.Option(help="all | stages (no services) | engine (end to end).")
+    ] = "all",
     out: Annotated[Path, typer.Option(help="Report to update.")] = Path("docs/benchmarks.md"),
 ) -> None:
-    """Measure generation, features and scoring speed; update the benchmark report."""
+    """Measure the system on this machine and update the benchmark report.
+
+    Stages (generation, features, scoring) need no services; the engine benchmarks start a
+    private Kafka broker and PostgreSQL server on free ports and remove them afterwards.
+    """
+    from fraudstream.bench import engine as engine_bench
     from fraudstream.bench import stages
     from fraudstream.bench.report import update_section
     from fraudstream.clock import SystemClock
 
+    if only not in ("all", "stages", "engine"):
+        _fail(f"--only must be all, stages or engine, not {only!r}", 2)
     when = SystemClock().now()
-    how = "fraudstream bench" + (" --quick" if quick else "")
+    how = "fraudstream bench" + (" --quick" if quick else "") + (f" --only {only}")
+    results = []
     with err.status("benchmarking") as status:
-        generation = stages.generation(days=7 if quick else 91, repeats=1 if quick else 3)
-        model = stages.feature_and_scoring(
-            measured_batches=5 if quick else 200, repeats=1 if quick else 3,
-            customers=500 if quick else 5_000,
-            progress=lambda message: status.update(message),
-        )  # fmt: skip
-    update_section(out, "simulator", "Simulator", [generation], when, how)
-    update_section(out, "features", "Features and scoring", model, when, how)
-    for result in [generation, *model]:
-        out_line = f"{result.name}: {result.value:,.0f} {result.unit}"
-        typer.echo(out_line)
+        progress = lambda message: status.update(message)  # noqa: E731
+        if only in ("all", "stages"):
+            generation = stages.generation(days=7 if quick else 91, repeats=1 if quick else 3)
+            model = stages.feature_and_scoring(
+                measured_batches=5 if quick else 200, repeats=1 if quick else 3,
+                customers=500 if quick else 5_000, progress=progress,
+            )  # fmt: skip
+            update_section(out, "simulator", "Simulator", [generation], when, how)
+            update_section(out, "features", "Features and scoring", model, when, how)
+            results += [generation, *model]
+        if only in ("all", "engine"):
+            engine = engine_bench.run(_settings(ctx), quick=quick, progress=progress)
+            update_section(out, "engine", "Local engine, end to end", engine, when, how)
+            results += engine
+    for result in results:
+        typer.echo(f"{result.name}: {result.value:,.1f} {result.unit}  {result.note}")
     typer.echo(f"updated {out}")
 
 

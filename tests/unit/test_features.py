@@ -265,3 +265,22 @@ def test_counts_summed_per_bucket_give_the_same_terminal_table() -> None:
     assert (expected.to_numpy() > 0).any()
     pd.testing.assert_frame_equal(got, expected.loc[got.index])
     assert (expected.drop(got.index) == 0).all().all()  # terminals only seen before the windows
+
+
+def test_partitioned_batches_give_the_features_of_each_partition_alone() -> None:
+    # An engine scores all its partitions in one batch; each card's history is in the state of
+    # its partition. The numbers must be those of scoring each partition on its own.
+    stream = _stream(1_200)
+    partition_of_card = {card: i % 3 for i, card in enumerate(stream["card_id"].unique())}
+    partitions = stream["card_id"].map(partition_of_card).to_numpy()
+    together: dict[int, CardState] = {p: CardState() for p in range(3)}
+    alone: dict[int, CardState] = {p: CardState() for p in range(3)}
+    for start in range(0, 1_200, 300):
+        batch = stream.iloc[start : start + 300]
+        parts = partitions[start : start + 300]
+        got = FeatureComputer().compute_partitioned(batch, parts, together)
+        for p in range(3):
+            rows = batch[parts == p]
+            expected = FeatureComputer(state=alone[p]).compute(rows)
+            pd.testing.assert_frame_equal(got.loc[rows.index], expected)
+    assert all(len(state) > 0 for state in together.values())

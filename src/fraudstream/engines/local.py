@@ -22,7 +22,6 @@ import os
 import socket
 import threading
 import time
-from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,20 +269,22 @@ class LocalEngine:
         kept = self._contiguous(messages)
         if not kept:
             return
-        rows: dict[int, list[tuple[Transaction, Message]]] = defaultdict(list)
+        valid: list[tuple[Transaction, int, Message]] = []
         rejected: list[tuple[Message, str]] = []
         for partition, _, message in kept:
             record = decode_transaction(message.value() or b"", now=now)
             if isinstance(record, Invalid):
                 rejected.append((message, record.reason))
             else:
-                rows[partition].append((record, message))
-        frames = []
-        for partition, items in rows.items():
-            batch = _frame(partition, items)
-            computer = FeatureComputer(state=self.states[partition], tables=self._table)
-            frames.append((batch, computer.compute(batch)))
-        predictions = self._predict(frames) if frames else _empty_predictions()
+                valid.append((record, partition, message))
+        predictions = _empty_predictions()
+        if valid:
+            batch = _frame(valid)
+            computer = FeatureComputer(tables=self._table)
+            features = computer.compute_partitioned(
+                batch, batch["_partition"].to_numpy(), self.states
+            )
+            predictions = self._predict(batch, features)
         if rejected:
             self._dead_letter(rejected)
         checkpoints, snapshotting = self._checkpoints({partition for partition, _, _ in kept})
@@ -459,9 +460,7 @@ class LocalEngine:
                     store_labels(self.conn, labels)
         log.warning("labels topic not drained within 60 s; building the terminal table anyway")
 
-    def _predict(self, frames: list[tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
-        batch = pd.concat([b for b, _ in frames], ignore_index=True)
-        features = pd.concat([f for _, f in frames], ignore_index=True)
+    def _predict(self, batch: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
         scores = self.scorer.score(features)
         decisions = decide(
             scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
@@ -655,14 +654,15 @@ def _offset(message: Message) -> int:
     return int(message.offset() or 0)
 
 
-def _frame(partition: int, items: list[tuple[Transaction, Message]]) -> pd.DataFrame:
-    """A partition's decoded records as the canonical columns, plus where each came from."""
-    fields = zip(*(msgspec.structs.astuple(record) for record, _ in items), strict=True)
+def _frame(items: list[tuple[Transaction, int, Message]]) -> pd.DataFrame:
+    """Decoded records as the canonical columns, plus where each came from."""
+    fields = zip(*(msgspec.structs.astuple(record) for record, _, _ in items), strict=True)
     frame = pd.DataFrame(dict(zip(_FIELDS, fields, strict=True)))
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
-    frame["_partition"] = np.int32(partition)
-    frame["_offset"] = np.fromiter((m.offset() for _, m in items), np.int64, len(items))
-    stamps = np.fromiter((m.timestamp()[1] for _, m in items), np.int64, len(items))
+    n = len(items)
+    frame["_partition"] = np.fromiter((partition for _, partition, _ in items), np.int32, n)
+    frame["_offset"] = np.fromiter((m.offset() for _, _, m in items), np.int64, n)
+    stamps = np.fromiter((m.timestamp()[1] for _, _, m in items), np.int64, n)
     appended = pd.to_datetime(stamps, unit="ms", utc=True)
     frame["_kafka_time"] = appended.where(stamps > 0)  # no broker time: unknown
     return frame

@@ -81,6 +81,14 @@ class Publisher:
     def poll(self) -> None:
         self._producer.poll(0)
 
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Flush, then let the producer go now: its delivery callback refers back to this
+        publisher, so without this it would live (and reconnect) until a garbage collection."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            del self._producer
+
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait for every message to be acknowledged; raise if any was not."""
         remaining = self._producer.flush(timeout_s)

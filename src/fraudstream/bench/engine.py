@@ -1,0 +1,414 @@
+"""End-to-end benchmarks of the local engine on a private Kafka broker and PostgreSQL server.
+
+Everything runs on this machine, as a user would run it: the broker and the database started
+by fraudstream on free ports in a temporary directory, engines as ``fraudstream score``
+processes, and the simulator producing with ``acks=all`` from this process. Each trial gets
+fresh topics, a fresh database and a fresh consumer group.
+
+- catch-up: a backlog of transactions drained by one engine (its ceiling, producer idle);
+- sustained: the highest producer rate at which consumer lag stays flat for a minute;
+- latency: Kafka append time to the row stored in PostgreSQL, at fixed open-loop rates.
+
+The traffic is the simulator's accelerated stream (simulated days pass in seconds, labels
+arrive, terminal tables are rebuilt as days turn), from a population large enough that days
+do not turn every batch. Latency is measured from the broker's append time rather than the
+event time, because accelerated event times are simulated, not wall-clock.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import cast
+
+from confluent_kafka import Consumer, TopicPartition
+from psycopg import sql
+
+from fraudstream import bus
+from fraudstream.bench.stages import Result
+from fraudstream.clock import SystemClock
+from fraudstream.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings, TopicSettings, env_name
+from fraudstream.model.bootstrap import ensure_model
+from fraudstream.model.registry import Registry
+from fraudstream.simulator.generator import SimulationParams, preset
+from fraudstream.simulator.publish import Publisher, simulate_live
+from fraudstream.stack import Stack
+from fraudstream.store import migrations
+from fraudstream.store.db import connect
+
+__all__ = ["EngineBench", "Workload"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Who transacts: terminal density as in the Handbook (about 78 within reach of a card)."""
+
+    customers: int = 200_000
+    seed: int = 42
+
+    def params(self) -> SimulationParams:
+        terminals = self.customers // 2
+        radius = 5.0 * (10_000 / terminals) ** 0.5
+        return preset(
+            "default", n_customers=self.customers, n_terminals=terminals, days=0,
+            radius=radius, seed=self.seed,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Sizes:
+    backlog: int
+    sustained_s: float
+    warmup_s: float
+    latency_s: float
+    latency_rates: tuple[int, ...]
+    max_trials: int
+
+
+FULL = Sizes(1_000_000, 60.0, 15.0, 30.0, (1_000, 5_000, 20_000), 5)
+QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1)
+
+
+class EngineBench:
+    """A private stack for the duration of a ``with`` block; trials on fresh topics and DBs."""
+
+    def __init__(self, base: Settings, workload: Workload, sizes: Sizes, progress: Progress):
+        self.base = base
+        self.workload = workload
+        self.sizes = sizes
+        self.progress = progress
+        self.params = workload.params()
+
+    @contextmanager
+    def running(self) -> Iterator[EngineBench]:
+        with tempfile.TemporaryDirectory(prefix="fraudstream-bench-") as root:
+            self.root = Path(root)
+            self.settings = _private(self.base, self.root)
+            stack = Stack(self.settings)
+            self.progress("starting a private Kafka broker and PostgreSQL server")
+            try:
+                stack.up()
+                self._model()
+                yield self
+            finally:
+                stack.down(volumes=True)
+
+    def _model(self) -> None:
+        """The configured current model, or (none yet) a first one trained as `up` does."""
+        if Registry(self.base.models_dir).current() is not None:
+            self.settings = self.settings.model_copy(
+                update={
+                    "model": self.settings.model.model_copy(update={"dir": self.base.models_dir})
+                }
+            )
+            return
+        self.progress("training a first model (none is promoted yet)")
+        ensure_model(self.settings, SystemClock(), self.progress)
+
+    # --- trials --------------------------------------------------------------------------
+
+    def catch_up(self) -> Result:
+        trial = self._trial()
+        self.progress(f"catch-up: producing a backlog of {self.sizes.backlog:,}")
+        report = self._produce(trial, rate=1e7, count=self.sizes.backlog)
+        with self._engines(trial, 1):
+            self.progress("catch-up: one engine draining the backlog")
+            _wait(lambda: _committed(trial) >= report.sent, 3_600, "the backlog to be scored")
+        rows, seconds = _stored_span(trial)
+        return Result(
+            "catch-up: one engine drains a backlog",
+            rows / seconds,
+            "tx/s",
+            [rows / seconds],
+            f"{rows:,} transactions, first to last stored row; broker and database on this host",
+        )
+
+    def sustained(self, start_rate: float) -> Result:
+        """Lower the rate from ``start_rate`` until lag stays flat for the measured window."""
+        rate = _round_rate(start_rate)
+        tried: list[str] = []
+        best = 0.0
+        for _ in range(self.sizes.max_trials):
+            flat, note = self._hold(rate)
+            tried.append(f"{rate:,.0f} {'flat' if flat else 'growing'} ({note})")
+            if flat:
+                best = rate
+                break
+            rate = _round_rate(rate * 0.85)
+        return Result(
+            "sustained: lag flat, one engine, producer on this host",
+            best,
+            "tx/s",
+            [best],
+            f"{self.sizes.sustained_s:.0f} s held per rate; tried " + "; ".join(tried),
+        )
+
+    def _hold(self, rate: float) -> tuple[bool, str]:
+        trial = self._trial()
+        samples: list[tuple[float, int]] = []
+        with self._engines(trial, 1):
+            self.progress(f"sustained: {rate:,.0f} tx/s for {self.sizes.sustained_s:.0f} s")
+            duration = self.sizes.warmup_s + self.sizes.sustained_s
+            producer = _Background(lambda: self._produce(trial, rate=rate, duration_s=duration))
+            started = time.monotonic()
+            while producer.alive():
+                time.sleep(min(5.0, duration / 12))
+                samples.append((time.monotonic() - started, _lag(trial)))
+            report = producer.result()
+        window = [lag for at, lag in samples if at >= self.sizes.warmup_s]
+        if len(window) < 4 or report.achieved_rate < 0.97 * rate:
+            return False, f"producer reached {report.achieved_rate:,.0f} tx/s"
+        head, tail = statistics.median(window[:3]), statistics.median(window[-3:])
+        growth = tail - head
+        allowed = max(rate * 1.0, 2 * trial.engine.batch_max_messages)
+        return growth <= allowed, f"lag {head:,.0f} → {tail:,.0f}"
+
+    def latency(self) -> list[Result]:
+        results = []
+        for rate in self.sizes.latency_rates:
+            trial = self._trial()
+            with self._engines(trial, 1):
+                self.progress(f"latency: {rate:,} tx/s")
+                # One stream: a second simulation would repeat the first one's transactions.
+                since = time.time() + self.sizes.warmup_s
+                duration = self.sizes.warmup_s + self.sizes.latency_s
+                self._produce(trial, rate=rate, duration_s=duration)
+                _wait(partial(_caught_up, trial), 120, "the engine to catch up")
+            p50, p95, p99, n = _latency(trial, since)
+            results.append(
+                Result(
+                    f"latency at {rate:,} tx/s, append → stored (p50 / p95 / p99)",
+                    p99,
+                    "ms p99",
+                    [p50, p95, p99],
+                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms over {n:,} rows",
+                )
+            )
+        return results
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _trial(self) -> Settings:
+        run = uuid.uuid4().hex[:8]
+        topics = TopicSettings(
+            transactions=f"tx-{run}", labels=f"lb-{run}", alerts=f"al-{run}", dlq=f"dlq-{run}"
+        )
+        kafka = self.settings.kafka.model_copy(update={"topics": topics})
+        bus.ensure_topics(kafka)
+        with connect(self.settings, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"bench_{run}")))
+        trial = self.settings.model_copy(
+            update={
+                "kafka": kafka,
+                "database": self.settings.database.model_copy(update={"name": f"bench_{run}"}),
+                "engine": self.settings.engine.model_copy(update={"group_id": f"bench-{run}"}),
+            }
+        )
+        with connect(trial) as conn:
+            migrations.migrate(conn)
+        return trial
+
+    def _produce(
+        self,
+        trial: Settings,
+        *,
+        rate: float,
+        count: int | None = None,
+        duration_s: float | None = None,
+    ) -> _Report:
+        publisher = Publisher(trial.kafka)
+        report = simulate_live(
+            publisher, self.params, rate=rate, clock=SystemClock(), count=count,
+            duration_s=duration_s, accelerated=True,
+        )  # fmt: skip
+        publisher.close()
+        return _Report(report.sent, report.achieved_rate)
+
+    @contextmanager
+    def _engines(self, trial: Settings, count: int) -> Iterator[None]:
+        env = _child_env(trial)
+        log_file = (self.root / f"engine-{trial.engine.group_id}.log").open("ab")
+        command = [sys.executable, "-m", "fraudstream", "score"]
+        engines = [
+            subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+            for _ in range(count)
+        ]
+        try:
+            _wait(lambda: _assigned(trial) >= count, 120, "the engines to join their group")
+            yield
+        finally:
+            for engine in engines:
+                engine.send_signal(signal.SIGTERM)
+            for engine in engines:
+                try:
+                    engine.wait(60)
+                except subprocess.TimeoutExpired:
+                    engine.kill()
+            log_file.close()
+
+
+@dataclass(frozen=True)
+class _Report:
+    sent: int
+    achieved_rate: float
+
+
+class _Background:
+    def __init__(self, work: Callable[[], _Report]) -> None:
+        self._result: list[_Report] = []
+        self._thread = threading.Thread(target=lambda: self._result.append(work()), daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def result(self) -> _Report:
+        self._thread.join()
+        if not self._result:
+            raise RuntimeError("the benchmark producer failed (see the log above)")
+        return self._result[0]
+
+
+def _private(base: Settings, root: Path) -> Settings:
+    """The base settings on a broker and server of our own: free ports, a temporary state."""
+    kafka = type(base.kafka)(
+        port=_free_port(), controller_port=_free_port(), version=base.kafka.version,
+        heap=base.kafka.heap, partitions=base.kafka.partitions, java=base.kafka.java,
+        maven=base.kafka.maven,
+    )  # fmt: skip
+    database = base.database.model_copy(
+        update={"url": None, "host": "127.0.0.1", "port": _free_port(), "name": "fraudstream"}
+    )
+    return base.model_copy(
+        update={
+            "state_dir": root / "state",
+            "pipeline": False,
+            "kafka": kafka,
+            "database": database,
+            "model": base.model.model_copy(update={"dir": root / "models"}),
+        }
+    )
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """Exactly these settings for a ``fraudstream`` child process, nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    env.pop(CONFIG_FILE_ENV, None)  # (it starts with the prefix too; named for the reader)
+    values = {
+        "state_dir": settings.state_dir,
+        "kafka.port": settings.kafka.port,
+        "kafka.controller_port": settings.kafka.controller_port,
+        "kafka.topics.transactions": settings.kafka.topics.transactions,
+        "kafka.topics.labels": settings.kafka.topics.labels,
+        "kafka.topics.alerts": settings.kafka.topics.alerts,
+        "kafka.topics.dlq": settings.kafka.topics.dlq,
+        "database.port": settings.database.port,
+        "database.name": settings.database.name,
+        "engine.group_id": settings.engine.group_id,
+        "model.dir": settings.models_dir,
+    }
+    env.update({env_name(path): str(value) for path, value in values.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _round_rate(rate: float) -> float:
+    step = 1_000 if rate >= 10_000 else 100
+    return max(step, round(rate / step) * step)
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"benchmark: timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(0.25)
+
+
+def _count(trial: Settings, query: str) -> int:
+    with connect(trial) as conn:
+        row = conn.execute(query).fetchone()
+    value = row[0] if row else None
+    return int(str(value)) if value is not None else 0
+
+
+def _committed(trial: Settings) -> int:
+    """Transactions whose offsets are committed with their predictions (cheap: no row count)."""
+    return _count(trial, "SELECT sum(next_offset) FROM stream_checkpoints")
+
+
+def _assigned(trial: Settings) -> int:
+    return _count(trial, "SELECT count(*) FROM engine_status WHERE cardinality(partitions) > 0")
+
+
+def _lag(trial: Settings) -> int:
+    """Messages on the transactions topic not yet committed to PostgreSQL."""
+    consumer = Consumer({**trial.kafka.client_config(), "group.id": "bench-watermarks"})
+    try:
+        topic = trial.kafka.topics.transactions
+        high = sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(trial.kafka.partitions)
+        )
+    finally:
+        consumer.close()
+    return high - _committed(trial)
+
+
+def _caught_up(trial: Settings) -> bool:
+    return _lag(trial) == 0
+
+
+def _stored_span(trial: Settings) -> tuple[int, float]:
+    with connect(trial) as conn:
+        row = conn.execute(
+            "SELECT count(*), extract(epoch FROM max(stored_at) - min(stored_at)) "
+            "FROM fraud_predictions"
+        ).fetchone()
+    assert row is not None
+    return int(str(row[0])), max(float(str(row[1] or 0.0)), 1e-3)
+
+
+def _latency(trial: Settings, since_epoch: float) -> tuple[float, float, float, int]:
+    with connect(trial) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms), count(*) "
+            "FROM (SELECT extract(epoch FROM stored_at - kafka_time) * 1000 AS ms "
+            "      FROM fraud_predictions WHERE kafka_time >= to_timestamp(%s)) measured",
+            (since_epoch,),
+        ).fetchone()
+    assert row is not None and row[0] is not None, "no rows in the latency window"
+    p50, p95, p99 = (float(v) for v in cast(list[float], row[0]))
+    return p50, p95, p99, int(str(row[1]))
+
+
+def run(base: Settings, *, quick: bool, progress: Progress) -> list[Result]:
+    """All engine benchmarks; quick: tiny sizes that prove they run."""
+    workload = Workload(customers=2_000) if quick else Workload()
+    bench = EngineBench(base, workload, QUICK if quick else FULL, progress)
+    with bench.running():
+        catch_up = bench.catch_up()
+        sustained = bench.sustained(0.9 * catch_up.value)
+        latency = bench.latency()
+    return [catch_up, sustained, *latency]
