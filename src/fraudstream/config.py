@@ -217,7 +217,7 @@ class EngineSettings(_Section):
     group_id: str = Field(default="fraudstream-engine", min_length=1, max_length=200)
     batch_max_messages: int = Field(default=5000, ge=1, le=1_000_000)
     batch_max_ms: int = Field(
-        default=50, ge=1, le=60_000, description="Longest wait to fill a batch."
+        default=10, ge=1, le=60_000, description="Longest wait to fill a batch (latency)."
     )
     snapshot_interval_s: float = Field(default=30.0, gt=0, le=3600)
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)

@@ -80,7 +80,7 @@ class Sizes:
     max_trials: int
 
 
-FULL = Sizes(1_000_000, 60.0, 15.0, 30.0, (1_000, 5_000, 20_000), 5)
+FULL = Sizes(1_000_000, 60.0, 20.0, 30.0, (1_000, 5_000, 20_000), 5)
 QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1)
 
 
@@ -320,6 +320,8 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "database.port": settings.database.port,
         "database.name": settings.database.name,
         "engine.group_id": settings.engine.group_id,
+        "engine.batch_max_messages": settings.engine.batch_max_messages,
+        "engine.batch_max_ms": settings.engine.batch_max_ms,
         "model.dir": settings.models_dir,
     }
     env.update({env_name(path): str(value) for path, value in values.items()})
