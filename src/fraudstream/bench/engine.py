@@ -78,10 +78,11 @@ class Sizes:
     latency_s: float
     latency_rates: tuple[int, ...]
     max_trials: int
+    model_customers: int | None = None  # for a first model when none is promoted
 
 
 FULL = Sizes(1_000_000, 60.0, 20.0, 30.0, (1_000, 5_000, 20_000), 5)
-QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1)
+QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1, model_customers=1_000)
 
 
 class EngineBench:
@@ -118,7 +119,13 @@ class EngineBench:
             )
             return
         self.progress("training a first model (none is promoted yet)")
-        ensure_model(self.settings, SystemClock(), self.progress)
+        settings = self.settings
+        if self.sizes.model_customers is not None:
+            model = settings.model.model_copy(
+                update={"bootstrap_customers": self.sizes.model_customers}
+            )
+            settings = settings.model_copy(update={"model": model})
+        ensure_model(settings, SystemClock(), self.progress)
 
     # --- trials --------------------------------------------------------------------------
 

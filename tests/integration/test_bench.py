@@ -1,0 +1,25 @@
+"""`fraudstream bench --quick`: every benchmark runs once at a tiny size (figures are not
+asserted: speed is measured by the benchmark, not by tests)."""
+
+from pathlib import Path
+
+from ..conftest import overrides_env, run_cli
+
+
+def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path) -> None:
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
+    result = run_cli(
+        "bench", "--quick", "--out", str(report),
+        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = report.read_text()
+    assert "kept" in text
+    assert "## Simulator" in text and "## Features and scoring" in text
+    assert "features + scoring (one core)" in text and "rows/s" in text
+    # The end-to-end engine section: its own broker and database, real rows measured.
+    assert "## Local engine, end to end" in text
+    assert "catch-up: one engine drains a backlog" in text and "3,000 transactions" in text
+    assert "sustained: lag flat" in text and "latency at 500 tx/s" in text
+    assert "over 0 rows" not in text
