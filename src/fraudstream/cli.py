@@ -284,17 +284,27 @@ def doctor(ctx: typer.Context) -> None:
 
 @app.command()
 def setup(ctx: typer.Context) -> None:
-    """Fetch what the local stack needs once (the Kafka jars), without starting anything."""
+    """Fetch what the local stack needs once (the Kafka jars, and Spark's Kafka connector when
+    pyspark is installed), without starting anything."""
     from fraudstream.stack.kafka import ensure_jars, require_java
+    from fraudstream.stack.spark import connector_jars, pyspark_version
 
     settings = _settings(ctx)
-    if not settings.kafka.managed:
-        out.print("Kafka is external (kafka.bootstrap_servers): no jars needed")
-        return
     require_java(settings.kafka.java)
-    with err.status(f"resolving Apache Kafka {settings.kafka.version} from Maven Central…"):
-        libs = ensure_jars(settings)
-    out.print(f"Kafka {settings.kafka.version} jars ready in {libs}")
+    if settings.kafka.managed:
+        with err.status(f"resolving Apache Kafka {settings.kafka.version} from Maven Central…"):
+            libs = ensure_jars(settings)
+        out.print(f"Kafka {settings.kafka.version} jars ready in {libs}")
+    else:
+        out.print("Kafka is external (kafka.bootstrap_servers): no broker jars needed")
+    try:
+        version = pyspark_version()
+    except ServiceError:
+        out.print("pyspark is not installed: the Spark engine is unavailable (the local one is)")
+        return
+    with err.status(f"resolving Spark {version}'s Kafka connector from Maven Central…"):
+        jars = connector_jars(settings)
+    out.print(f"Spark {version} Kafka connector ready ({len(jars)} jars)")
 
 
 @app.command("config")

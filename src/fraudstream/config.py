@@ -225,6 +225,22 @@ class EngineSettings(_Section):
     engine_id: str | None = Field(default=None, description="Default: host name and pid.")
 
 
+class SparkSettings(_Section):
+    """The Spark engine (`fraudstream score --engine spark`)."""
+
+    master: str = Field(
+        default="local[2]", min_length=1, description="local[N], or spark://host:port."
+    )
+    trigger_interval_s: float = Field(
+        default=1.0, gt=0, le=3600, description="Micro-batch trigger interval."
+    )
+    max_offsets_per_trigger: int = Field(default=50_000, ge=1, le=100_000_000)
+    checkpoint_dir: Path | None = Field(
+        default=None, description="Query checkpoints; default <state_dir>/spark/checkpoints."
+    )
+    ui: bool = Field(default=False, description="Serve the Spark UI (on 127.0.0.1:4040).")
+
+
 class PolicySettings(_Section):
     rules_file: Path | None = Field(
         default=None, description="Decision rules (TOML); default built in."
@@ -262,6 +278,7 @@ class Settings(BaseSettings):
     simulator: SimulatorSettings = Field(default_factory=SimulatorSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    spark: SparkSettings = Field(default_factory=SparkSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @property

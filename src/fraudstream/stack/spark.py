@@ -1,0 +1,126 @@
+"""Spark for the Spark engine: the Kafka connector jars and a session with safe defaults.
+
+The connector (``org.apache.spark:spark-sql-kafka-0-10_2.13``, at the installed pyspark's
+version) is resolved once with ``mvn`` into the cache directory and handed to Spark as
+``spark.jars``; nothing is downloaded when a query starts. The session binds to loopback,
+runs Python workers with this interpreter, keeps state in RocksDB and logs quietly: the
+set-up pitfalls users otherwise meet one by one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fraudstream.config import Settings
+from fraudstream.stack.kafka import require_java
+from fraudstream.stack.process import ServiceError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+__all__ = ["connector_jars", "pyspark_version", "spark_session"]
+
+_JAR_VERSION = re.compile(r"-\d[\w.\-]*\.jar$")
+
+
+def pyspark_version() -> str:
+    try:
+        import pyspark
+    except ImportError as error:  # an optional part of the install
+        raise ServiceError(
+            "the Spark engine needs pyspark: `pip install 'fraudstream[spark]'` "
+            "(make setup installs it)"
+        ) from error
+    return str(pyspark.__version__)
+
+
+def connector_jars(settings: Settings) -> list[Path]:
+    """The connector's jars that pyspark does not ship, resolving them on first use."""
+    version = pyspark_version()
+    home = settings.cache_dir / f"spark-kafka-{version}"
+    libs = home / "libs"
+    marker = home / ".resolved"
+    if not (marker.exists() and any(libs.glob("spark-sql-kafka-*.jar"))):
+        _resolve(settings, version, home, libs)
+        marker.write_text(version)
+    import pyspark
+
+    bundled = {
+        _artifact(jar.name) for jar in (Path(pyspark.__file__).parent / "jars").glob("*.jar")
+    }
+    return sorted(jar for jar in libs.glob("*.jar") if _artifact(jar.name) not in bundled)
+
+
+def _artifact(file_name: str) -> str:
+    """``kafka-clients-3.9.2.jar`` → ``kafka-clients``."""
+    return _JAR_VERSION.sub("", file_name)
+
+
+def _resolve(settings: Settings, version: str, home: Path, libs: Path) -> None:
+    maven = shutil.which(settings.kafka.maven)
+    if maven is None:
+        raise ServiceError(
+            f"Maven ({settings.kafka.maven!r}) is needed once to fetch Spark's Kafka connector "
+            "from Maven Central: install it (Debian/Ubuntu: `apt-get install maven`)"
+        )
+    home.mkdir(parents=True, exist_ok=True)
+    template = (
+        resources.files("fraudstream.stack").joinpath("resources/spark-kafka-pom.xml").read_text()
+    )
+    (home / "pom.xml").write_text(template.replace("@SPARK_VERSION@", version))
+    if libs.exists():
+        shutil.rmtree(libs)
+    result = subprocess.run(
+        [
+            maven, "-B", "-q", "-f", str(home / "pom.xml"),
+            "dependency:copy-dependencies", "-DincludeScope=runtime",
+            f"-DoutputDirectory={libs}",
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0 or not any(libs.glob("spark-sql-kafka-*.jar")):
+        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
+        raise ServiceError(
+            f"could not resolve spark-sql-kafka-0-10_2.13:{version} (the installed pyspark's "
+            f"version) from Maven Central with {maven}:\n  " + "\n  ".join(output)
+        )
+
+
+def spark_session(settings: Settings, master: str | None = None) -> SparkSession:
+    """A session for the engine: the connector on the class path, loopback, quiet logs."""
+    java = require_java(settings.kafka.java)
+    java_home = Path(java).resolve().parent.parent
+    os.environ.setdefault("JAVA_HOME", str(java_home))
+    # Workers must run this interpreter (with fraudstream and its dependencies installed).
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from pyspark.sql import SparkSession
+
+    spark_settings = settings.spark
+    builder = (
+        SparkSession.builder.appName("fraudstream-engine")
+        .master(master or spark_settings.master)
+        .config("spark.jars", ",".join(str(jar) for jar in connector_jars(settings)))
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.ui.enabled", str(spark_settings.ui).lower())
+        .config("spark.sql.shuffle.partitions", str(settings.kafka.partitions))
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        )
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+    )
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
