@@ -732,6 +732,10 @@ def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]
 def score(
     ctx: typer.Context,
     engine: Annotated[str, typer.Option(help="local (default) | spark.")] = "local",
+    master: Annotated[
+        str | None,
+        typer.Option(help="Spark master (local[N] or spark://host:port); default spark.master."),
+    ] = None,
     max_idle: Annotated[
         float | None, typer.Option(help="Stop after this many idle seconds (default: run on).")
     ] = None,
@@ -743,17 +747,25 @@ def score(
 
     from fraudstream.clock import SystemClock
 
-    if engine != "local":
-        _fail(f"engine {engine!r} is not available yet: use --engine local", 2)
-    from fraudstream.engines.local import LocalEngine
-
+    if engine not in ("local", "spark"):
+        _fail(f"--engine must be local or spark, not {engine!r}", 2)
+    if master is not None and engine != "spark":
+        _fail("--master is for --engine spark", 2)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stats = LocalEngine(_settings(ctx), SystemClock(), stop).run(max_idle_s=max_idle)
+    settings = _settings(ctx)
+    if engine == "spark":
+        from fraudstream.engines.spark import SparkEngine
+
+        stats = SparkEngine(settings, SystemClock(), stop, master).run(max_idle_s=max_idle)
+    else:
+        from fraudstream.engines.local import LocalEngine
+
+        stats = LocalEngine(settings, SystemClock(), stop).run(max_idle_s=max_idle)
     typer.echo(
         f"scored {stats.scored:,} transactions in {stats.batches:,} batches "
         f"({stats.stored:,} new rows), rejected {stats.rejected:,}, alerts {stats.alerts:,}"

@@ -16,7 +16,6 @@ again, and resumes from what PostgreSQL recorded: the same recovery as after a c
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -24,7 +23,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 import numpy as np
@@ -42,13 +40,21 @@ from confluent_kafka import (
 
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
+from fraudstream.engines.common import (
+    TerminalRisk,
+    first_line,
+    message_offset,
+    message_partition,
+    predictions_frame,
+    publish_alerts,
+    transient,
+)
 from fraudstream.features import FEATURES_VERSION, CardState, FeatureComputer, TerminalTable
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
-from fraudstream.policy import RuleSet, decide, default_rules, load_rules
-from fraudstream.schema import Invalid, Transaction, decode_label, decode_transaction
+from fraudstream.policy import RuleSet, default_rules, load_rules
+from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.store.db import connect
-from fraudstream.store.outcomes import load_terminal_activity, store_labels
 from fraudstream.store.sink import COLUMNS, Checkpoint, PredictionSink, StoredBatch
 
 __all__ = ["EngineStats", "LocalEngine"]
@@ -56,7 +62,6 @@ __all__ = ["EngineStats", "LocalEngine"]
 log = logging.getLogger("fraudstream.engine")
 
 _FIELDS = [name for name in Transaction.__struct_fields__]
-_TABLE_DAYS_KEPT = 16  # terminal tables cached (partitions may stand on different days)
 _BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
 
 
@@ -109,7 +114,6 @@ class LocalEngine:
         self.states: dict[int, CardState] = {}  # partitions restored and being scored
         self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
-        self.tables: dict[np.datetime64, TerminalTable] = {}
         self.stats = EngineStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
         self._in_flight: Future[StoredBatch] | None = None
@@ -128,17 +132,7 @@ class LocalEngine:
                 "log_level": 3,
             }
         )
-        self.label_consumer = Consumer(
-            {
-                **kafka,
-                "group.id": f"{self.group}-labels",
-                "enable.auto.commit": True,
-                "enable.auto.offset.store": True,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,  # offset queries queue behind a waiting fetch
-                "log_level": 3,
-            }
-        )
+        self.terminals = TerminalRisk(settings, self.group)
         self.producer = Producer(
             {
                 **kafka,
@@ -150,7 +144,6 @@ class LocalEngine:
                 "log_level": 3,
             }
         )
-        self._label_next: dict[int, int] = {}
         self._model_checked = 0.0
         self._status_written = 0.0
         self._status_at, self._status_scored = time.monotonic(), 0
@@ -209,16 +202,12 @@ class LocalEngine:
         arrives for ``max_idle_s``)."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         idle_since = time.monotonic()
-        labels_assigned = False
         try:
             while not self.stop.is_set():
                 try:
                     if self._broken:
                         self._recover()
                         continue
-                    if not labels_assigned:
-                        self._assign_labels()
-                        labels_assigned = True
                     messages = self.consumer.consume(
                         self.settings.engine.batch_max_messages,
                         self.settings.engine.batch_max_ms / 1000,
@@ -236,10 +225,10 @@ class LocalEngine:
                         break
                     self._housekeeping()
                 except (psycopg.OperationalError, psycopg.InterfaceError, Unavailable) as error:
-                    log.warning("%s; recovering from the stored state", _first_line(error))
+                    log.warning("%s; recovering from the stored state", first_line(error))
                     self._broken = True
                 except KafkaException as error:
-                    if not _transient(error):
+                    if not transient(error):
                         raise
                     log.warning("kafka: %s; recovering from the stored state", error)
                     self._broken = True
@@ -258,7 +247,7 @@ class LocalEngine:
         self.producer.flush(10)
         try:
             self.consumer.close()
-            self.label_consumer.close()
+            self.terminals.close()
         finally:
             self.conn.close()
             self.sink.conn.close()
@@ -292,7 +281,10 @@ class LocalEngine:
             _Batch(
                 predictions,
                 checkpoints,
-                [(str(m.topic()), _partition(m), _offset(m), reason) for m, reason in rejected],
+                [
+                    (str(m.topic()), message_partition(m), message_offset(m), reason)
+                    for m, reason in rejected
+                ],
                 flush_alerts_first=snapshotting,
             )
         )
@@ -331,7 +323,7 @@ class LocalEngine:
             try:
                 in_flight.result()  # committed or not, the stored state says which
             except Exception as error:
-                log.info("batch in flight dropped: %s", _first_line(error))
+                log.info("batch in flight dropped: %s", first_line(error))
         delay = _BACKOFF_S[0]
         while not self.stop.is_set():
             try:
@@ -347,11 +339,11 @@ class LocalEngine:
                     self.consumer.seek(TopicPartition(self.topic, partition, offset))
                 self.consumer.resume([TopicPartition(self.topic, p) for p in self.owned])
             except (psycopg.Error, KafkaException, Unavailable) as error:
-                log.warning("still unavailable (%s); retrying in %.1f s", _first_line(error), delay)
+                log.warning("still unavailable (%s); retrying in %.1f s", first_line(error), delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, _BACKOFF_S[1])
                 continue
-            self.tables.clear()
+            self.terminals.tables.clear()
             self._broken = False
             log.info("recovered: resuming partitions %s from the stored offsets", self.expected)
             return
@@ -376,7 +368,7 @@ class LocalEngine:
         """
         kept = []
         for message in messages:
-            partition, offset = _partition(message), _offset(message)
+            partition, offset = message_partition(message), message_offset(message)
             if partition not in self.states:
                 continue
             expected = self.expected.get(partition)
@@ -395,103 +387,11 @@ class LocalEngine:
 
     def _table(self, day: np.datetime64) -> TerminalTable:
         """The terminal table of ``day``, built once from everything stored before it."""
-        if day not in self.tables:
-            self._wait_written()  # the earlier batches' terminal counts are committed
-            self._drain_labels()
-            activity = load_terminal_activity(self.conn, day)
-            self.conn.commit()
-            self.tables[day] = activity.table(day)
-            for old in sorted(self.tables)[:-_TABLE_DAYS_KEPT]:
-                del self.tables[old]
-        return self.tables[day]
-
-    def _assign_labels(self) -> None:
-        """Every engine reads every label (terminal risk needs them all), from where its group
-        committed; labels are stored idempotently, so re-reading some is harmless."""
-        topic = self.settings.kafka.topics.labels
-        metadata = _retry(lambda: self.label_consumer.list_topics(topic, timeout=10), "labels")
-        partitions = [TopicPartition(topic, p) for p in metadata.topics[topic].partitions]
-        committed = _retry(
-            lambda: self.label_consumer.committed(partitions, timeout=10), "label offsets"
-        )
-        for partition in committed:
-            if partition.offset < 0:
-                low, _high = _retry(
-                    lambda p=partition: self.label_consumer.get_watermark_offsets(p, timeout=10),
-                    "label offsets",
-                )
-                partition.offset = low
-            self._label_next[partition.partition] = partition.offset
-        self.label_consumer.assign(committed)
-
-    def _drain_labels(self) -> None:
-        """Read the labels topic up to its current end, so a day's table has every label
-        produced before the day's first transaction (the simulator and replay send labels in
-        time order with the transactions)."""
-        ends = {}
-        for partition in self.label_consumer.assignment():
-            _low, high = _retry(
-                lambda p=partition: self.label_consumer.get_watermark_offsets(p, timeout=10),
-                "label offsets",
-            )
-            ends[partition.partition] = high
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if all(self._label_next.get(p, 0) >= end for p, end in ends.items()):
-                return
-            messages = self.label_consumer.consume(10_000, 0.2)
-            labels = []
-            for message in messages:
-                if message.error():
-                    continue
-                self._label_next[_partition(message)] = _offset(message) + 1
-                label = decode_label(message.value() or b"")
-                if isinstance(label, Invalid):
-                    log.warning(
-                        "invalid label at %s/%s: %s",
-                        message.partition(),
-                        message.offset(),
-                        label.reason,
-                    )
-                else:
-                    labels.append(label)
-            if labels:
-                with self.conn.transaction():
-                    store_labels(self.conn, labels)
-        log.warning("labels topic not drained within 60 s; building the terminal table anyway")
+        return self.terminals.table(day, self.conn, before_building=self._wait_written)
 
     def _predict(self, batch: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-        scores = self.scorer.score(features)
-        decisions = decide(
-            scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
-            self.scorer.thresholds, self.rules,
-        )  # fmt: skip
-        reasons: list[list[dict[str, object]]] = [[] for _ in range(len(batch))]
-        flagged = np.flatnonzero(decisions.decision != "approve")
-        if len(flagged):
-            for row, row_reasons in zip(
-                flagged, self.scorer.explain(features.iloc[flagged]), strict=True
-            ):
-                reasons[row] = [reason.as_dict() for reason in row_reasons]
-        scored_at = self.clock.now()
-        return pd.DataFrame(
-            {
-                "tx_id": batch["tx_id"],
-                "event_time": batch["event_time"],
-                "card_id": batch["card_id"],
-                "terminal_id": batch["terminal_id"],
-                "amount": batch["amount"].round(2),
-                "score": scores,
-                "decision": decisions.decision,
-                "rule_hits": decisions.rule_hits,
-                "reasons": reasons,
-                "model_version": self.scorer.version,
-                "engine": self.name,
-                "kafka_partition": batch["_partition"],
-                "kafka_offset": batch["_offset"],
-                "kafka_time": batch["_kafka_time"],
-                "scored_at": scored_at,
-            }
+        return predictions_frame(
+            batch, features, self.scorer, self.rules, self.clock.now(), engine=self.name
         )
 
     def _dead_letter(self, rejected: list[tuple[Message, str]]) -> None:
@@ -539,27 +439,9 @@ class LocalEngine:
         return checkpoints, snapshotting
 
     def _alert(self, predictions: pd.DataFrame) -> None:
-        flagged = predictions[predictions["decision"] != "approve"]
-        for row in flagged.itertuples(index=False):
-            payload = {
-                "tx_id": row.tx_id,
-                "card_id": row.card_id,
-                "terminal_id": row.terminal_id,
-                "amount": float(row.amount),
-                "score": round(float(row.score), 6),
-                "decision": row.decision,
-                "rule_hits": row.rule_hits,
-                "reasons": row.reasons,
-                "model_version": row.model_version,
-                "event_time": row.event_time.isoformat(),
-            }
-            self.producer.produce(
-                self.settings.kafka.topics.alerts,
-                key=row.card_id,
-                value=json.dumps(payload).encode(),
-            )
-        self.stats.alerts += len(flagged)
-        self.producer.poll(0)
+        self.stats.alerts += publish_alerts(
+            self.producer, self.settings.kafka.topics.alerts, predictions
+        )
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -622,38 +504,6 @@ class LocalEngine:
             return None
 
 
-_TRANSIENT = {
-    KafkaError.NOT_COORDINATOR,
-    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
-    KafkaError.COORDINATOR_NOT_AVAILABLE,
-    KafkaError._TIMED_OUT,
-    KafkaError._TRANSPORT,
-}
-
-
-def _retry(call: Any, what: str, attempts: int = 10) -> Any:
-    """Retry a Kafka call through transient errors (coordinator moving, broker restarting)."""
-    delay = 0.2
-    for attempt in range(attempts):
-        try:
-            return call()
-        except KafkaException as error:
-            if attempt == attempts - 1 or not _transient(error):
-                raise
-            log.warning("%s: %s; retrying in %.1f s", what, error, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
-
-
-def _partition(message: Message) -> int:
-    return int(message.partition() or 0)
-
-
-def _offset(message: Message) -> int:
-    return int(message.offset() or 0)
-
-
 def _frame(items: list[tuple[Transaction, int, Message]]) -> pd.DataFrame:
     """Decoded records as the canonical columns, plus where each came from."""
     fields = zip(*(msgspec.structs.astuple(record) for record, _, _ in items), strict=True)
@@ -670,12 +520,3 @@ def _frame(items: list[tuple[Transaction, int, Message]]) -> pd.DataFrame:
 
 def _empty_predictions() -> pd.DataFrame:
     return pd.DataFrame({name: [] for name in COLUMNS})
-
-
-def _transient(error: KafkaException) -> bool:
-    kafka_error = error.args[0]
-    return bool(kafka_error.retriable() or kafka_error.code() in _TRANSIENT)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]

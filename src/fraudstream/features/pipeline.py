@@ -53,11 +53,7 @@ class FeatureComputer:
 
     def compute(self, batch: pd.DataFrame) -> pd.DataFrame:
         """Features of ``batch`` (canonical transaction columns, arrival order)."""
-        columns: dict[str, np.ndarray] = {"amount": batch["amount"].to_numpy(dtype=float)}
-        columns.update(calendar_features(batch["event_time"]))
-        columns.update(card_features(self.state, batch))
-        columns.update(self._terminal(batch))
-        return pd.DataFrame({name: columns[name] for name in FEATURE_NAMES}, index=batch.index)
+        return self.complete(batch, card_features(self.state, batch))
 
     def compute_partitioned(
         self, batch: pd.DataFrame, partitions: np.ndarray, states: Mapping[int, CardState]
@@ -66,13 +62,21 @@ class FeatureComputer:
         engine owns card state per Kafka partition; a card's messages all share one). The
         same numbers as ``compute`` per partition, with the per-call overhead paid once."""
         n = len(batch)
-        columns: dict[str, np.ndarray] = {"amount": batch["amount"].to_numpy(dtype=float)}
-        columns.update(calendar_features(batch["event_time"]))
+        card: dict[str, np.ndarray] = {}
         for partition in np.unique(partitions):
             rows = np.flatnonzero(partitions == partition)
             part = batch if len(rows) == n else batch.iloc[rows]
             for name, values in card_features(states[int(partition)], part).items():
-                columns.setdefault(name, np.empty(n, dtype=float))[rows] = values
+                card.setdefault(name, np.empty(n, dtype=float))[rows] = values
+        return self.complete(batch, card)
+
+    def complete(self, batch: pd.DataFrame, card: Mapping[str, np.ndarray]) -> pd.DataFrame:
+        """The feature vector of ``batch`` given its card features (computed by
+        ``card_features``, here or elsewhere: the Spark engine computes them in its state
+        operator): amount, calendar and terminal features added."""
+        columns: dict[str, np.ndarray] = {"amount": batch["amount"].to_numpy(dtype=float)}
+        columns.update(calendar_features(batch["event_time"]))
+        columns.update(card)
         columns.update(self._terminal(batch))
         return pd.DataFrame({name: columns[name] for name in FEATURE_NAMES}, index=batch.index)
 
