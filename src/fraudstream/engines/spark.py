@@ -99,7 +99,7 @@ def _card_step(
     with the bucket's card state carried in Spark's state store."""
     from fraudstream.features.card import CardState, card_features
 
-    frame = pd.concat(list(batches), ignore_index=True)
+    frame = pd.concat(list(batches), ignore_index=True).drop(columns="_bucket")
     if int(key[0]) < 0:  # rejected messages pass through, for the dead-letter topic
         for name in CARD_FEATURES:
             frame[name] = np.nan
@@ -263,8 +263,8 @@ class SparkEngine:
             predictions if len(predictions) else _no_predictions(),
             [],
             [
-                (topic, int(row._partition), int(row._offset), str(row.reason))
-                for row in rejected.itertuples(index=False)
+                (topic, int(partition), int(offset), str(reason))
+                for partition, offset, reason, _raw in _sources(rejected)
             ],
         )
         if len(predictions):
@@ -291,15 +291,15 @@ class SparkEngine:
                 failures.append(error)
 
         topic = self.settings.kafka.topics.transactions
-        for row in rejected.itertuples(index=False):
+        for partition, offset, reason, raw in _sources(rejected):
             self.producer.produce(
                 self.settings.kafka.topics.dlq,
-                value=bytes(row.raw) if row.raw is not None else b"",
+                value=bytes(raw) if raw is not None else b"",
                 headers={
-                    "reason": str(row.reason).encode()[:1000],
+                    "reason": str(reason).encode()[:1000],
                     "source.topic": topic.encode(),
-                    "source.partition": str(row._partition).encode(),
-                    "source.offset": str(row._offset).encode(),
+                    "source.partition": str(partition).encode(),
+                    "source.offset": str(offset).encode(),
                 },
                 on_delivery=delivered,
             )
@@ -311,6 +311,12 @@ class SparkEngine:
         if current and current != self.scorer.version:
             self.scorer = Scorer(self.registry.load(current))
             log.info("switched to model %s", current)
+
+
+def _sources(rejected: pd.DataFrame) -> zip[tuple[Any, Any, Any, Any]]:
+    """(partition, offset, reason, original bytes) of each rejected message."""
+    columns = ("_partition", "_offset", "reason", "raw")
+    return zip(*(rejected[name].tolist() for name in columns), strict=True)
 
 
 def _no_predictions() -> pd.DataFrame:
