@@ -68,9 +68,9 @@ def _drain(settings: Settings, topic: str, expect: int | None = None, timeout_s:
 def test_live_rate_is_held_within_two_percent(kafka_settings: Settings, rate: int) -> None:
     count = rate * 5
     params = preset("default", n_customers=2_000, n_terminals=4_000, seed=3)
-    report = simulate_live(
-        Publisher(kafka_settings.kafka), params, rate=rate, count=count, clock=SystemClock()
-    )
+    publisher = Publisher(kafka_settings.kafka)
+    report = simulate_live(publisher, params, rate=rate, count=count, clock=SystemClock())
+    publisher.close()  # every message acknowledged (a dropped producer loses its queue)
     assert report.sent == count
     messages = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=count)
     assert len(messages) == count
@@ -89,14 +89,11 @@ def test_live_rate_is_held_within_two_percent(kafka_settings: Settings, rate: in
 
 def test_accelerated_clock_delivers_delayed_labels(kafka_settings: Settings) -> None:
     params = preset("default", n_customers=1_000, n_terminals=2_000, seed=5)
+    publisher = Publisher(kafka_settings.kafka)
     report = simulate_live(
-        Publisher(kafka_settings.kafka),
-        params,
-        rate=20_000,
-        count=60_000,
-        clock=SystemClock(),
-        accelerated=True,
+        publisher, params, rate=20_000, count=60_000, clock=SystemClock(), accelerated=True
     )
+    publisher.close()
     assert report.labels_sent > 0 and report.frauds >= report.labels_sent
     txs = {}
     for message in _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=60_000):

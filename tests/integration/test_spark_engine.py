@@ -1,31 +1,56 @@
 """The Spark engine against the local engine on the same recorded stream (real Kafka, real
-PostgreSQL, Spark in local mode)."""
+PostgreSQL, Spark in local mode and on a standalone cluster started by fraudstream)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import psycopg
+import pytest
 from confluent_kafka import Producer
 
 from fraudstream.clock import SystemClock
-from fraudstream.config import Settings
+from fraudstream.config import Settings, env_name
 from fraudstream.engines.local import LocalEngine
 from fraudstream.engines.spark import SparkEngine
+from fraudstream.stack.spark import StandaloneCluster
 from fraudstream.store.db import conninfo
 
-from .test_engine import isolated, models_dir, predictions, publish, todays_transactions
+from ..conftest import free_port
+from .test_engine import (
+    engine_env,
+    isolated,
+    models_dir,
+    predictions,
+    publish,
+    stored_count,
+    todays_transactions,
+    wait_for,
+)
 
 __all__ = ["models_dir"]  # the fixture, shared with the local engine's tests
 
 MALFORMED = [b"not json", json.dumps({"tx_id": "x", "amount": -1}).encode()]
 
 
-def test_spark_gives_the_local_engines_predictions_across_micro_batches(
-    stack_settings: Settings, models_dir: Path, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Scored:
+    """A recorded stream (with malformed messages) and the local engine's predictions."""
+
+    settings: Settings
+    expected: pd.DataFrame
+
+
+@pytest.fixture(scope="module")
+def scored(stack_settings: Settings, models_dir: Path) -> Scored:
     local = isolated(stack_settings, models_dir)
     frame = todays_transactions(1_500, seed=44)
     publish(local, frame.iloc[: len(frame) // 2])
@@ -37,30 +62,78 @@ def test_spark_gives_the_local_engines_predictions_across_micro_batches(
     LocalEngine(local, SystemClock()).run(max_idle_s=4)
     expected = predictions(local)
     assert len(expected) == len(frame)
+    return Scored(local, expected)
 
-    spark = isolated(stack_settings, models_dir)
-    spark = spark.model_copy(
+
+def spark_settings(scored: Scored, stack_settings: Settings, models: Path, root: Path) -> Settings:
+    """A fresh database and checkpoint reading the recorded stream in small micro-batches."""
+    fresh = isolated(stack_settings, models)
+    spark = fresh.spark.model_copy(
         update={
-            "kafka": local.kafka,  # the same recorded stream
-            "spark": spark.spark.model_copy(
-                update={
-                    "checkpoint_dir": tmp_path / "checkpoints",
-                    "max_offsets_per_trigger": len(frame) // 4,  # state across micro-batches
-                    "trigger_interval_s": 0.5,
-                }
-            ),
+            "checkpoint_dir": root / "checkpoints",
+            "max_offsets_per_trigger": len(scored.expected) // 4,  # state across micro-batches
+            "trigger_interval_s": 0.5,
         }
     )
-    stats = SparkEngine(spark, SystemClock(), master="local[2]").run(max_idle_s=10)
-    got = predictions(spark)
+    return fresh.model_copy(update={"kafka": scored.settings.kafka, "spark": spark})
 
+
+def assert_same_rows(settings: Settings, scored: Scored) -> None:
+    got = predictions(settings)
+    assert len(got) == len(scored.expected) and got.index.is_unique
+    pd.testing.assert_series_equal(got["decision"], scored.expected["decision"])
+    pd.testing.assert_series_equal(got["score"], scored.expected["score"], rtol=0, atol=1e-9)
+
+
+def test_spark_gives_the_local_engines_predictions_across_micro_batches(
+    stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
+) -> None:
+    settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
+    stats = SparkEngine(settings, SystemClock(), master="local[2]").run(max_idle_s=10)
     assert stats.batches >= 4
-    assert len(got) == len(expected) and got.index.is_unique
-    pd.testing.assert_series_equal(got["decision"], expected["decision"])
-    pd.testing.assert_series_equal(got["score"], expected["score"], rtol=0, atol=1e-9)
-    assert set(got["model_version"]) == set(expected["model_version"])
-    with psycopg.connect(conninfo(spark)) as conn:
+    assert_same_rows(settings, scored)
+    with psycopg.connect(conninfo(settings)) as conn:
         reasons = [r for (r,) in conn.execute("SELECT reason FROM dlq_events").fetchall()]
         engines = conn.execute("SELECT DISTINCT engine FROM fraud_predictions").fetchall()
     assert len(reasons) == len(MALFORMED) and all(reasons)
     assert engines == [("spark",)]
+
+
+def test_a_killed_driver_restarts_from_its_checkpoint_exactly_once(
+    stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
+) -> None:
+    settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
+    env = engine_env(settings)
+    env[env_name("spark.checkpoint_dir")] = str(settings.spark.checkpoint_dir)
+    env[env_name("spark.max_offsets_per_trigger")] = str(settings.spark.max_offsets_per_trigger)
+    env[env_name("spark.trigger_interval_s")] = "0.5"
+    log = (tmp_path / "driver.log").open("ab")
+    command = [sys.executable, "-m", "fraudstream", "score", "--engine", "spark"]
+    driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: stored_count(settings) > 0, 180, "the first micro-batch")
+    assert stored_count(settings) < len(scored.expected), "the stream ended before the kill"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(30)
+    time.sleep(2)  # the driver's JVM notices its Python is gone
+    restarted = subprocess.run(
+        [*command, "--max-idle", "10"], env=env, stdout=log, stderr=subprocess.STDOUT,
+        timeout=600, check=False,
+    )  # fmt: skip
+    assert restarted.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert_same_rows(settings, scored)
+
+
+def test_a_standalone_cluster_runs_the_engine(
+    stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
+) -> None:
+    settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
+    settings = settings.model_copy(update={"state_dir": tmp_path / "state"})
+    cluster = StandaloneCluster(settings, master_port=free_port())
+    cluster.start()
+    try:
+        SparkEngine(settings, SystemClock(), master=cluster.url).run(max_idle_s=15)
+        executors = (tmp_path / "state" / "spark" / "work").rglob("stderr")
+        assert any(executors), "no executor ran on the worker"
+    finally:
+        cluster.stop()
+    assert_same_rows(settings, scored)

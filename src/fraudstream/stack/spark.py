@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING
 
 from fraudstream.config import Settings
 from fraudstream.stack.kafka import require_java
-from fraudstream.stack.process import ServiceError
+from fraudstream.stack.process import ServiceError, port_in_use, spawn, stop, wait_until
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["connector_jars", "pyspark_version", "spark_session"]
+__all__ = ["StandaloneCluster", "connector_jars", "pyspark_version", "spark_session"]
 
 _JAR_VERSION = re.compile(r"-\d[\w.\-]*\.jar$")
 
@@ -124,3 +124,80 @@ def spark_session(settings: Settings, master: str | None = None) -> SparkSession
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+class StandaloneCluster:
+    """A Spark standalone master and one worker from the pyspark installation, on loopback,
+    with pid files and logs under ``<state_dir>/spark`` (for trying the engine on a real
+    cluster URL without installing Spark)."""
+
+    def __init__(
+        self, settings: Settings, master_port: int, worker_cores: int = 1, worker_memory: str = "1g"
+    ) -> None:
+        self.settings = settings
+        self.master_port = master_port
+        self.worker_cores = worker_cores
+        self.worker_memory = worker_memory
+        self.root = settings.state_dir / "spark"
+
+    @property
+    def url(self) -> str:
+        return f"spark://127.0.0.1:{self.master_port}"
+
+    def start(self) -> None:
+        pyspark_version()
+        import pyspark
+
+        spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+        java = require_java(self.settings.kafka.java)
+        env = {
+            **os.environ,
+            "JAVA_HOME": str(Path(java).resolve().parent.parent),
+            "SPARK_LOCAL_IP": "127.0.0.1",
+            "PYSPARK_PYTHON": sys.executable,
+            "SPARK_WORKER_DIR": str(self.root / "work"),
+        }
+        (self.root / "work").mkdir(parents=True, exist_ok=True)
+        ui = "--webui-port", "0"
+        daemons = {
+            "spark-master": [
+                spark_class, "org.apache.spark.deploy.master.Master",
+                "--host", "127.0.0.1", "--port", str(self.master_port), *ui,
+            ],
+            "spark-worker": [
+                spark_class, "org.apache.spark.deploy.worker.Worker", self.url,
+                "--host", "127.0.0.1", "--cores", str(self.worker_cores),
+                "--memory", self.worker_memory, *ui,
+            ],
+        }  # fmt: skip
+        for name, argv in daemons.items():
+            spawn(
+                argv,
+                pid_file=self.root / f"{name}.pid",
+                log_file=self.root / f"{name}.log",
+                address=self.url,
+                env=env,
+            )
+            if name == "spark-master":
+                wait_until(
+                    lambda: port_in_use("127.0.0.1", self.master_port),
+                    timeout_s=self.settings.start_timeout_s,
+                    what=f"the Spark master on {self.url}",
+                    log_file=self.root / f"{name}.log",
+                )
+        wait_until(
+            self._worker_registered,
+            timeout_s=self.settings.start_timeout_s,
+            what="the Spark worker to register with its master",
+            log_file=self.root / "spark-worker.log",
+        )
+
+    def _worker_registered(self) -> bool:
+        log = self.root / "spark-worker.log"
+        return log.exists() and "Successfully registered with master" in log.read_text(
+            errors="replace"
+        )
+
+    def stop(self) -> None:
+        for name in ("spark-worker", "spark-master"):
+            stop(self.root / f"{name}.pid", timeout_s=30)
