@@ -127,12 +127,11 @@ def test_a_standalone_cluster_runs_the_engine(
     stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
 ) -> None:
     settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
-    settings = settings.model_copy(update={"state_dir": tmp_path / "state"})
-    cluster = StandaloneCluster(settings, master_port=free_port())
+    cluster = StandaloneCluster(settings, master_port=free_port(), root=tmp_path / "cluster")
     cluster.start()
     try:
         SparkEngine(settings, SystemClock(), master=cluster.url).run(max_idle_s=15)
-        executors = (tmp_path / "state" / "spark" / "work").rglob("stderr")
+        executors = (tmp_path / "cluster" / "work").rglob("stderr")
         assert any(executors), "no executor ran on the worker"
     finally:
         cluster.stop()

@@ -128,17 +128,23 @@ def spark_session(settings: Settings, master: str | None = None) -> SparkSession
 
 class StandaloneCluster:
     """A Spark standalone master and one worker from the pyspark installation, on loopback,
-    with pid files and logs under ``<state_dir>/spark`` (for trying the engine on a real
-    cluster URL without installing Spark)."""
+    with pid files and logs under ``root`` (default ``<state_dir>/spark``): the engine on a
+    real cluster URL without installing Spark."""
 
     def __init__(
-        self, settings: Settings, master_port: int, worker_cores: int = 1, worker_memory: str = "1g"
+        self,
+        settings: Settings,
+        master_port: int,
+        *,
+        root: Path | None = None,
+        worker_cores: int = 1,
+        worker_memory: str = "1g",
     ) -> None:
         self.settings = settings
         self.master_port = master_port
         self.worker_cores = worker_cores
         self.worker_memory = worker_memory
-        self.root = settings.state_dir / "spark"
+        self.root = root or settings.state_dir / "spark"
 
     @property
     def url(self) -> str:
