@@ -88,7 +88,15 @@ QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1, model_customers=1_000)
 class EngineBench:
     """A private stack for the duration of a ``with`` block; trials on fresh topics and DBs."""
 
-    def __init__(self, base: Settings, workload: Workload, sizes: Sizes, progress: Progress):
+    def __init__(
+        self,
+        base: Settings,
+        workload: Workload,
+        sizes: Sizes,
+        progress: Progress,
+        engine: str = "local",
+    ) -> None:
+        self.engine = engine
         self.base = base
         self.workload = workload
         self.sizes = sizes
@@ -250,7 +258,7 @@ class EngineBench:
     def _engines(self, trial: Settings, count: int) -> Iterator[None]:
         env = _child_env(trial)
         log_file = (self.root / f"engine-{trial.engine.group_id}.log").open("ab")
-        command = [sys.executable, "-m", "fraudstream", "score"]
+        command = [sys.executable, "-m", "fraudstream", "score", "--engine", self.engine]
         engines = [
             subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
             for _ in range(count)
@@ -363,8 +371,14 @@ def _count(trial: Settings, query: str) -> int:
 
 
 def _committed(trial: Settings) -> int:
-    """Transactions whose offsets are committed with their predictions (cheap: no row count)."""
-    return _count(trial, "SELECT sum(next_offset) FROM stream_checkpoints")
+    """Transactions whose results are committed: the local engine's offsets stored with its
+    predictions (no row count needed), or, for Spark (offsets in its checkpoint), the rows."""
+    offsets = _count(trial, "SELECT sum(next_offset) FROM stream_checkpoints")
+    if offsets:
+        return offsets
+    return _count(
+        trial, "SELECT (SELECT count(*) FROM fraud_predictions) + (SELECT count(*) FROM dlq_events)"
+    )
 
 
 def _assigned(trial: Settings) -> int:

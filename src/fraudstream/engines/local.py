@@ -41,6 +41,7 @@ from confluent_kafka import (
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.common import (
+    StatusReporter,
     TerminalRisk,
     first_line,
     message_offset,
@@ -146,8 +147,9 @@ class LocalEngine:
         )
         self._model_checked = 0.0
         self._status_written = 0.0
-        self._status_at, self._status_scored = time.monotonic(), 0
-        self._started_at = clock.now()
+        self._reporter = StatusReporter(
+            engine_id=self.engine_id, engine=self.name, group=self.group, started_at=clock.now()
+        )
 
     # --- partitions --------------------------------------------------------------------
 
@@ -457,37 +459,9 @@ class LocalEngine:
 
     def _write_status(self) -> None:
         """Throughput since the last report, lag and batch times: to the log and the table."""
-        now = time.monotonic()
-        elapsed = now - self._status_at
-        throughput = (self.stats.scored - self._status_scored) / elapsed if elapsed > 0 else 0.0
-        self._status_at, self._status_scored = now, self.stats.scored
-        p50, p99 = (
-            (float(np.percentile(self.stats.batch_ms, q)) for q in (50, 99))
-            if self.stats.batch_ms
-            else (None, None)
-        )
-        lag = self._lag()
-        with self.conn.transaction():
-            self.conn.execute(
-                "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
-                "partitions, throughput_tps, lag, batch_ms_p50, batch_ms_p99, dlq_total, "
-                "started_at, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
-                "ON CONFLICT (engine_id) DO UPDATE SET model_version = excluded.model_version, "
-                "partitions = excluded.partitions, throughput_tps = excluded.throughput_tps, "
-                "lag = excluded.lag, batch_ms_p50 = excluded.batch_ms_p50, "
-                "batch_ms_p99 = excluded.batch_ms_p99, dlq_total = excluded.dlq_total, "
-                "heartbeat_at = now()",
-                (
-                    self.engine_id, self.name, self.group, self.scorer.version,
-                    sorted(self.states), throughput, lag, p50, p99, self.stats.rejected,
-                    self._started_at,
-                ),
-            )  # fmt: skip
-        log.info(
-            "%.0f tx/s, lag %s, batch p50 %s ms; scored %d, stored %d, rejected %d, alerts %d",
-            throughput, "?" if lag is None else lag, "-" if p50 is None else f"{p50:.1f}",
-            self.stats.scored, self.stats.stored, self.stats.rejected, self.stats.alerts,
+        self._reporter.report(
+            self.conn, self.stats, model_version=self.scorer.version,
+            partitions=sorted(self.states), lag=self._lag(),
         )  # fmt: skip
 
     def _lag(self) -> int | None:

@@ -16,6 +16,8 @@ primary key.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +31,12 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
-from fraudstream.engines.common import TerminalRisk, predictions_frame, publish_alerts
+from fraudstream.engines.common import (
+    StatusReporter,
+    TerminalRisk,
+    predictions_frame,
+    publish_alerts,
+)
 from fraudstream.engines.local import EngineStats
 from fraudstream.features import FEATURE_NAMES, FeatureComputer
 from fraudstream.model.registry import Registry
@@ -153,6 +160,12 @@ class SparkEngine:
             }
         )
         self.stats = EngineStats()
+        engine_id = settings.engine.engine_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._reporter = StatusReporter(
+            engine_id=engine_id, engine=self.name, group=settings.engine.group_id,
+            started_at=clock.now(),
+        )  # fmt: skip
+        self._reported = 0.0
 
     @property
     def checkpoint(self) -> Path:
@@ -195,6 +208,7 @@ class SparkEngine:
         """Run the query until ``stop`` is set (or nothing arrives for ``max_idle_s``),
         stopping between micro-batches."""
         spark = spark_session(self.settings, self.master)
+        self._report()  # the query reads every partition of the topic
         running: StreamingQuery = (
             self.query(spark)
             .writeStream.foreachBatch(self._write)
@@ -277,6 +291,8 @@ class SparkEngine:
         self.stats.rejected += len(rejected)
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
         self._maybe_switch_model()
+        if time.monotonic() - self._reported >= self.settings.engine.status_interval_s:
+            self._report()
         log.info(
             "batch %d: %d scored (%d new), %d rejected in %.0f ms",
             batch_id, len(predictions), stored.inserted, len(rejected),
@@ -305,6 +321,13 @@ class SparkEngine:
             )
         if self.producer.flush(30) or failures:
             raise RuntimeError(f"dead-letter messages not acknowledged by Kafka: {failures[:1]}")
+
+    def _report(self) -> None:
+        self._reported = time.monotonic()
+        self._reporter.report(
+            self.conn, self.stats, model_version=self.scorer.version,
+            partitions=list(range(self.settings.kafka.partitions)), lag=None,
+        )  # fmt: skip
 
     def _maybe_switch_model(self) -> None:
         current = self.registry.current()
