@@ -114,7 +114,7 @@ def publish(settings: Settings, frame: pd.DataFrame) -> None:
     rows = TransactionRows(frame)
     for index in range(len(rows)):
         publisher.send_transaction(rows.record(index))
-    publisher.flush()
+    publisher.close()
 
 
 def predictions(settings: Settings) -> pd.DataFrame:
