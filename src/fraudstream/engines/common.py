@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,12 +28,17 @@ from confluent_kafka import (
 from fraudstream.config import Settings
 from fraudstream.features import TerminalTable
 from fraudstream.model.scoring import Scorer
-from fraudstream.policy import RuleSet, decide
+from fraudstream.policy import RuleSet, decide, default_rules, load_rules
 from fraudstream.schema import Invalid, decode_label
 from fraudstream.store.outcomes import load_terminal_activity, store_labels
+from fraudstream.store.sink import COLUMNS
 
-__all__ = ["StatusReporter", "TerminalRisk", "first_line", "message_offset", "message_partition",
-           "predictions_frame", "publish_alerts", "retry", "transient"]  # fmt: skip
+__all__ = [
+    "DeadLetter", "DeadLetterError", "StatusReporter", "TerminalRisk", "dead_letter",
+    "decision_rules", "empty_predictions", "engine_id", "engine_producer", "first_line",
+    "message_offset", "message_partition", "predictions_frame", "publish_alerts", "retry",
+    "transient",
+]  # fmt: skip
 
 log = logging.getLogger("fraudstream.engine")
 
@@ -186,6 +194,81 @@ class StatusReporter:
             throughput, "?" if lag is None else lag, "-" if p50 is None else f"{p50:.1f}",
             stats.scored, stats.stored, stats.rejected, stats.alerts,
         )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An unusable message: its original key and bytes, where it came from, and why."""
+
+    key: bytes | None
+    value: bytes
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+class DeadLetterError(Exception):
+    """Dead letters were not acknowledged: the batch must not commit (it is scored again)."""
+
+
+def engine_producer(settings: Settings) -> Producer:
+    """The producer engines send dead letters and alerts with: idempotent, ``acks=all``, and
+    no delivery timeout, so messages wait out a broker restart."""
+    return Producer(
+        {
+            **settings.kafka.client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "message.timeout.ms": 0,
+            "log_level": 3,
+        }
+    )
+
+
+def dead_letter(producer: Producer, topic: str, letters: Iterable[DeadLetter]) -> None:
+    """Keep every unusable message on the dead-letter topic with the reason and source as
+    headers, acknowledged before the caller commits (so none is lost if the engine dies)."""
+    failures: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            failures.append(error)
+
+    for letter in letters:
+        producer.produce(
+            topic,
+            key=letter.key,
+            value=letter.value,
+            headers={
+                "reason": letter.reason.encode()[:1000],
+                "source.topic": letter.topic.encode(),
+                "source.partition": str(letter.partition).encode(),
+                "source.offset": str(letter.offset).encode(),
+            },
+            on_delivery=delivered,
+        )
+    if producer.flush(30) or failures:
+        raise DeadLetterError(
+            f"dead-letter messages not acknowledged by Kafka: {failures[:1] or 'timed out'}"
+        )
+
+
+def decision_rules(settings: Settings) -> RuleSet:
+    """The operator's rules file when one is set, else the built-in rules."""
+    return load_rules(settings.policy.rules_file) if settings.policy.rules_file else default_rules()
+
+
+def engine_id(settings: Settings) -> str:
+    """This process's name in ``engine_status``: configured, else host and pid."""
+    return settings.engine.engine_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def empty_predictions() -> pd.DataFrame:
+    """A batch with nothing valid still commits its offsets and dead letters."""
+    return pd.DataFrame({name: [] for name in COLUMNS})
 
 
 def predictions_frame(

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,15 +32,21 @@ from confluent_kafka import (
     KafkaError,
     KafkaException,
     Message,
-    Producer,
     TopicPartition,
 )
 
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.common import (
+    DeadLetter,
+    DeadLetterError,
     StatusReporter,
     TerminalRisk,
+    dead_letter,
+    decision_rules,
+    empty_predictions,
+    engine_id,
+    engine_producer,
     first_line,
     message_offset,
     message_partition,
@@ -53,10 +57,10 @@ from fraudstream.engines.common import (
 from fraudstream.features import FEATURES_VERSION, CardState, FeatureComputer, TerminalTable
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
-from fraudstream.policy import RuleSet, default_rules, load_rules
+from fraudstream.policy import RuleSet
 from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.store.db import connect
-from fraudstream.store.sink import COLUMNS, Checkpoint, PredictionSink, StoredBatch
+from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch
 
 __all__ = ["EngineStats", "LocalEngine"]
 
@@ -99,14 +103,10 @@ class LocalEngine:
         self.stop = stop or threading.Event()
         self.topic = settings.kafka.topics.transactions
         self.group = settings.engine.group_id
-        self.engine_id = settings.engine.engine_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.engine_id = engine_id(settings)
         self.registry = Registry(settings.models_dir)
         self.scorer = Scorer(self.registry.load())
-        self.rules: RuleSet = (
-            load_rules(settings.policy.rules_file)
-            if settings.policy.rules_file
-            else default_rules()
-        )
+        self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)  # the main thread's: tables, labels, status, snapshots
         self.sink = PredictionSink(
             connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
@@ -134,17 +134,7 @@ class LocalEngine:
             }
         )
         self.terminals = TerminalRisk(settings, self.group)
-        self.producer = Producer(
-            {
-                **kafka,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "message.timeout.ms": 0,  # keep retrying through broker restarts
-                "log_level": 3,
-            }
-        )
+        self.producer = engine_producer(settings)
         self._model_checked = 0.0
         self._status_written = 0.0
         self._reporter = StatusReporter(
@@ -226,7 +216,12 @@ class LocalEngine:
                     elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                         break
                     self._housekeeping()
-                except (psycopg.OperationalError, psycopg.InterfaceError, Unavailable) as error:
+                except (
+                    psycopg.OperationalError,
+                    psycopg.InterfaceError,
+                    Unavailable,
+                    DeadLetterError,
+                ) as error:
                     log.warning("%s; recovering from the stored state", first_line(error))
                     self._broken = True
                 except KafkaException as error:
@@ -268,7 +263,7 @@ class LocalEngine:
                 rejected.append((message, record.reason))
             else:
                 valid.append((record, partition, message))
-        predictions = _empty_predictions()
+        predictions = empty_predictions()
         if valid:
             batch = _frame(valid)
             computer = FeatureComputer(tables=self._table)
@@ -340,7 +335,7 @@ class LocalEngine:
                         self.expected[partition] = low
                     self.consumer.seek(TopicPartition(self.topic, partition, offset))
                 self.consumer.resume([TopicPartition(self.topic, p) for p in self.owned])
-            except (psycopg.Error, KafkaException, Unavailable) as error:
+            except (psycopg.Error, KafkaException, Unavailable, DeadLetterError) as error:
                 log.warning("still unavailable (%s); retrying in %.1f s", first_line(error), delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, _BACKOFF_S[1])
@@ -397,31 +392,17 @@ class LocalEngine:
         )
 
     def _dead_letter(self, rejected: list[tuple[Message, str]]) -> None:
-        """Keep every unusable message: original bytes, reason and source on the DLQ topic,
-        acknowledged before the batch commits (so none is lost if the engine dies)."""
-        failures: list[KafkaError] = []
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
-        for message, reason in rejected:
-            self.producer.produce(
-                self.settings.kafka.topics.dlq,
-                key=message.key(),
-                value=message.value(),
-                headers={
-                    "reason": reason.encode()[:1000],
-                    "source.topic": str(message.topic()).encode(),
-                    "source.partition": str(message.partition()).encode(),
-                    "source.offset": str(message.offset()).encode(),
-                },
-                on_delivery=delivered,
-            )
-        if self.producer.flush(30) or failures:
-            raise Unavailable(
-                f"dead-letter messages not acknowledged by Kafka: {failures[:1] or 'timed out'}"
-            )
+        dead_letter(
+            self.producer,
+            self.settings.kafka.topics.dlq,
+            (
+                DeadLetter(
+                    message.key(), message.value() or b"", str(message.topic()),
+                    message_partition(message), message_offset(message), reason,
+                )
+                for message, reason in rejected
+            ),
+        )  # fmt: skip
 
     def _checkpoints(self, partitions: set[int]) -> tuple[list[Checkpoint], bool]:
         """Where each partition of the batch now stands, with the card state where a snapshot
@@ -490,7 +471,3 @@ def _frame(items: list[tuple[Transaction, int, Message]]) -> pd.DataFrame:
     appended = pd.to_datetime(stamps, unit="ms", utc=True)
     frame["_kafka_time"] = appended.where(stamps > 0)  # no broker time: unknown
     return frame
-
-
-def _empty_predictions() -> pd.DataFrame:
-    return pd.DataFrame({name: [] for name in COLUMNS})

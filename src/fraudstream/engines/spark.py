@@ -16,8 +16,6 @@ primary key.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,13 +25,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
-from confluent_kafka import KafkaError, Message, Producer
 
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.common import (
+    DeadLetter,
     StatusReporter,
     TerminalRisk,
+    dead_letter,
+    decision_rules,
+    empty_predictions,
+    engine_id,
+    engine_producer,
     predictions_frame,
     publish_alerts,
 )
@@ -41,7 +44,7 @@ from fraudstream.engines.local import EngineStats
 from fraudstream.features import FEATURE_NAMES, FeatureComputer
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
-from fraudstream.policy import RuleSet, default_rules, load_rules
+from fraudstream.policy import RuleSet
 from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.stack.spark import spark_session
 from fraudstream.store.db import connect
@@ -138,31 +141,17 @@ class SparkEngine:
         self.master = master
         self.registry = Registry(settings.models_dir)
         self.scorer = Scorer(self.registry.load())
-        self.rules: RuleSet = (
-            load_rules(settings.policy.rules_file)
-            if settings.policy.rules_file
-            else default_rules()
-        )
+        self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)
         self.sink = PredictionSink(
             connect(settings), consumer_group=f"spark:{settings.engine.group_id}",
             features_version=self.scorer.artifact.metadata["features_version"],
         )  # fmt: skip
         self.terminals = TerminalRisk(settings, f"spark-{settings.engine.group_id}")
-        self.producer = Producer(
-            {
-                **settings.kafka.client_config(),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "compression.type": "lz4",
-                "log_level": 3,
-            }
-        )
+        self.producer = engine_producer(settings)
         self.stats = EngineStats()
-        engine_id = settings.engine.engine_id or f"{socket.gethostname()}-{os.getpid()}"
         self._reporter = StatusReporter(
-            engine_id=engine_id, engine=self.name, group=settings.engine.group_id,
+            engine_id=engine_id(settings), engine=self.name, group=settings.engine.group_id,
             started_at=clock.now(),
         )  # fmt: skip
         self._reported = 0.0
@@ -274,7 +263,7 @@ class SparkEngine:
                 valid, features, self.scorer, self.rules, self.clock.now(), engine=self.name
             )
         stored = self.sink.write(
-            predictions if len(predictions) else _no_predictions(),
+            predictions if len(predictions) else empty_predictions(),
             [],
             [
                 (topic, int(partition), int(offset), str(reason))
@@ -300,27 +289,16 @@ class SparkEngine:
         )  # fmt: skip
 
     def _dead_letter(self, rejected: pd.DataFrame) -> None:
-        failures: list[KafkaError] = []
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
         topic = self.settings.kafka.topics.transactions
-        for partition, offset, reason, raw in _sources(rejected):
-            self.producer.produce(
-                self.settings.kafka.topics.dlq,
-                value=bytes(raw) if raw is not None else b"",
-                headers={
-                    "reason": str(reason).encode()[:1000],
-                    "source.topic": topic.encode(),
-                    "source.partition": str(partition).encode(),
-                    "source.offset": str(offset).encode(),
-                },
-                on_delivery=delivered,
-            )
-        if self.producer.flush(30) or failures:
-            raise RuntimeError(f"dead-letter messages not acknowledged by Kafka: {failures[:1]}")
+        dead_letter(
+            self.producer,
+            self.settings.kafka.topics.dlq,
+            (
+                DeadLetter(None, bytes(raw) if raw is not None else b"", topic, int(partition),
+                           int(offset), str(reason))
+                for partition, offset, reason, raw in _sources(rejected)
+            ),
+        )  # fmt: skip
 
     def _report(self) -> None:
         self._reported = time.monotonic()
@@ -340,9 +318,3 @@ def _sources(rejected: pd.DataFrame) -> zip[tuple[Any, Any, Any, Any]]:
     """(partition, offset, reason, original bytes) of each rejected message."""
     columns = ("_partition", "_offset", "reason", "raw")
     return zip(*(rejected[name].tolist() for name in columns), strict=True)
-
-
-def _no_predictions() -> pd.DataFrame:
-    from fraudstream.store.sink import COLUMNS
-
-    return pd.DataFrame({name: [] for name in COLUMNS})

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fraudstream import bus
 from fraudstream.config import Settings
+from fraudstream.stack.maven import resolve_jars
 from fraudstream.stack.process import (
     PidRecord,
     ServiceError,
@@ -70,39 +71,10 @@ def require_java(java: str) -> str:
 def ensure_jars(settings: Settings) -> Path:
     """Directory holding the broker's jars, resolving them with Maven on first use."""
     version = settings.kafka.version
-    home = settings.cache_dir / f"kafka-{version}"
-    libs = home / "libs"
-    marker = home / ".resolved"
-    if marker.exists() and any(libs.glob("kafka_2.13-*.jar")):
-        return libs
-    maven = shutil.which(settings.kafka.maven)
-    if maven is None:
-        raise ServiceError(
-            f"Maven ({settings.kafka.maven!r}) is needed once to fetch the Kafka jars from Maven "
-            "Central: install it (Debian/Ubuntu: `apt-get install maven`) "
-            "or set FRAUDSTREAM_KAFKA__MAVEN"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    template = resources.files("fraudstream.stack").joinpath("resources/kafka-pom.xml").read_text()
-    (home / "pom.xml").write_text(template.replace("@KAFKA_VERSION@", version))
-    if libs.exists():
-        shutil.rmtree(libs)
-    result = subprocess.run(
-        [
-            maven, "-B", "-q", "-f", str(home / "pom.xml"),
-            "dependency:copy-dependencies", "-DincludeScope=runtime",
-            f"-DoutputDirectory={libs}",
-        ],
-        capture_output=True, text=True, check=False,
+    return resolve_jars(
+        settings, settings.cache_dir / f"kafka-{version}", "kafka-pom.xml", version,
+        expected="kafka_2.13-*.jar", what=f"Apache Kafka {version}",
     )  # fmt: skip
-    if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
-        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        raise ServiceError(
-            f"could not resolve Apache Kafka {version} from Maven Central with {maven}:\n  "
-            + "\n  ".join(output)
-        )
-    marker.write_text(version)
-    return libs
 
 
 class KafkaBroker:

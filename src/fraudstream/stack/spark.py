@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fraudstream.config import Settings
 from fraudstream.stack.kafka import require_java
+from fraudstream.stack.maven import resolve_jars
 from fraudstream.stack.process import ServiceError, port_in_use, spawn, stop, wait_until
 
 if TYPE_CHECKING:
@@ -44,12 +42,11 @@ def pyspark_version() -> str:
 def connector_jars(settings: Settings) -> list[Path]:
     """The connector's jars that pyspark does not ship, resolving them on first use."""
     version = pyspark_version()
-    home = settings.cache_dir / f"spark-kafka-{version}"
-    libs = home / "libs"
-    marker = home / ".resolved"
-    if not (marker.exists() and any(libs.glob("spark-sql-kafka-*.jar"))):
-        _resolve(settings, version, home, libs)
-        marker.write_text(version)
+    libs = resolve_jars(
+        settings, settings.cache_dir / f"spark-kafka-{version}", "spark-kafka-pom.xml", version,
+        expected="spark-sql-kafka-*.jar",
+        what=f"spark-sql-kafka-0-10_2.13:{version} (the installed pyspark's version)",
+    )  # fmt: skip
     import pyspark
 
     bundled = {
@@ -61,36 +58,6 @@ def connector_jars(settings: Settings) -> list[Path]:
 def _artifact(file_name: str) -> str:
     """``kafka-clients-3.9.2.jar`` → ``kafka-clients``."""
     return _JAR_VERSION.sub("", file_name)
-
-
-def _resolve(settings: Settings, version: str, home: Path, libs: Path) -> None:
-    maven = shutil.which(settings.kafka.maven)
-    if maven is None:
-        raise ServiceError(
-            f"Maven ({settings.kafka.maven!r}) is needed once to fetch Spark's Kafka connector "
-            "from Maven Central: install it (Debian/Ubuntu: `apt-get install maven`)"
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    template = (
-        resources.files("fraudstream.stack").joinpath("resources/spark-kafka-pom.xml").read_text()
-    )
-    (home / "pom.xml").write_text(template.replace("@SPARK_VERSION@", version))
-    if libs.exists():
-        shutil.rmtree(libs)
-    result = subprocess.run(
-        [
-            maven, "-B", "-q", "-f", str(home / "pom.xml"),
-            "dependency:copy-dependencies", "-DincludeScope=runtime",
-            f"-DoutputDirectory={libs}",
-        ],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0 or not any(libs.glob("spark-sql-kafka-*.jar")):
-        output = (result.stdout + result.stderr).strip().splitlines()[-15:]
-        raise ServiceError(
-            f"could not resolve spark-sql-kafka-0-10_2.13:{version} (the installed pyspark's "
-            f"version) from Maven Central with {maven}:\n  " + "\n  ".join(output)
-        )
 
 
 def spark_session(settings: Settings, master: str | None = None) -> SparkSession:
