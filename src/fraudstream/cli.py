@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -779,7 +780,11 @@ def bench(
         bool, typer.Option(help="Tiny sizes: proves the benchmarks run (tests).")
     ] = False,
     only: Annotated[
-        str, typer.Option(help="all | stages (no services) | engine (end to end).")
+        str,
+        typer.Option(
+            help="all | stages (no services) | engine (local, end to end) | spark "
+            "(the Spark engine end to end; in all when pyspark is installed)."
+        ),
     ] = "all",
     out: Annotated[Path, typer.Option(help="Report to update.")] = Path("docs/benchmarks.md"),
 ) -> None:
@@ -793,8 +798,8 @@ def bench(
     from fraudstream.bench.report import update_section
     from fraudstream.clock import SystemClock
 
-    if only not in ("all", "stages", "engine"):
-        _fail(f"--only must be all, stages or engine, not {only!r}", 2)
+    if only not in ("all", "stages", "engine", "spark"):
+        _fail(f"--only must be all, stages, engine or spark, not {only!r}", 2)
     when = SystemClock().now()
     how = "fraudstream bench" + (" --quick" if quick else "") + (f" --only {only}")
     results = []
@@ -813,6 +818,12 @@ def bench(
             engine = engine_bench.run(_settings(ctx), quick=quick, progress=progress)
             update_section(out, "engine", "Local engine, end to end", engine, when, how)
             results += engine
+        if only == "spark" or (only == "all" and importlib.util.find_spec("pyspark")):
+            settings = _settings(ctx)
+            spark = engine_bench.run(settings, quick=quick, progress=progress, engine="spark")
+            title = f"Spark engine ({settings.spark.master}), end to end"
+            update_section(out, "spark", title, spark, when, how)
+            results += spark
     for result in results:
         typer.echo(f"{result.name}: {result.value:,.1f} {result.unit}  {result.note}")
     typer.echo(f"updated {out}")

@@ -235,6 +235,13 @@ class SparkSettings(_Section):
         default=1.0, gt=0, le=3600, description="Micro-batch trigger interval."
     )
     max_offsets_per_trigger: int = Field(default=50_000, ge=1, le=100_000_000)
+    state_partitions: int = Field(
+        default=2,
+        ge=1,
+        le=10_000,
+        description="Partitions of the card state (Spark's shuffle partitions): about the "
+        "executor cores. Fixed in the checkpoint when a query first starts.",
+    )
     checkpoint_dir: Path | None = Field(
         default=None, description="Query checkpoints; default <state_dir>/spark/checkpoints."
     )

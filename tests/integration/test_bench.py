@@ -22,4 +22,8 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path
     assert "## Local engine, end to end" in text
     assert "catch-up: one engine drains a backlog" in text and "3,000 transactions" in text
     assert "sustained: lag flat" in text and "latency at 500 tx/s" in text
+    # The Spark engine's section (pyspark is installed by the test set-up), measured the same way.
+    spark = text[text.index("## Spark engine (local[2]), end to end") :]
+    assert "catch-up: one engine drains a backlog" in spark and "3,000 transactions" in spark
+    assert "sustained: lag flat" in spark and "latency at 500 tx/s" in spark
     assert "over 0 rows" not in text

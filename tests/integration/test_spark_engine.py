@@ -21,6 +21,7 @@ from fraudstream.clock import SystemClock
 from fraudstream.config import Settings, env_name
 from fraudstream.engines.local import LocalEngine
 from fraudstream.engines.spark import SparkEngine
+from fraudstream.stack import Stack
 from fraudstream.stack.spark import StandaloneCluster
 from fraudstream.store.db import conninfo
 
@@ -31,6 +32,7 @@ from .test_engine import (
     models_dir,
     predictions,
     publish,
+    stop_engine,
     stored_count,
     todays_transactions,
     wait_for,
@@ -99,16 +101,25 @@ def test_spark_gives_the_local_engines_predictions_across_micro_batches(
     assert engines == [("spark",)]
 
 
+SPARK_COMMAND = [sys.executable, "-m", "fraudstream", "score", "--engine", "spark"]
+
+
+def driver_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives `fraudstream score --engine spark` these settings."""
+    env = engine_env(settings)
+    env[env_name("spark.checkpoint_dir")] = str(settings.spark.checkpoint_dir)
+    env[env_name("spark.max_offsets_per_trigger")] = str(settings.spark.max_offsets_per_trigger)
+    env[env_name("spark.trigger_interval_s")] = str(settings.spark.trigger_interval_s)
+    return env
+
+
 def test_a_killed_driver_restarts_from_its_checkpoint_exactly_once(
     stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
 ) -> None:
     settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
-    env = engine_env(settings)
-    env[env_name("spark.checkpoint_dir")] = str(settings.spark.checkpoint_dir)
-    env[env_name("spark.max_offsets_per_trigger")] = str(settings.spark.max_offsets_per_trigger)
-    env[env_name("spark.trigger_interval_s")] = "0.5"
+    env = driver_env(settings)
     log = (tmp_path / "driver.log").open("ab")
-    command = [sys.executable, "-m", "fraudstream", "score", "--engine", "spark"]
+    command = SPARK_COMMAND
     driver = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     wait_for(lambda: stored_count(settings) > 0, 180, "the first micro-batch")
     assert stored_count(settings) < len(scored.expected), "the stream ended before the kill"
@@ -120,6 +131,29 @@ def test_a_killed_driver_restarts_from_its_checkpoint_exactly_once(
         timeout=600, check=False,
     )  # fmt: skip
     assert restarted.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert_same_rows(settings, scored)
+
+
+def test_the_driver_waits_out_a_database_restart_and_loses_nothing(
+    stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
+) -> None:
+    settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
+    spark = settings.spark.model_copy(update={"max_offsets_per_trigger": 100})
+    settings = settings.model_copy(update={"spark": spark})  # many micro-batches to interrupt
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(
+        SPARK_COMMAND, env=driver_env(settings), stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
+    wait_for(lambda: stored_count(settings) > 0, 180, "the first micro-batch")
+    database = Stack(stack_settings).database
+    database.stop()
+    time.sleep(3)  # micro-batches meet the outage
+    assert driver.poll() is None, log.read_text()[-3000:]
+    database.start()
+    total = len(scored.expected)
+    wait_for(lambda: stored_count(settings) == total, 240, "every transaction after the restart")
+    stop_engine(driver, log)
+    assert "recovering from the checkpoint" in log.read_text()
     assert_same_rows(settings, scored)
 
 

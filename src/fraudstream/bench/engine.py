@@ -82,6 +82,7 @@ class Sizes:
 
 
 FULL = Sizes(1_000_000, 60.0, 20.0, 30.0, (1_000, 5_000, 20_000), 5)
+FULL_SPARK = Sizes(400_000, 60.0, 20.0, 30.0, (1_000, 5_000), 5)
 QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1, model_customers=1_000)
 
 
@@ -190,7 +191,10 @@ class EngineBench:
             return False, f"producer reached {report.achieved_rate:,.0f} tx/s"
         head, tail = statistics.median(window[:3]), statistics.median(window[-3:])
         growth = tail - head
-        allowed = max(rate * 1.0, 2 * trial.engine.batch_max_messages)
+        # Lag saw-tooths by up to a batch; Spark's micro-batches take seconds, so it may
+        # swing by a few seconds of input without growing.
+        seconds = 3.0 if self.engine == "spark" else 1.0
+        allowed = max(rate * seconds, 2 * trial.engine.batch_max_messages)
         return growth <= allowed, f"lag {head:,.0f} → {tail:,.0f}"
 
     def latency(self) -> list[Result]:
@@ -426,10 +430,11 @@ def _latency(trial: Settings, since_epoch: float) -> tuple[float, float, float, 
     return p50, p95, p99, int(str(row[1]))
 
 
-def run(base: Settings, *, quick: bool, progress: Progress) -> list[Result]:
-    """All engine benchmarks; quick: tiny sizes that prove they run."""
+def run(base: Settings, *, quick: bool, progress: Progress, engine: str = "local") -> list[Result]:
+    """All end-to-end benchmarks of one engine; quick: tiny sizes that prove they run."""
+    sizes = QUICK if quick else FULL if engine == "local" else FULL_SPARK
     workload = Workload(customers=2_000) if quick else Workload()
-    bench = EngineBench(base, workload, QUICK if quick else FULL, progress)
+    bench = EngineBench(base, workload, sizes, progress, engine=engine)
     with bench.running():
         catch_up = bench.catch_up()
         sustained = bench.sustained(0.9 * catch_up.value)

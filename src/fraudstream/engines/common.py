@@ -90,6 +90,10 @@ class TerminalRisk:
                 del self.tables[old]
         return self.tables[day]
 
+    def recent(self, days: int) -> dict[np.datetime64, TerminalTable]:
+        """The tables of the newest ``days`` days built so far."""
+        return {day: self.tables[day] for day in sorted(self.tables)[-days:]}
+
     def assign(self) -> None:
         """Start from where this group committed (earliest when it never did)."""
         topic = self.settings.kafka.topics.labels
@@ -279,11 +283,14 @@ def predictions_frame(
     scored_at: datetime,
     *,
     engine: str,
+    scores: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Score, decide and explain a batch: the rows the sink stores (``sink.COLUMNS``).
 
-    ``batch`` has the canonical columns plus ``_partition``, ``_offset``, ``_kafka_time``."""
-    scores = scorer.score(features)
+    ``batch`` has the canonical columns plus ``_partition``, ``_offset``, ``_kafka_time``;
+    ``scores`` are ``scorer``'s, when already computed elsewhere (Spark's executors)."""
+    if scores is None:
+        scores = scorer.score(features)
     decisions = decide(
         scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
         scorer.thresholds, rules,

@@ -79,14 +79,19 @@ def spark_session(settings: Settings, master: str | None = None) -> SparkSession
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", str(spark_settings.ui).lower())
-        .config("spark.sql.shuffle.partitions", str(settings.kafka.partitions))
+        .config("spark.sql.shuffle.partitions", str(spark_settings.state_partitions))
         .config(
             "spark.sql.streaming.stateStore.providerClass",
             "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
         )
+        # Commit a micro-batch's state as a changelog, not a copy of the database files.
+        .config("spark.sql.streaming.stateStore.rocksdb.changelogCheckpointing.enabled", "true")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.executorEnv.PYSPARK_PYTHON", sys.executable)
+        # One thread per Python worker: tasks are the parallelism; OpenMP threads spinning
+        # beside them steal the cores the JVM and the other tasks need.
+        .config("spark.executorEnv.OMP_NUM_THREADS", "1")
     )
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
