@@ -79,6 +79,7 @@ def spark_session(settings: Settings, master: str | None = None) -> SparkSession
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.ui.enabled", str(spark_settings.ui).lower())
+        .config("spark.ui.showConsoleProgress", "false")  # progress bars in a service log
         .config("spark.sql.shuffle.partitions", str(spark_settings.state_partitions))
         .config(
             "spark.sql.streaming.stateStore.providerClass",
