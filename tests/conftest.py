@@ -31,6 +31,7 @@ def stack_overrides(state_dir: Path) -> dict[str, str]:
         "kafka.port": str(free_port()),
         "kafka.controller_port": str(free_port()),
         "database.port": str(free_port()),
+        "dashboard.port": str(free_port()),
     }
 
 

@@ -103,9 +103,9 @@ def _settings(ctx: typer.Context) -> Settings:
     return options.settings()
 
 
-def _stack(ctx: typer.Context) -> Stack:
-    """The stack, with the environment its engine and simulator processes inherit: this
-    command's own, plus its --config and --set choices, so the children see the same settings."""
+def _child_env(ctx: typer.Context) -> dict[str, str]:
+    """The environment for processes this command starts: its own, plus its --config and --set
+    choices, so that the children see the same settings."""
     import os
 
     options: _Options = ctx.obj
@@ -114,7 +114,13 @@ def _stack(ctx: typer.Context) -> Stack:
         env[CONFIG_FILE_ENV] = str(options.config.absolute())
     for key, value in options.overrides.items():
         env[env_name(key)] = value
-    return Stack(options.settings(), child_env=env)
+    return env
+
+
+def _stack(ctx: typer.Context) -> Stack:
+    """The stack, its engine, simulator and dashboard processes seeing this command's settings."""
+    options: _Options = ctx.obj
+    return Stack(options.settings(), child_env=_child_env(ctx))
 
 
 def _print_error(message: str) -> None:
@@ -771,6 +777,33 @@ def score(
         f"scored {stats.scored:,} transactions in {stats.batches:,} batches "
         f"({stats.stored:,} new rows), rejected {stats.rejected:,}, alerts {stats.alerts:,}"
     )
+
+
+@app.command()
+def dashboard(ctx: typer.Context) -> None:
+    """Serve the Streamlit dashboard (Live, Review queue, Model quality, Drift, Explore, System)
+    on dashboard.host:dashboard.port, 127.0.0.1:8501 by default; in the foreground until
+    Ctrl-C (`up` runs it as the `dashboard` service)."""
+    import os
+    from importlib import resources
+
+    settings = _settings(ctx).dashboard
+    if not settings.loopback and settings.password is None:
+        _fail(
+            f"dashboard.host is {settings.host}, not loopback: set dashboard.password "
+            f"({env_name('dashboard.password')}) so that the dashboard asks for it",
+            2,
+        )
+    app_script = resources.files("fraudstream.dashboard").joinpath("app.py")
+    argv = [
+        sys.executable, "-m", "streamlit", "run", str(app_script),
+        "--server.address", settings.host, "--server.port", str(settings.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--global.developmentMode", "false", "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "viewer",
+    ]  # fmt: skip
+    err.print(f"dashboard on http://{settings.host}:{settings.port}")
+    os.execvpe(sys.executable, argv, _child_env(ctx))  # noqa: S606 (signals reach Streamlit)
 
 
 @app.command()

@@ -248,6 +248,30 @@ class SparkSettings(_Section):
     ui: bool = Field(default=False, description="Serve the Spark UI (on 127.0.0.1:4040).")
 
 
+class DashboardSettings(_Section):
+    """The Streamlit dashboard (`fraudstream dashboard`, and the `dashboard` service of `up`)."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address to serve on; anything but loopback requires dashboard.password.",
+    )
+    port: Port = Field(default=8501, ge=1, le=65535)
+    refresh_s: float = Field(default=2.0, ge=0.5, le=3600, description="Live pages' refresh.")
+    password: SecretStr | None = Field(
+        default=None, description="Login password (required when host is not loopback)."
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The dashboard's own PostgreSQL user (read, and insert labels and reviews "
+        "only); the managed server provides one, an external database should too.",
+    )
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+
 class PolicySettings(_Section):
     rules_file: Path | None = Field(
         default=None, description="Decision rules (TOML); default built in."
@@ -287,6 +311,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = Field(default_factory=EngineSettings)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
 
     @property
     def models_dir(self) -> Path:

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -176,6 +177,13 @@ def test_a_bad_flag_value_fails_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2 and "expected KEY=VALUE" in result.stderr
 
 
+def test_a_dashboard_beyond_loopback_needs_a_password(tmp_path: Path) -> None:
+    env = overrides_env({"state_dir": str(tmp_path / "state"), "dashboard.host": "0.0.0.0"})
+    result = run_cli("dashboard", env=env)
+    assert result.returncode == 2
+    assert "dashboard.host is 0.0.0.0, not loopback: set dashboard.password" in result.stderr
+
+
 def test_external_services_are_used_not_started(stack_settings: Settings, tmp_path: Path) -> None:
     env = overrides_env(
         {
@@ -210,7 +218,9 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stderr
         assert "trained and promoted a first model" in up.stdout
         states = {name: row["state"] for name, row in _status(env).items()}
-        assert states == {n: "running" for n in ("kafka", "postgres", "engine", "simulator")}
+        assert states == {
+            n: "running" for n in ("kafka", "postgres", "engine", "simulator", "dashboard")
+        }
         deadline = time.monotonic() + 120
         counts: tuple[int, int] = (0, 0)
         while time.monotonic() < deadline:
@@ -226,8 +236,12 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
         assert counts[0] > 5_000 and counts[1] > 0, counts
         logs = run_cli("logs", "engine", "-n", "20", env=env)
         assert "scored" in logs.stdout
+        # The dashboard serves on its port (Streamlit's health endpoint answers).
+        health = f"http://127.0.0.1:{settings.dashboard.port}/_stcore/health"
+        with urllib.request.urlopen(health, timeout=30) as response:
+            assert response.read() == b"ok"
         down = run_cli("down", env=env, timeout=180)
         assert down.returncode == 0, down.stderr
-        assert "stopped simulator, engine, postgres, kafka" in down.stdout
+        assert "stopped dashboard, simulator, engine, postgres, kafka" in down.stdout
     finally:
         run_cli("down", "--volumes", env=env, timeout=180)

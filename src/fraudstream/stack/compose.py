@@ -24,6 +24,7 @@ from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.stack.process import PidRecord, ServiceError
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
+from fraudstream.store.roles import ensure_dashboard_role
 
 __all__ = ["ServiceStatus", "Stack", "UpReport"]
 
@@ -120,6 +121,8 @@ class Stack:
             progress("migrating the database schema")
             with connect(self.settings) as conn:
                 report.migrations_applied = [m.version for m in migrations.migrate(conn)]
+                if self.settings.database.managed:
+                    ensure_dashboard_role(conn, self.database.dashboard_password())
             if self.pipeline:
                 self._start_pipeline(report, progress)
         return report

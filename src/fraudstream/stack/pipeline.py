@@ -1,4 +1,5 @@
-"""The engine and the simulator as services of the local stack (``fraudstream`` sub-commands)."""
+"""The engine, the simulator and the dashboard as services of the local stack (``fraudstream``
+sub-commands)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ class PipelineService:
 
 
 def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[PipelineService]:
-    """Engine first, then the simulator, so that nothing waits unscored."""
+    """Engine first, then the simulator, so that nothing waits unscored; then the dashboard."""
     child_env = {**env, "FRAUDSTREAM_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
     topics = settings.kafka.topics
     engine = PipelineService(
@@ -76,4 +77,11 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
         f"→ {topics.transactions} at {settings.simulator.rate:,.0f} tx/s",
         child_env,
     )
-    return [engine, simulator]
+    dashboard = PipelineService(
+        settings,
+        "dashboard",
+        ["dashboard"],
+        f"http://{settings.dashboard.host}:{settings.dashboard.port}",
+        child_env,
+    )
+    return [engine, simulator, dashboard]

@@ -34,7 +34,7 @@ from fraudstream.stack.process import (
     wait_until,
 )
 
-__all__ = ["EmbeddedPostgres", "binaries_dir", "password_file"]
+__all__ = ["EmbeddedPostgres", "binaries_dir", "dashboard_password_file", "password_file"]
 
 
 def binaries_dir() -> Path:
@@ -51,6 +51,10 @@ def binaries_dir() -> Path:
 
 def password_file(settings: Settings) -> Path:
     return settings.state_dir / "postgres" / "password"
+
+
+def dashboard_password_file(settings: Settings) -> Path:
+    return settings.state_dir / "postgres" / "dashboard-password"
 
 
 class EmbeddedPostgres:
@@ -91,6 +95,22 @@ class EmbeddedPostgres:
                 f"no password for the embedded PostgreSQL in {password_file(self.settings)}: "
                 "was the server created by `fraudstream up`?"
             ) from None
+
+    def dashboard_password(self) -> str:
+        """The dashboard user's password, generated on first use and kept (mode 0600)."""
+        secret = dashboard_password_file(self.settings)
+        if not secret.exists():
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_urlsafe(24))
+        return secret.read_text().strip()
+
+    def dashboard_conninfo(self) -> str:
+        from fraudstream.store.roles import DASHBOARD_ROLE
+
+        return psycopg.conninfo.make_conninfo(
+            self.conninfo(), user=DASHBOARD_ROLE, password=self.dashboard_password()
+        )
 
     def conninfo(self, dbname: str | None = None) -> str:
         return psycopg.conninfo.make_conninfo(

@@ -6,7 +6,7 @@ import psycopg
 
 from fraudstream.config import Settings
 
-__all__ = ["connect", "conninfo"]
+__all__ = ["connect", "conninfo", "dashboard_conninfo"]
 
 
 def conninfo(settings: Settings) -> str:
@@ -16,6 +16,19 @@ def conninfo(settings: Settings) -> str:
     from fraudstream.stack.postgres import EmbeddedPostgres  # the stack imports this module
 
     return EmbeddedPostgres(settings).conninfo()
+
+
+def dashboard_conninfo(settings: Settings) -> str:
+    """The dashboard's connection: its own restricted user where there is one (the managed
+    server's, or ``dashboard.database_url``), else the engine's (an external database without
+    a dashboard user; the System page says so)."""
+    if settings.dashboard.database_url is not None:
+        return settings.dashboard.database_url.get_secret_value()
+    if settings.database.url is not None:
+        return settings.database.url.get_secret_value()
+    from fraudstream.stack.postgres import EmbeddedPostgres
+
+    return EmbeddedPostgres(settings).dashboard_conninfo()
 
 
 def connect(

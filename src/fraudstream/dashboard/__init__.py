@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: pages over one read-only query module."""

@@ -1,0 +1,89 @@
+"""Live: volume, alerts, money at stake, latency, lag and engine health, refreshed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pandas as pd
+import streamlit as st
+
+from fraudstream.dashboard import queries
+from fraudstream.dashboard.common import Unavailable, masked, now, read, settings, show_empty
+from fraudstream.dashboard.format import reasons_text
+
+WINDOW = timedelta(minutes=5)
+
+st.title("Live")
+st.caption(
+    f"Headline figures over the last {WINDOW.seconds // 60} minutes; latency is event time → "
+    "stored in PostgreSQL. Refreshes every "
+    f"{settings().dashboard.refresh_s:g} s."
+)
+
+
+@st.fragment(run_every=settings().dashboard.refresh_s)
+def live() -> None:
+    try:
+        summary = read(queries.live_summary, now(), WINDOW)
+        engines = read(queries.engines, now())
+        series = read(queries.minute_series, now() - timedelta(hours=1))
+        alerts = read(queries.latest_alerts, 20)
+    except Unavailable:
+        return
+    if summary.transactions == 0 and engines.empty:
+        show_empty("predictions")
+        return
+    lag = engines["lag"].dropna()
+    fresh = engines[engines["heartbeat_age_s"] < 30]
+    versions = ", ".join(sorted(set(fresh["model_version"].dropna()))) or "—"
+    cells = st.columns(6)
+    cells[0].metric("Transactions / s", f"{summary.tx_per_s:,.1f}")
+    cells[1].metric("Alerts / min", f"{summary.alerts_per_min:,.1f}")
+    cells[2].metric("Amount declined", f"{summary.amount_decline:,.2f}")
+    cells[3].metric("Amount under review", f"{summary.amount_review:,.2f}")
+    cells[4].metric("Latency p50 / p99", _latency(summary.latency_p50_ms, summary.latency_p99_ms))
+    cells[5].metric("Consumer lag", f"{int(lag.sum()):,}" if len(lag) else "—")
+    health = f"{len(fresh)} of {len(engines)} engine(s) reporting" if len(engines) else "no engine"
+    st.caption(f"Model: **{versions}** · {health}")
+    if series.empty:
+        show_empty("predictions in the last hour")
+    else:
+        by_minute = series.set_index("minute")
+        left, middle, right = st.columns(3)
+        left.subheader("Volume per minute")
+        left.bar_chart(by_minute[["transactions"]])
+        middle.subheader("Review and decline per minute")
+        middle.line_chart(by_minute[["review", "decline"]])
+        right.subheader("Latency (ms)")
+        right.line_chart(by_minute[["latency_p50_ms", "latency_p99_ms"]])
+    st.subheader("Latest alerts")
+    if alerts.empty:
+        st.info("No review or decline decisions yet.")
+    else:
+        st.dataframe(_alert_rows(alerts), hide_index=True, width="stretch")
+
+
+def _latency(p50: float | None, p99: float | None) -> str:
+    return "—" if p50 is None or p99 is None else f"{p50:,.0f} / {p99:,.0f} ms"
+
+
+def _alert_rows(alerts: pd.DataFrame) -> pd.DataFrame:
+    shown = masked(alerts)
+    return pd.DataFrame(
+        {
+            "stored": shown["stored_at"],
+            "decision": shown["decision"],
+            "score": shown["score"].round(3),
+            "amount": shown["amount"],
+            "card": shown["card_id"],
+            "terminal": shown["terminal_id"],
+            "why": [
+                reasons_text(reasons, hits)
+                for reasons, hits in zip(shown["reasons"], shown["rule_hits"], strict=True)
+            ],
+            "transaction": shown["tx_id"],
+        }
+    )
+
+
+live()

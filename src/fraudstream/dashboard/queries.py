@@ -1,0 +1,291 @@
+"""Everything the dashboard reads from PostgreSQL, and the one thing it writes (a review).
+
+Every query is fixed SQL text with bound parameters; search input never becomes SQL. Charts
+read the per-minute rollups and the engines' status rows; lists of predictions go through an
+index (alerts by stored time, the review queue by score, a card's or terminal's history) and
+a limit, so no page scans the predictions table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from fraudstream.store.sink import LATENCY_BUCKETS_MS
+
+__all__ = [
+    "LiveSummary",
+    "ReviewError",
+    "card_history",
+    "dlq_counts",
+    "engines",
+    "labelled_scores",
+    "latest_alerts",
+    "latest_rejected",
+    "live_summary",
+    "minute_series",
+    "percentile_ms",
+    "record_review",
+    "review_queue",
+    "scores_between",
+    "search",
+    "stored_span",
+]
+
+Connection = psycopg.Connection[Any]
+
+_PREDICTION = (
+    "tx_id, event_time, card_id, terminal_id, amount::float8 AS amount, score, decision, "
+    "rule_hits, reasons, model_version, stored_at"
+)
+# Built once from the constant above; values only ever arrive as bound parameters.
+_ALERTS = f"""
+SELECT {_PREDICTION} FROM fraud_predictions WHERE decision <> 'approve'
+ORDER BY stored_at DESC LIMIT %s
+"""  # noqa: S608
+_QUEUE = f"""
+SELECT {_PREDICTION} FROM fraud_predictions p
+WHERE decision = 'review'
+  AND NOT EXISTS (SELECT 1 FROM review_decisions r WHERE r.tx_id = p.tx_id)
+ORDER BY score DESC, tx_id LIMIT %s
+"""  # noqa: S608
+_CARD = f"""
+SELECT {_PREDICTION} FROM fraud_predictions WHERE card_id = %s
+ORDER BY event_time DESC LIMIT %s
+"""  # noqa: S608
+_SEARCH = f"""
+(SELECT {_PREDICTION} FROM fraud_predictions WHERE tx_id = %(q)s)
+UNION ALL
+(SELECT {_PREDICTION} FROM fraud_predictions WHERE card_id = %(q)s
+ ORDER BY event_time DESC LIMIT %(limit)s)
+UNION ALL
+(SELECT {_PREDICTION} FROM fraud_predictions WHERE terminal_id = %(q)s
+ ORDER BY event_time DESC LIMIT %(limit)s)
+"""  # noqa: S608
+
+
+def _frame(conn: Connection, query: str, params: tuple[Any, ...] | dict[str, Any]) -> pd.DataFrame:
+    with conn.cursor() as cursor:
+        cursor.execute(query, params)
+        columns = [column.name for column in cursor.description or []]
+        return pd.DataFrame(cursor.fetchall(), columns=columns)
+
+
+def percentile_ms(histogram: list[int] | np.ndarray, q: float) -> float | None:
+    """The q-quantile of a latency histogram (``sink.LATENCY_BUCKETS_MS``), interpolated
+    linearly inside its bucket; None when it is empty."""
+    counts = np.asarray(histogram, dtype=float)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    cumulative = np.cumsum(counts)
+    bucket = int(np.searchsorted(cumulative, q * total, side="left"))
+    edges = [0.0, *map(float, LATENCY_BUCKETS_MS)]
+    low = edges[min(bucket, len(edges) - 1)]
+    high = edges[bucket + 1] if bucket + 1 < len(edges) else low  # the open last bucket
+    before = cumulative[bucket - 1] if bucket > 0 else 0.0
+    inside = (q * total - before) / counts[bucket] if counts[bucket] else 0.0
+    return low + (high - low) * inside
+
+
+@dataclass(frozen=True)
+class LiveSummary:
+    """The Live page's headline figures over the last few minutes."""
+
+    window: timedelta
+    transactions: int
+    tx_per_s: float
+    alerts_per_min: float
+    amount_review: float
+    amount_decline: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+
+
+def live_summary(conn: Connection, now: datetime, window: timedelta) -> LiveSummary:
+    row = conn.execute(
+        "SELECT coalesce(sum(tx_count), 0), coalesce(sum(review_count + decline_count), 0), "
+        "       coalesce(sum(amount_review), 0)::float8, coalesce(sum(amount_decline), 0)::float8, "
+        "       (SELECT coalesce(array_agg(total ORDER BY bucket), '{}') FROM ("
+        "          SELECT bucket, sum(count) AS total FROM rollup_minute r2, "
+        "                 unnest(r2.latency_ms_hist) WITH ORDINALITY AS h(count, bucket) "
+        "          WHERE r2.minute > %(since)s GROUP BY bucket) per_bucket) "
+        "FROM rollup_minute WHERE minute > %(since)s",
+        {"since": now - window},
+    ).fetchone()
+    assert row is not None
+    transactions, alerts, review, decline, histogram = row
+    seconds = window.total_seconds()
+    return LiveSummary(
+        window=window,
+        transactions=int(transactions),
+        tx_per_s=int(transactions) / seconds,
+        alerts_per_min=int(alerts) / (seconds / 60),
+        amount_review=float(review),
+        amount_decline=float(decline),
+        latency_p50_ms=percentile_ms(histogram, 0.50),
+        latency_p99_ms=percentile_ms(histogram, 0.99),
+    )
+
+
+def minute_series(conn: Connection, since: datetime) -> pd.DataFrame:
+    """Per minute (all engines): volume, decisions, amounts and latency p50/p99."""
+    frame = _frame(
+        conn,
+        "SELECT minute, sum(tx_count)::int8 AS transactions, "
+        "       sum(approve_count)::int8 AS approve, sum(review_count)::int8 AS review, "
+        "       sum(decline_count)::int8 AS decline, "
+        "       sum(amount_sum)::float8 AS amount, "
+        "       (array_agg(latency_ms_hist)) AS histograms "
+        "FROM rollup_minute WHERE minute >= %s GROUP BY minute ORDER BY minute",
+        (since,),
+    )
+    if frame.empty:
+        return frame.assign(latency_p50_ms=[], latency_p99_ms=[]).drop(columns="histograms")
+    merged = [_merge(histograms) for histograms in frame.pop("histograms")]
+    frame["latency_p50_ms"] = [percentile_ms(h, 0.50) for h in merged]
+    frame["latency_p99_ms"] = [percentile_ms(h, 0.99) for h in merged]
+    return frame
+
+
+def _merge(histograms: list[list[int]]) -> np.ndarray:
+    width = max((len(h) for h in histograms), default=0)
+    out = np.zeros(width)
+    for histogram in histograms:
+        out[: len(histogram)] += histogram
+    return out
+
+
+def engines(conn: Connection, now: datetime) -> pd.DataFrame:
+    """Each engine's last status row and how old its heartbeat is."""
+    frame = _frame(
+        conn,
+        "SELECT engine_id, engine, consumer_group, model_version, partitions, throughput_tps, "
+        "       lag, batch_ms_p50, batch_ms_p99, dlq_total, started_at, heartbeat_at, "
+        "       extract(epoch FROM %s - heartbeat_at)::float8 AS heartbeat_age_s "
+        "FROM engine_status ORDER BY heartbeat_at DESC",
+        (now,),
+    )
+    return frame
+
+
+def latest_alerts(conn: Connection, limit: int = 20) -> pd.DataFrame:
+    """The newest review and decline decisions (index ``fraud_predictions_alerts``)."""
+    return _frame(conn, _ALERTS, (limit,))
+
+
+def review_queue(conn: Connection, limit: int = 50) -> pd.DataFrame:
+    """Open cases: decision ``review`` with no analyst verdict yet, highest score first."""
+    return _frame(conn, _QUEUE, (limit,))
+
+
+def card_history(conn: Connection, card_id: str, limit: int = 20) -> pd.DataFrame:
+    return _frame(conn, _CARD, (card_id, limit))
+
+
+def search(conn: Connection, text: str, limit: int = 200) -> pd.DataFrame:
+    """Predictions whose transaction id, card token or terminal id is exactly ``text``."""
+    return _frame(conn, _SEARCH, {"q": text.strip(), "limit": limit})
+
+
+def dlq_counts(conn: Connection, now: datetime) -> dict[str, int]:
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE received_at > %s - interval '1 hour') "
+        "FROM dlq_events",
+        (now,),
+    ).fetchone()
+    assert row is not None
+    return {"total": int(row[0]), "last_hour": int(row[1])}
+
+
+def latest_rejected(conn: Connection, limit: int = 20) -> pd.DataFrame:
+    return _frame(
+        conn,
+        "SELECT received_at, source_topic, source_partition, source_offset, reason "
+        "FROM dlq_events ORDER BY id DESC LIMIT %s",
+        (limit,),
+    )
+
+
+def labelled_scores(conn: Connection, since: datetime, until: datetime) -> pd.DataFrame:
+    """Scored transactions of ``[since, until)`` with their outcome: fraud when any label
+    says so, else legitimate (as the Handbook counts unlabelled transactions)."""
+    return _frame(
+        conn,
+        "SELECT (p.event_time AT TIME ZONE 'UTC')::date AS day, p.card_id, p.score, "
+        "       p.decision, p.model_version, coalesce(l.is_fraud, false) AS is_fraud "
+        "FROM fraud_predictions p "
+        "LEFT JOIN LATERAL (SELECT bool_or(is_fraud) AS is_fraud FROM labels "
+        "                   WHERE labels.tx_id = p.tx_id) l ON true "
+        "WHERE p.event_time >= %s AND p.event_time < %s",
+        (since, until),
+    )
+
+
+def scores_between(conn: Connection, since: datetime, until: datetime, bins: int) -> np.ndarray:
+    """How many predictions stored in ``[since, until)`` fall in each of ``bins`` equal score
+    bins of [0, 1] (counted in the database)."""
+    rows = conn.execute(
+        "SELECT least(width_bucket(score, 0, 1, %s), %s) AS bin, count(*) "
+        "FROM fraud_predictions WHERE stored_at >= %s AND stored_at < %s GROUP BY 1",
+        (bins, bins, since, until),
+    ).fetchall()
+    counts = np.zeros(bins)
+    for index, count in rows:
+        counts[int(index) - 1] = count
+    return counts
+
+
+def stored_span(conn: Connection) -> tuple[datetime, datetime] | None:
+    """When the first and the last stored prediction arrived (from the minute rollups)."""
+    row = conn.execute("SELECT min(minute), max(minute) FROM rollup_minute").fetchone()
+    return None if row is None or row[0] is None else (row[0], row[1])
+
+
+class ReviewError(ValueError):
+    """A review that cannot be recorded (unknown transaction, already decided)."""
+
+
+def record_review(
+    conn: Connection,
+    tx_id: str,
+    verdict: str,
+    analyst: str,
+    comment: str | None,
+    now: datetime,
+) -> None:
+    """The analyst's verdict as an audited review decision and a label (source ``analyst``),
+    in one transaction; a case is decided once."""
+    if verdict not in ("fraud", "legitimate"):
+        raise ReviewError(f"verdict must be fraud or legitimate, not {verdict!r}")
+    if not analyst.strip():
+        raise ReviewError("the analyst's name is required")
+    with conn.transaction():
+        found = conn.execute(
+            "SELECT decision FROM fraud_predictions WHERE tx_id = %s", (tx_id,)
+        ).fetchone()
+        if found is None:
+            raise ReviewError(f"no prediction for transaction {tx_id!r}")
+        decided = conn.execute(
+            "SELECT analyst, decided_at FROM review_decisions WHERE tx_id = %s", (tx_id,)
+        ).fetchone()
+        if decided is not None:
+            raise ReviewError(f"{tx_id} was already decided by {decided[0]} at {decided[1]:%c}")
+        try:
+            conn.execute(
+                "INSERT INTO review_decisions (tx_id, verdict, analyst, comment, decided_at) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (tx_id, verdict, analyst.strip(), comment or None, now),
+            )
+        except psycopg.errors.UniqueViolation:
+            raise ReviewError(f"{tx_id} was decided by another analyst a moment ago") from None
+        conn.execute(
+            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
+            "VALUES (%s, 'analyst', %s, %s) ON CONFLICT (tx_id, source) DO NOTHING",
+            (tx_id, verdict == "fraud", now),
+        )

@@ -1,0 +1,299 @@
+"""The dashboard's pages with Streamlit's AppTest against a real PostgreSQL (and Kafka for the
+labels an analyst publishes), seeded through the engines' own sink."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+import streamlit as st
+from confluent_kafka import Consumer
+from streamlit.testing.v1 import AppTest
+
+from fraudstream.config import Settings
+from fraudstream.engines.common import StatusReporter
+from fraudstream.engines.local import EngineStats
+from fraudstream.privacy import mask_token
+from fraudstream.stack import Stack
+from fraudstream.stack.postgres import EmbeddedPostgres
+from fraudstream.store.db import connect, dashboard_conninfo
+from fraudstream.store.roles import ensure_dashboard_role
+from fraudstream.store.sink import PredictionSink
+
+from ..conftest import overrides_env
+from .test_engine import isolated
+
+APP = str(Path(__import__("fraudstream.dashboard").dashboard.__file__).parent / "app.py")
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+CARD = "tok_" + "c0ffee" * 4  # a token as the tokenizer makes them: never shown in full
+REASON = {
+    "feature": "amount",
+    "value": 1.0,
+    "contribution": 0.5,
+    "text": "amount far above the card's 30-day mean",
+}
+
+
+@dataclass(frozen=True)
+class Seeded:
+    settings: Settings
+    review_ids: list[str]  # highest score first
+
+
+def _predictions(prefix: str, n: int, event_time: datetime, card: str) -> pd.DataFrame:
+    decisions = [
+        "review" if i % 5 == 0 else "decline" if i % 7 == 0 else "approve" for i in range(n)
+    ]
+    return pd.DataFrame(
+        {
+            "tx_id": [f"{prefix}-{i:04d}" for i in range(n)],
+            "event_time": [event_time - timedelta(seconds=i) for i in range(n)],
+            "card_id": [card if i % 2 == 0 else f"tok_other{i % 9:020d}" for i in range(n)],
+            "terminal_id": [f"T{i % 4}" for i in range(n)],
+            "amount": [10.0 + i for i in range(n)],
+            "score": [round(0.2 + 0.79 * ((i * 37) % n) / n, 6) for i in range(n)],
+            "decision": decisions,
+            "rule_hits": [["card_velocity_1h"] if d == "decline" else [] for d in decisions],
+            "reasons": [[REASON] if d != "approve" else [] for d in decisions],
+            "model_version": ["m-test"] * n,
+            "engine": ["local"] * n,
+            "kafka_partition": [0] * n,
+            "kafka_offset": list(range(n)),
+            "kafka_time": [event_time] * n,
+            "scored_at": [event_time] * n,
+        }
+    )
+
+
+def _environment(monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str) -> None:
+    overrides = {
+        "state_dir": str(settings.state_dir),
+        "kafka.port": str(settings.kafka.port),
+        "kafka.topics.labels": settings.kafka.topics.labels,
+        "database.port": str(settings.database.port),
+        "database.name": settings.database.name,
+        **extra,
+    }
+    for key, value in overrides_env(overrides).items():
+        monkeypatch.setenv(key, value)
+    st.cache_resource.clear()  # settings and the connection are per process: start afresh
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def seeded(stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Seeded:
+    settings = isolated(stack_settings, tmp_path / "models")
+    with connect(settings) as conn:
+        ensure_dashboard_role(conn, EmbeddedPostgres(settings).dashboard_password())
+    sink = PredictionSink(connect(settings), consumer_group="g", features_version="1")
+    live = _predictions("live", 200, NOW, CARD)
+    matured = _predictions("old", 300, NOW - timedelta(days=9), CARD)
+    sink.write(live, [])
+    sink.write(matured, [], [("transactions", 0, 7, "not valid JSON: truncated")])
+    with connect(settings) as conn:
+        frauds = matured["tx_id"][matured["decision"] != "approve"].head(20).tolist()
+        conn.cursor().executemany(
+            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
+            "VALUES (%s, 'test', true, %s)",
+            [(tx, NOW - timedelta(days=8)) for tx in frauds],
+        )
+        StatusReporter(engine_id="e-1", engine="local", group="g", started_at=NOW).report(
+            conn, EngineStats(), model_version="m-test", partitions=[0, 1], lag=12
+        )
+        conn.commit()
+    sink.conn.close()
+    _environment(monkeypatch, settings)
+    review = pd.concat([live, matured])
+    review = review[review["decision"] == "review"].sort_values(
+        ["score", "tx_id"], ascending=[False, True]
+    )
+    return Seeded(settings, review["tx_id"].tolist())
+
+
+def _page(name: str) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60)
+    app.run()
+    if name != "live":
+        app.switch_page(f"pages/{name}.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def _all_text(app: AppTest) -> str:
+    """Everything the page shows: markdown, metrics, captions and table cells."""
+    parts = [str(e.value) for e in app.main.markdown] + [str(e.value) for e in app.caption]
+    parts += [f"{m.label} {m.value}" for m in app.metric]
+    parts += [frame.value.to_string() for frame in app.dataframe]
+    return "\n".join(parts)
+
+
+def test_live_shows_volume_latency_lag_and_the_latest_alerts_masked(seeded: Seeded) -> None:
+    app = _page("live")
+    metrics = {m.label: m.value for m in app.metric}
+    assert float(metrics["Transactions / s"]) > 0
+    assert metrics["Consumer lag"] == "12"
+    assert "m-test" in _all_text(app)
+    alerts = app.dataframe[0].value
+    assert len(alerts) == 20 and set(alerts["decision"]) <= {"review", "decline"}
+    assert mask_token(CARD) in set(alerts["card"])
+    assert CARD not in _all_text(app)
+
+
+def test_review_queue_lists_open_cases_highest_risk_first(seeded: Seeded) -> None:
+    app = _page("review")
+    queue = app.dataframe[0].value
+    assert queue["transaction"].tolist() == seeded.review_ids[:50]
+    assert CARD not in _all_text(app)
+    assert "amount far above the card's 30-day mean" in _all_text(app)
+
+
+def test_a_verdict_becomes_an_audited_label_published_and_leaves_the_queue(
+    seeded: Seeded,
+) -> None:
+    settings = seeded.settings
+    consumer = Consumer(
+        {**settings.kafka.client_config(), "group.id": uuid.uuid4().hex,
+         "auto.offset.reset": "earliest"}
+    )  # fmt: skip
+    consumer.subscribe([settings.kafka.topics.labels])
+    app = _page("review")
+    case = seeded.review_ids[0]
+    app.text_input(key="analyst").input("ana").run()
+    app.selectbox[0].select(case).run()
+    app.text_input[1].input("called the card holder")  # a form: sent with the click
+    next(b for b in app.button if b.label == "Fraud").click().run()
+    assert not app.exception
+    assert f"{case} marked fraud by ana." in [s.value for s in app.success]
+    with psycopg.connect(dashboard_conninfo(settings)) as conn:
+        review = conn.execute(
+            "SELECT verdict, analyst, comment FROM review_decisions WHERE tx_id = %s", (case,)
+        ).fetchone()
+        label = conn.execute(
+            "SELECT is_fraud FROM labels WHERE tx_id = %s AND source = 'analyst'", (case,)
+        ).fetchone()
+    assert review == ("fraud", "ana", "called the card holder")
+    assert label == (True,)
+    assert case not in app.dataframe[0].value["transaction"].tolist()
+    published = consumer.poll(30)
+    consumer.close()
+    assert published is not None and published.error() is None
+    assert json.loads(published.value()) | {"reported_at": None} == {
+        "tx_id": case, "is_fraud": True, "source": "analyst", "reported_at": None,
+    }  # fmt: skip
+
+
+def test_a_verdict_needs_the_analysts_name(seeded: Seeded) -> None:
+    app = _page("review")
+    next(b for b in app.button if b.label == "Legitimate").click().run()
+    assert "Enter your name (Analyst) before deciding a case." in [e.value for e in app.error]
+    with psycopg.connect(dashboard_conninfo(seeded.settings)) as conn:
+        assert conn.execute("SELECT count(*) FROM review_decisions").fetchone() == (0,)
+
+
+def test_model_quality_over_matured_labels(seeded: Seeded) -> None:
+    app = _page("quality")
+    daily = app.dataframe[0].value
+    assert len(daily) == 1 and daily["transactions"].iloc[0] == 300
+    assert daily["frauds"].iloc[0] == 20
+    assert 0 <= daily["AP"].iloc[0] <= 1 and 0 <= daily["AUC-ROC"].iloc[0] <= 1
+    assert daily["recall"].iloc[0] == 1.0  # every labelled fraud was flagged
+    assert "Reviews per day" in {m.label for m in app.metric}
+
+
+def test_drift_compares_score_distributions(seeded: Seeded) -> None:
+    app = _page("drift")
+    psi = next(m for m in app.metric if m.label.startswith("Population stability"))
+    assert float(psi.value) >= 0
+
+
+def test_explore_finds_a_card_by_token_and_shows_it_masked(seeded: Seeded) -> None:
+    app = _page("explore")
+    app.text_input[0].input(CARD).run()
+    found = app.dataframe[0].value
+    assert len(found) == 200 and set(found["card_id"]) == {mask_token(CARD)}
+    assert CARD not in _all_text(app)
+    app.text_input[0].input("'; DROP TABLE fraud_predictions; --").run()
+    assert not app.exception and "Nothing stored for" in app.warning[0].value
+
+
+def test_system_shows_engines_and_rejected_messages(seeded: Seeded) -> None:
+    app = _page("system")
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Kafka"] == "up" and metrics["PostgreSQL"] == "up"
+    assert metrics["Rejected messages"] == "1"
+    assert "not valid JSON: truncated" in _all_text(app)
+    assert "e-1" in _all_text(app)
+
+
+def test_an_empty_database_explains_what_to_do(
+    stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated(stack_settings, tmp_path / "models")
+    with connect(settings) as conn:
+        ensure_dashboard_role(conn, EmbeddedPostgres(settings).dashboard_password())
+    _environment(monkeypatch, settings)
+    app = _page("live")
+    assert any("is the engine running?" in i.value for i in app.info)
+
+
+def test_the_dashboard_user_reads_and_only_adds_reviews_and_labels(seeded: Seeded) -> None:
+    with psycopg.connect(dashboard_conninfo(seeded.settings), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM fraud_predictions").fetchone() == (500,)
+        for statement in (
+            "UPDATE fraud_predictions SET decision = 'approve'",
+            "DELETE FROM labels",
+            "INSERT INTO fraud_predictions (tx_id) VALUES ('x')",
+            "TRUNCATE rollup_minute",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+        conn.execute(
+            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
+            "VALUES ('live-0000', 'analyst', false, now())"
+        )
+
+
+def test_a_database_restart_shows_a_message_then_recovers(
+    seeded: Seeded, stack_settings: Settings
+) -> None:
+    app = _page("system")
+    database = Stack(stack_settings).database
+    database.stop()
+    try:
+        app.run()
+        assert not app.exception
+        assert any("The database is not answering" in e.value for e in app.error)
+    finally:
+        database.start()
+    app.run()
+    assert not app.exception and not app.error
+    assert {m.label: m.value for m in app.metric}["PostgreSQL"] == "up"
+
+
+def test_beyond_loopback_the_dashboard_asks_for_its_password(
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login = {"dashboard.host": "0.0.0.0", "dashboard.password": "s3cret-pass"}
+    _environment(monkeypatch, seeded.settings, **login)
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    assert not app.metric and app.text_input[0].label == "Password"
+    app.text_input[0].input("wrong")  # a form: sent with the click
+    app.button[0].click().run()
+    assert "Wrong password." in [e.value for e in app.error] and not app.metric
+    app.text_input[0].input("s3cret-pass")
+    app.button[0].click().run()
+    assert {m.label for m in app.metric} >= {"Transactions / s", "Consumer lag"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_streamlit_caches() -> Iterator[None]:
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
