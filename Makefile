@@ -16,6 +16,7 @@ status:
 	$(BIN)/fraudstream status
 
 test: setup ## set up everything and run the whole test suite (starts its own Kafka and PostgreSQL)
+	@./scripts/ensure-system-packages --with-browser
 	$(BIN)/ruff check src tests
 	$(BIN)/pytest
 

@@ -13,7 +13,7 @@ import streamlit as st
 
 from fraudstream.dashboard.common import settings
 
-st.set_page_config(page_title="fraudstream", page_icon="🛡️", layout="wide")
+st.set_page_config(page_title="fraudstream", page_icon=":material/shield:", layout="wide")
 
 
 def _logged_in() -> bool:
@@ -40,11 +40,11 @@ _PAGES = Path(__file__).parent / "pages"
 if _logged_in():
     st.navigation(
         [
-            st.Page(_PAGES / "live.py", title="Live", icon="📈", default=True),
-            st.Page(_PAGES / "review.py", title="Review queue", icon="🕵️"),
-            st.Page(_PAGES / "quality.py", title="Model quality", icon="🎯"),
-            st.Page(_PAGES / "drift.py", title="Drift", icon="🌊"),
-            st.Page(_PAGES / "explore.py", title="Explore", icon="🔎"),
-            st.Page(_PAGES / "system.py", title="System", icon="⚙️"),
+            st.Page(_PAGES / "live.py", title="Live", icon=":material/monitoring:", default=True),
+            st.Page(_PAGES / "review.py", title="Review queue", icon=":material/fact_check:"),
+            st.Page(_PAGES / "quality.py", title="Model quality", icon=":material/target:"),
+            st.Page(_PAGES / "drift.py", title="Drift", icon=":material/waves:"),
+            st.Page(_PAGES / "explore.py", title="Explore", icon=":material/search:"),
+            st.Page(_PAGES / "system.py", title="System", icon=":material/settings:"),
         ]
     ).run()

@@ -64,7 +64,11 @@ def live() -> None:
 
 
 def _latency(p50: float | None, p99: float | None) -> str:
-    return "—" if p50 is None or p99 is None else f"{p50:,.0f} / {p99:,.0f} ms"
+    if p50 is None or p99 is None:
+        return "—"
+    if p99 < 10_000:
+        return f"{p50:,.0f} / {p99:,.0f} ms"
+    return f"{p50 / 1000:,.1f} / {p99 / 1000:,.1f} s"
 
 
 def _alert_rows(alerts: pd.DataFrame) -> pd.DataFrame:
