@@ -364,6 +364,13 @@ def simulate(
         ),
     ] = False,
     forever: Annotated[bool, typer.Option(help="Live: run until stopped.")] = False,
+    from_start: Annotated[
+        bool,
+        typer.Option(
+            help="Live: start the stream from its beginning instead of continuing where the "
+            "last run with the same settings stopped (which would repeat its transaction ids)."
+        ),
+    ] = False,
     preset: Annotated[
         str | None, typer.Option(help="default | handbook (simulator.preset).")
     ] = None,
@@ -397,7 +404,10 @@ def simulate(
         raise typer.BadParameter(
             "live mode needs --duration, --count or --forever (or --out FILE for a history)"
         )
-    _simulate_live(settings, params, rate or settings.simulator.rate, duration, count, accelerated)
+    _simulate_live(
+        settings, params, rate or settings.simulator.rate, duration, count, accelerated,
+        from_start,
+    )  # fmt: skip
 
 
 def _simulate_history(params: Any, out: Path) -> None:
@@ -435,13 +445,14 @@ def _simulate_history(params: Any, out: Path) -> None:
 
 def _simulate_live(
     settings: Settings, params: Any, rate: float, duration: str | None, count: int | None,
-    accelerated: bool,
+    accelerated: bool, from_start: bool,
 ) -> None:  # fmt: skip
     import signal
     import threading
 
     from fraudstream.clock import SystemClock
     from fraudstream.simulator.publish import Publisher, simulate_live
+    from fraudstream.simulator.resume import ResumeFile
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -451,10 +462,14 @@ def _simulate_live(
     err.print(
         f"sending {rate:,.0f} tx/s to {settings.kafka.bootstrap} for {limit} (Ctrl-C stops cleanly)"
     )
+    resume_file = ResumeFile(settings.state_dir, params, accelerated)
+    resume = None if from_start else resume_file.load()
+    if resume is not None:
+        err.print(f"continuing the stream after its first {resume.sent:,} transactions")
     report = simulate_live(
         publisher, params, rate=rate, clock=SystemClock(), count=count,
         duration_s=_duration_seconds(duration) if duration else None,
-        accelerated=accelerated, stop=stop,
+        accelerated=accelerated, stop=stop, resume=resume, checkpoint=resume_file.save,
     )  # fmt: skip
     deviation = (report.achieved_rate - rate) / rate
     typer.echo(

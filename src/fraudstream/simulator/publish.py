@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -28,6 +28,7 @@ __all__ = [
     "LiveReport",
     "Publisher",
     "ReplayReport",
+    "ResumePoint",
     "TransactionRows",
     "replay",
     "simulate_live",
@@ -174,6 +175,19 @@ class LiveReport:
         return self.sent / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a live simulation stopped: how many transactions it had sent, and how its
+    simulated time maps onto the wall clock (accelerated runs)."""
+
+    sent: int
+    origin_wall: datetime
+    origin_sim: datetime
+
+
+_CHECKPOINT_EVERY_S = 5.0
+
+
 def simulate_live(
     publisher: Publisher,
     params: SimulationParams,
@@ -184,10 +198,16 @@ def simulate_live(
     duration_s: float | None = None,
     accelerated: bool = False,
     stop: threading.Event | None = None,
+    resume: ResumePoint | None = None,
+    checkpoint: Callable[[ResumePoint], None] | None = None,
 ) -> LiveReport:
     """Send simulated traffic at ``rate`` transactions/s until ``count``, ``duration_s`` or
     ``stop``. Event time is the send time (``clock.now()``); with ``accelerated`` it is the
-    simulation's own time, started at now, so days pass in minutes and labels arrive."""
+    simulation's own time, started at now, so days pass in minutes and labels arrive.
+
+    ``resume`` continues an earlier run's stream after the transactions it sent (new ids, time
+    going on, its labels still due re-queued) instead of repeating it; ``checkpoint`` receives
+    the point to resume from every few seconds and at the end."""
     if count is None and duration_s is None and stop is None:
         raise ValueError("give a count, a duration or a stop event")
     stop = stop or threading.Event()
@@ -195,12 +215,24 @@ def simulate_live(
     blocks = generate_blocks(replace(params, days=0))
     buffer = _Buffer(blocks)
     pending: list[tuple[datetime, int, Label]] = []  # labels waiting for their report time
-    origin_wall = clock.now()
-    if accelerated:
-        # Simulated time runs ahead of the wall clock; start it far enough in the past that the
-        # stream ends around now (engines reject events from the future).
-        origin_wall -= _simulated_span(buffer, rate, count, duration_s)
-    origin_sim = buffer.first_time()
+    if resume is not None:
+        origin_wall, origin_sim = resume.origin_wall, pd.Timestamp(resume.origin_sim)
+        _skip_sent(buffer, resume.sent, origin_wall, origin_sim, pending)
+    else:
+        origin_wall = clock.now()
+        if accelerated:
+            # Simulated time runs ahead of the wall clock; start it far enough in the past that
+            # the stream ends around now (engines reject events from the future).
+            origin_wall -= _simulated_span(buffer, rate, count, duration_s)
+        origin_sim = buffer.first_time()
+    already = resume.sent if resume is not None else 0
+
+    def save() -> None:
+        if checkpoint is not None:
+            point = ResumePoint(already + report.sent, origin_wall, origin_sim.to_pydatetime())
+            checkpoint(point)
+
+    saved = clock.monotonic()
     started = clock.monotonic()
     chunk = max(1, int(rate / 200))  # about 5 ms of traffic per step
     while not stop.is_set():
@@ -237,8 +269,36 @@ def simulate_live(
             publisher.send_label(heapq.heappop(pending)[2])
             report.labels_sent += 1
         publisher.poll()
+        if clock.monotonic() - saved >= _CHECKPOINT_EVERY_S:
+            publisher.flush()  # a resume point only counts what Kafka has acknowledged
+            save()
+            saved = clock.monotonic()
     publisher.flush()
+    save()
     return report
+
+
+def _skip_sent(
+    buffer: _Buffer,
+    sent: int,
+    origin_wall: datetime,
+    origin_sim: pd.Timestamp,
+    pending: list[tuple[datetime, int, Label]],
+) -> None:
+    """Pass over the ``sent`` transactions of an earlier run, keeping the labels of its
+    frauds that were not yet due when it stopped (their report times are simulated)."""
+    left = sent
+    last: datetime | None = None
+    ignored = LiveReport(target_rate=1.0)
+    while left > 0:
+        rows = buffer.peek_rows(min(left, 100_000))
+        times = (origin_wall + (rows["event_time"] - origin_sim)).dt.to_pydatetime().tolist()
+        _queue_labels(rows, times, pending, ignored)
+        buffer.advance(len(rows))
+        left -= len(rows)
+        last = times[-1]
+    while pending and last is not None and pending[0][0] <= last:
+        heapq.heappop(pending)  # sent by the earlier run
 
 
 def _queue_labels(
