@@ -831,7 +831,8 @@ def bench(
         str,
         typer.Option(
             help="all | stages (no services) | engine (local, end to end) | spark "
-            "(the Spark engine end to end; in all when pyspark is installed)."
+            "(the Spark engine end to end; in all when pyspark is installed) | dashboard "
+            "(its queries over 10 million stored predictions)."
         ),
     ] = "all",
     out: Annotated[Path, typer.Option(help="Report to update.")] = Path("docs/benchmarks.md"),
@@ -846,8 +847,8 @@ def bench(
     from fraudstream.bench.report import update_section
     from fraudstream.clock import SystemClock
 
-    if only not in ("all", "stages", "engine", "spark"):
-        _fail(f"--only must be all, stages, engine or spark, not {only!r}", 2)
+    if only not in ("all", "stages", "engine", "spark", "dashboard"):
+        _fail(f"--only must be all, stages, engine, spark or dashboard, not {only!r}", 2)
     when = SystemClock().now()
     how = "fraudstream bench" + (" --quick" if quick else "") + (f" --only {only}")
     results = []
@@ -872,6 +873,15 @@ def bench(
             title = f"Spark engine ({settings.spark.master}), end to end"
             update_section(out, "spark", title, spark, when, how)
             results += spark
+        if only in ("all", "dashboard"):
+            from fraudstream.bench import dashboard as dashboard_bench
+
+            rows = 20_000 if quick else 10_000_000
+            queries = dashboard_bench.run(
+                _settings(ctx), rows=rows, repeats=3 if quick else 50, progress=progress
+            )
+            update_section(out, "dashboard", "Dashboard queries", queries, when, how)
+            results += queries
     for result in results:
         typer.echo(f"{result.name}: {result.value:,.1f} {result.unit}  {result.note}")
     typer.echo(f"updated {out}")

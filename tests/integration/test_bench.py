@@ -27,3 +27,7 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path
     assert "catch-up: one engine drains a backlog" in spark and "3,000 transactions" in spark
     assert "sustained: lag flat" in spark and "latency at 500 tx/s" in spark
     assert "over 0 rows" not in text
+    # The dashboard's queries over a (here tiny) stored table, and its freshness.
+    assert "## Dashboard queries" in text and "20,000 predictions stored" in text
+    assert "dashboard query — Review: open cases" in text
+    assert "dashboard freshness: stored → returned by the Live query" in text

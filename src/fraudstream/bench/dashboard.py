@@ -1,0 +1,252 @@
+"""The dashboard's queries over a large predictions table, on a private PostgreSQL server.
+
+The table is filled as a month of traffic would leave it: predictions spread over 30 days
+(COPY), the per-minute rollups built from them as the sink builds them, labels for the frauds,
+engine status and dead letters; then ``ANALYZE``. Each page's queries (``dashboard.queries``,
+the functions the pages call, with the arguments they pass) run repeatedly; the report gives
+p50 and p95 per query. Freshness: how long after a sink commit a new alert is returned by the
+Live page's query (the page itself re-runs every ``dashboard.refresh_s``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from fraudstream.bench.stages import Result
+from fraudstream.config import Settings
+from fraudstream.dashboard import queries
+from fraudstream.stack.postgres import EmbeddedPostgres
+from fraudstream.store import migrations
+from fraudstream.store.db import connect
+from fraudstream.store.sink import LATENCY_BUCKETS_MS, PredictionSink
+
+__all__ = ["run"]
+
+Progress = Callable[[str], None]
+_CHUNK = 500_000
+_DAYS = 30
+
+
+def run(base: Settings, *, rows: int, repeats: int, progress: Progress) -> list[Result]:
+    with _private_database(base) as settings:
+        now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        with connect(settings) as conn:
+            _fill(conn, rows, now, progress)
+            cards, terminals = _probes(conn)
+        progress("measuring the dashboard's queries")
+        results = _measure(settings, now, rows, repeats, cards, terminals)
+        results.append(_freshness(settings, repeats))
+    return results
+
+
+@contextmanager
+def _private_database(base: Settings) -> Iterator[Settings]:
+    from fraudstream.bench.engine import _free_port
+
+    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-dashboard-") as root:
+        database = base.database.model_copy(
+            update={"url": None, "host": "127.0.0.1", "port": _free_port(), "name": "fraudstream"}
+        )
+        settings = base.model_copy(
+            update={"state_dir": Path(root) / "state", "pipeline": False, "database": database}
+        )
+        server = EmbeddedPostgres(settings)
+        server.start()
+        try:
+            with connect(settings) as conn:
+                migrations.migrate(conn)
+            yield settings
+        finally:
+            server.stop()
+
+
+def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Progress) -> None:
+    """``rows`` predictions over the last 30 days, their rollups, labels, status and DLQ."""
+    rng = np.random.default_rng(7)
+    span_us = _DAYS * 86_400 * 1_000_000
+    start = now - timedelta(days=_DAYS)
+    with conn.cursor() as cursor:
+        for first in range(0, rows, _CHUNK):
+            n = min(_CHUNK, rows - first)
+            progress(f"dashboard: storing predictions {first + n:,} / {rows:,}")
+            offsets = np.sort(rng.integers(0, span_us, n))
+            scores = rng.beta(0.6, 12.0, n)
+            decision = np.where(
+                scores > 0.67, "decline", np.where(scores > 0.32, "review", "approve")
+            )
+            event = pd.to_datetime(start) + pd.to_timedelta(offsets, unit="us")
+            latency = pd.to_timedelta(rng.gamma(2.0, 30.0, n), unit="ms")
+            frame = pd.DataFrame(
+                {
+                    "tx_id": [f"b-{i:010d}" for i in range(first, first + n)],
+                    "event_time": event,
+                    "card_id": [f"tok_{c:024d}" for c in rng.integers(0, 1_000_000, n)],
+                    "terminal_id": [f"T{t:07d}" for t in rng.integers(0, 100_000, n)],
+                    "amount": np.round(rng.gamma(2.0, 30.0, n), 2),
+                    "score": scores,
+                    "decision": decision,
+                    "model_version": "m-bench",
+                    "engine": "local",
+                    "scored_at": event + latency * 0.8,
+                    "stored_at": event + latency,
+                }
+            )
+            with cursor.copy(
+                f"COPY fraud_predictions ({', '.join(frame.columns)}) FROM STDIN"
+            ) as copy:
+                copy.write(frame.to_csv(sep="\t", header=False, index=False))
+            frauds = frame.loc[(scores > 0.5) | (rng.random(n) < 0.002), ["tx_id"]].assign(
+                source="bench", is_fraud="t",
+                reported_at=frame["event_time"] + timedelta(days=2),
+            )  # fmt: skip
+            with cursor.copy(f"COPY labels ({', '.join(frauds.columns)}) FROM STDIN") as copy:
+                copy.write(frauds.to_csv(sep="\t", header=False, index=False))
+            conn.commit()
+        progress("dashboard: building the minute rollups and indexes statistics")
+        bounds = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
+        cursor.execute(
+            f"""
+            WITH measured AS (
+                SELECT date_trunc('minute', stored_at) AS minute, engine, amount, decision,
+                       width_bucket(extract(epoch FROM stored_at - event_time) * 1000,
+                                    ARRAY[{bounds}]::numeric[]) AS bucket
+                FROM fraud_predictions
+            ), per_bucket AS (
+                SELECT minute, engine, bucket, count(*) AS n FROM measured GROUP BY 1, 2, 3
+            ), histogram AS (
+                SELECT m.minute, m.engine, array_agg(coalesce(p.n, 0) ORDER BY b.bucket) AS counts
+                FROM (SELECT DISTINCT minute, engine FROM per_bucket) m
+                CROSS JOIN generate_series(0, {len(LATENCY_BUCKETS_MS)}) AS b(bucket)
+                LEFT JOIN per_bucket p
+                  ON p.minute = m.minute AND p.engine = m.engine AND p.bucket = b.bucket
+                GROUP BY 1, 2
+            )
+            INSERT INTO rollup_minute (minute, engine, tx_count, amount_sum, approve_count,
+                review_count, decline_count, amount_review, amount_decline, latency_ms_hist)
+            SELECT m.minute, m.engine, count(*), sum(m.amount),
+                count(*) FILTER (WHERE m.decision = 'approve'),
+                count(*) FILTER (WHERE m.decision = 'review'),
+                count(*) FILTER (WHERE m.decision = 'decline'),
+                coalesce(sum(m.amount) FILTER (WHERE m.decision = 'review'), 0),
+                coalesce(sum(m.amount) FILTER (WHERE m.decision = 'decline'), 0),
+                h.counts
+            FROM measured m JOIN histogram h USING (minute, engine)
+            GROUP BY m.minute, m.engine, h.counts
+            """  # noqa: S608 (constants only)
+        )
+        cursor.execute(
+            "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
+            "partitions, throughput_tps, lag, started_at, heartbeat_at) VALUES "
+            "('bench-1', 'local', 'g', 'm-bench', '{0,1,2,3}', 4000, 10, now(), now())"
+        )
+        cursor.execute(
+            "INSERT INTO dlq_events (source_topic, source_partition, source_offset, reason) "
+            "SELECT 'transactions', 0, i, 'not valid JSON' FROM generate_series(1, 1000) i"
+        )
+        conn.commit()
+        cursor.execute("ANALYZE")
+    conn.commit()
+
+
+def _probes(conn: psycopg.Connection[Any]) -> tuple[list[str], list[str]]:
+    cards = [r[0] for r in conn.execute("SELECT card_id FROM fraud_predictions LIMIT 20")]
+    terminals = [r[0] for r in conn.execute("SELECT terminal_id FROM fraud_predictions LIMIT 20")]
+    return cards, terminals
+
+
+def _measure(
+    settings: Settings, now: datetime, rows: int, repeats: int, cards: list[str],
+    terminals: list[str],
+) -> list[Result]:  # fmt: skip
+    day = now.replace(hour=0, minute=0)
+    page_queries: list[tuple[str, Callable[[psycopg.Connection[Any], int], object]]] = [
+        ("Live: headline figures (5 min)",
+         lambda c, _i: queries.live_summary(c, now, timedelta(minutes=5))),
+        ("Live: minute series (1 h)",
+         lambda c, _i: queries.minute_series(c, now - timedelta(hours=1))),
+        ("Live: latest alerts", lambda c, _i: queries.latest_alerts(c, 20)),
+        ("Live/System: engines", lambda c, _i: queries.engines(c, now)),
+        ("Review: open cases", lambda c, _i: queries.review_queue(c, 50)),
+        ("Review: card history", lambda c, i: queries.card_history(c, cards[i % 20], 20)),
+        ("Explore: by card token", lambda c, i: queries.search(c, cards[i % 20])),
+        ("Explore: by terminal", lambda c, i: queries.search(c, terminals[i % 20])),
+        ("System: dead letters", lambda c, _i: (queries.dlq_counts(c, now),
+                                                queries.latest_rejected(c, 20))),
+        ("Drift: score histograms (24 h + a reference day)",
+         lambda c, _i: (queries.scores_between(c, now - timedelta(hours=24), now, 20),
+                        queries.scores_between(c, day - timedelta(days=20),
+                                               day - timedelta(days=19), 20))),
+        ("Quality: labelled scores, 1 matured day",
+         lambda c, _i: queries.labelled_scores(c, day - timedelta(days=8),
+                                               day - timedelta(days=7))),
+    ]  # fmt: skip
+    results = []
+    with psycopg.connect(_dashboard_conninfo(settings), autocommit=True) as conn:
+        for name, query in page_queries:
+            query(conn, 0)  # warm the cache, as a page that refreshes does
+            times = []
+            for i in range(repeats):
+                started = time.perf_counter()
+                query(conn, i)
+                times.append((time.perf_counter() - started) * 1000)
+            p50 = statistics.median(times)
+            p95 = float(np.percentile(times, 95))
+            results.append(
+                Result(
+                    f"dashboard query — {name}",
+                    p95,
+                    "ms p95",
+                    [p50, p95],
+                    f"p50 {p50:.1f} ms over {repeats} runs, {rows:,} predictions stored",
+                )
+            )
+    return results
+
+
+def _dashboard_conninfo(settings: Settings) -> str:
+    from fraudstream.store.db import conninfo
+
+    return conninfo(settings)  # (the bench's server has no dashboard user; same queries)
+
+
+def _freshness(settings: Settings, repeats: int) -> Result:
+    """From the sink's commit of a new alert to the Live query returning it."""
+    sink = PredictionSink(connect(settings), consumer_group="bench", features_version="1")
+    waits = []
+    with psycopg.connect(_dashboard_conninfo(settings), autocommit=True) as reader:
+        for i in range(repeats):
+            now = datetime.now(timezone.utc)
+            row = pd.DataFrame(
+                {
+                    "tx_id": [f"fresh-{i}"], "event_time": [now], "card_id": ["tok_fresh"],
+                    "terminal_id": ["T-fresh"], "amount": [99.0], "score": [0.9],
+                    "decision": ["decline"], "rule_hits": [[]], "reasons": [[]],
+                    "model_version": ["m-bench"], "engine": ["local"], "kafka_partition": [0],
+                    "kafka_offset": [i], "kafka_time": [now], "scored_at": [now],
+                }
+            )  # fmt: skip
+            sink.write(row, [])
+            committed = time.perf_counter()
+            while f"fresh-{i}" not in set(queries.latest_alerts(reader, 20)["tx_id"]):
+                time.sleep(0.001)
+            waits.append((time.perf_counter() - committed) * 1000)
+    sink.conn.close()
+    worst = max(waits)
+    return Result(
+        "dashboard freshness: stored → returned by the Live query", worst, "ms max",
+        [statistics.median(waits), worst],
+        f"median {statistics.median(waits):.1f} ms; the page re-runs it every "
+        f"{settings.dashboard.refresh_s:g} s, so a new alert shows within "
+        f"{settings.dashboard.refresh_s:g} s + this",
+    )  # fmt: skip
