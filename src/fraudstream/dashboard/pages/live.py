@@ -10,6 +10,7 @@ import streamlit as st
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, masked, now, read, settings, show_empty
 from fraudstream.dashboard.format import reasons_text
+from fraudstream.store.sink import LATENCY_BUCKETS_MS
 
 WINDOW = timedelta(minutes=5)
 
@@ -68,7 +69,12 @@ def _latency(p50: float | None, p99: float | None) -> str:
         return "—"
     if p99 < 10_000:
         return f"{p50:,.0f} / {p99:,.0f} ms"
-    return f"{p50 / 1000:,.1f} / {p99 / 1000:,.1f} s"
+    return f"{_seconds(p50)} / {_seconds(p99)}"
+
+
+def _seconds(ms: float) -> str:
+    """The histogram's last bucket is open: its values are only known to be at least that."""
+    return f"≥{ms / 1000:,.0f} s" if ms >= LATENCY_BUCKETS_MS[-1] else f"{ms / 1000:,.1f} s"
 
 
 def _alert_rows(alerts: pd.DataFrame) -> pd.DataFrame:
