@@ -795,6 +795,28 @@ def score(
 
 
 @app.command()
+def quality(ctx: typer.Context) -> None:
+    """Measure model quality for every day whose labels have matured and that is not measured
+    yet (what the running engine does every engine.quality_interval_s), for the dashboard."""
+    from datetime import datetime
+
+    from fraudstream.store.db import connect
+    from fraudstream.store.quality import refresh_quality
+
+    settings = _settings(ctx)
+    with connect(settings) as conn:
+        row = conn.execute("SELECT max(event_time) FROM fraud_predictions").fetchone()
+        newest = row[0] if row else None
+        if not isinstance(newest, datetime):
+            _fail("no predictions stored yet: nothing to measure (is the engine running?)")
+        measured = refresh_quality(
+            conn, newest.date(), maturity_days=settings.engine.quality_maturity_days
+        )
+    span = f": {measured[0]} … {measured[-1]}" if measured else ""
+    typer.echo(f"measured {len(measured)} day(s){span}")
+
+
+@app.command()
 def dashboard(ctx: typer.Context) -> None:
     """Serve the Streamlit dashboard (Live, Review queue, Model quality, Drift, Explore, System)
     on dashboard.host:dashboard.port, 127.0.0.1:8501 by default; in the foreground until

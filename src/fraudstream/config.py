@@ -222,6 +222,12 @@ class EngineSettings(_Section):
     snapshot_interval_s: float = Field(default=30.0, gt=0, le=3600)
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)
     model_check_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    quality_interval_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="How often matured days are measured."
+    )
+    quality_maturity_days: int = Field(
+        default=7, ge=0, le=365, description="Days after which a day's labels count as final."
+    )
     engine_id: str | None = Field(default=None, description="Default: host name and pid.")
 
 

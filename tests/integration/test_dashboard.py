@@ -20,10 +20,12 @@ from streamlit.testing.v1 import AppTest
 from fraudstream.config import Settings
 from fraudstream.engines.common import StatusReporter
 from fraudstream.engines.local import EngineStats
+from fraudstream.model.metrics import auc_roc, average_precision
 from fraudstream.privacy import mask_token
 from fraudstream.stack import Stack
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import connect, dashboard_conninfo
+from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
 from fraudstream.store.sink import PredictionSink
 
@@ -104,6 +106,8 @@ def seeded(stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
             "VALUES (%s, 'test', true, %s)",
             [(tx, NOW - timedelta(days=8)) for tx in frauds],
         )
+        measured = refresh_quality(conn, NOW.date(), maturity_days=7)
+        assert measured == [(NOW - timedelta(days=9)).date()]
         StatusReporter(engine_id="e-1", engine="local", group="g", started_at=NOW).report(
             conn, EngineStats(), model_version="m-test", partitions=[0, 1], lag=12
         )
@@ -204,7 +208,29 @@ def test_model_quality_over_matured_labels(seeded: Seeded) -> None:
     assert daily["frauds"].iloc[0] == 20
     assert 0 <= daily["AP"].iloc[0] <= 1 and 0 <= daily["AUC-ROC"].iloc[0] <= 1
     assert daily["recall"].iloc[0] == 1.0  # every labelled fraud was flagged
-    assert "Reviews per day" in {m.label for m in app.metric}
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Recall"] != "—" and "Reviews per day" in metrics
+
+
+def test_each_matured_day_is_measured_once_with_the_handbooks_measures(seeded: Seeded) -> None:
+    day = (NOW - timedelta(days=9)).date()
+    with connect(seeded.settings) as conn:
+        assert refresh_quality(conn, NOW.date(), maturity_days=7) == []  # already measured
+        stored = conn.execute(
+            "SELECT transactions, frauds, average_precision, auc_roc FROM quality_daily "
+            "WHERE day = %s",
+            (day,),
+        ).fetchone()
+        bins = conn.execute(
+            "SELECT sum(legitimate), sum(fraud) FROM quality_histogram WHERE day = %s", (day,)
+        ).fetchone()
+        start = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc)
+        frame = labelled_scores(conn, start, start + timedelta(days=1))
+    labels, scores = frame["is_fraud"].to_numpy(bool), frame["score"].to_numpy(float)
+    assert stored is not None and stored[:2] == (300, 20)
+    assert stored[2] == pytest.approx(average_precision(labels, scores))
+    assert stored[3] == pytest.approx(auc_roc(labels, scores))
+    assert bins == (280, 20)
 
 
 def test_drift_compares_score_distributions(seeded: Seeded) -> None:

@@ -33,16 +33,18 @@ def test_psi_is_zero_for_the_same_distribution_and_grows_with_the_shift() -> Non
     assert 0 < small < 0.1 < 0.25 < large
 
 
-def test_pr_curve_and_budget_on_a_known_ranking() -> None:
-    scores = np.array([0.9, 0.8, 0.7, 0.2])
-    labels = np.array([True, False, True, False])
-    curve = pr_curve(labels, scores)
-    assert curve["recall"].tolist() == [0.5, 0.5, 1.0, 1.0]
-    assert curve["precision"].tolist() == [1.0, 0.5, 2 / 3, 0.5]
-    frame = pd.DataFrame({"day": ["d1", "d1", "d2", "d2"], "score": scores, "is_fraud": labels})
-    cost = budget(frame, 0.75)
-    assert cost == {"reviews_per_day": 1.0, "frauds_caught_per_day": 0.5, "recall": 0.5,
-                    "precision": 0.5}  # fmt: skip
+def test_pr_curve_and_budget_from_a_score_histogram() -> None:
+    # 4 bins of [0, 1]: frauds score high, legitimate transactions low.
+    histogram = pd.DataFrame(
+        {"bin": [0, 1, 2, 3], "legitimate": [90, 6, 3, 1], "fraud": [0, 2, 3, 5]}
+    )
+    curve = pr_curve(histogram)
+    assert curve["threshold"].tolist() == [0.75, 0.5, 0.25, 0.0]
+    assert curve["recall"].tolist() == [0.5, 0.8, 1.0, 1.0]
+    assert curve["precision"].tolist() == [5 / 6, 8 / 12, 10 / 20, 10 / 110]
+    cost = budget(histogram, 0.5, days=2)
+    assert cost == {"reviews_per_day": 6.0, "frauds_caught_per_day": 4.0, "recall": 0.8,
+                    "precision": 8 / 12}  # fmt: skip
 
 
 def test_reasons_in_words_rules_first() -> None:

@@ -29,7 +29,8 @@ from fraudstream.dashboard import queries
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
-from fraudstream.store.sink import LATENCY_BUCKETS_MS, PredictionSink
+from fraudstream.store.quality import refresh_quality
+from fraudstream.store.sink import LATENCY_BUCKETS_MS, SCORE_BINS, PredictionSink
 
 __all__ = ["run"]
 
@@ -113,7 +114,7 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
             with cursor.copy(f"COPY labels ({', '.join(frauds.columns)}) FROM STDIN") as copy:
                 copy.write(frauds.to_csv(sep="\t", header=False, index=False))
             conn.commit()
-        progress("dashboard: building the minute rollups and indexes statistics")
+        progress("dashboard: building the minute rollups")
         bounds = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
         cursor.execute(
             f"""
@@ -145,6 +146,27 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
             GROUP BY m.minute, m.engine, h.counts
             """  # noqa: S608 (constants only)
         )
+        cursor.execute(
+            f"""
+            WITH per_bin AS (
+                SELECT date_trunc('minute', stored_at) AS minute, engine,
+                       least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS bin,
+                       count(*) AS n
+                FROM fraud_predictions GROUP BY 1, 2, 3
+            ), histogram AS (
+                SELECT m.minute, m.engine, array_agg(coalesce(p.n, 0) ORDER BY b.bin) AS counts
+                FROM (SELECT DISTINCT minute, engine FROM per_bin) m
+                CROSS JOIN generate_series(1, {SCORE_BINS}) AS b(bin)
+                LEFT JOIN per_bin p ON p.minute = m.minute AND p.engine = m.engine AND p.bin = b.bin
+                GROUP BY 1, 2
+            )
+            UPDATE rollup_minute r SET score_hist = h.counts
+            FROM histogram h WHERE r.minute = h.minute AND r.engine = h.engine
+            """  # noqa: S608 (constants only)
+        )
+        conn.commit()
+        progress("dashboard: measuring the matured days' model quality, as the engine does")
+        refresh_quality(conn, now.date(), maturity_days=7, lookback_days=_DAYS + 1)
         cursor.execute(
             "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
             "partitions, throughput_tps, lag, started_at, heartbeat_at) VALUES "
@@ -184,12 +206,13 @@ def _measure(
         ("System: dead letters", lambda c, _i: (queries.dlq_counts(c, now),
                                                 queries.latest_rejected(c, 20))),
         ("Drift: score histograms (24 h + a reference day)",
-         lambda c, _i: (queries.scores_between(c, now - timedelta(hours=24), now, 20),
-                        queries.scores_between(c, day - timedelta(days=20),
-                                               day - timedelta(days=19), 20))),
-        ("Quality: labelled scores, 1 matured day",
-         lambda c, _i: queries.labelled_scores(c, day - timedelta(days=8),
-                                               day - timedelta(days=7))),
+         lambda c, _i: (queries.score_histogram(c, now - timedelta(hours=24), now),
+                        queries.score_histogram(c, day - timedelta(days=20),
+                                                day - timedelta(days=19)))),
+        ("Quality: measured days and histograms (14 days)",
+         lambda c, _i: (queries.quality_days(c, (day - timedelta(days=21)).date(), day.date()),
+                        queries.quality_histogram(c, (day - timedelta(days=21)).date(),
+                                                  day.date()))),
     ]  # fmt: skip
     results = []
     with psycopg.connect(_dashboard_conninfo(settings), autocommit=True) as conn:

@@ -9,14 +9,14 @@ a limit, so no page scans the predictions table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
 
-from fraudstream.store.sink import LATENCY_BUCKETS_MS
+from fraudstream.store.sink import LATENCY_BUCKETS_MS, SCORE_BINS
 
 __all__ = [
     "LiveSummary",
@@ -24,15 +24,16 @@ __all__ = [
     "card_history",
     "dlq_counts",
     "engines",
-    "labelled_scores",
     "latest_alerts",
     "latest_rejected",
     "live_summary",
     "minute_series",
     "percentile_ms",
+    "quality_days",
+    "quality_histogram",
     "record_review",
     "review_queue",
-    "scores_between",
+    "score_histogram",
     "search",
     "stored_span",
 ]
@@ -153,8 +154,8 @@ def minute_series(conn: Connection, since: datetime) -> pd.DataFrame:
     return frame
 
 
-def _merge(histograms: list[list[int]]) -> np.ndarray:
-    width = max((len(h) for h in histograms), default=0)
+def _merge(histograms: list[list[int]], width: int = 0) -> np.ndarray:
+    width = max([width, *(len(h) for h in histograms)])
     out = np.zeros(width)
     for histogram in histograms:
         out[: len(histogram)] += histogram
@@ -212,33 +213,37 @@ def latest_rejected(conn: Connection, limit: int = 20) -> pd.DataFrame:
     )
 
 
-def labelled_scores(conn: Connection, since: datetime, until: datetime) -> pd.DataFrame:
-    """Scored transactions of ``[since, until)`` with their outcome: fraud when any label
-    says so, else legitimate (as the Handbook counts unlabelled transactions)."""
+def score_histogram(conn: Connection, since: datetime, until: datetime) -> np.ndarray:
+    """Predictions stored in ``[since, until)`` per score bin (``sink.SCORE_BINS``), summed
+    from the minute rollups."""
+    rows = conn.execute(
+        "SELECT score_hist FROM rollup_minute WHERE minute >= %s AND minute < %s",
+        (since, until),
+    ).fetchall()
+    return _merge([row[0] for row in rows], SCORE_BINS)
+
+
+def quality_days(conn: Connection, first: date, last: date) -> pd.DataFrame:
+    """Measured days in ``[first, last)`` (``store.quality``), one row per day and model."""
     return _frame(
         conn,
-        "SELECT (p.event_time AT TIME ZONE 'UTC')::date AS day, p.card_id, p.score, "
-        "       p.decision, p.model_version, coalesce(l.is_fraud, false) AS is_fraud "
-        "FROM fraud_predictions p "
-        "LEFT JOIN LATERAL (SELECT bool_or(is_fraud) AS is_fraud FROM labels "
-        "                   WHERE labels.tx_id = p.tx_id) l ON true "
-        "WHERE p.event_time >= %s AND p.event_time < %s",
-        (since, until),
+        'SELECT day, model_version, transactions, frauds, average_precision AS "AP", '
+        '       auc_roc AS "AUC-ROC", card_precision_at_k AS "CP@k", k, flagged, '
+        "       flagged_frauds "
+        "FROM quality_daily WHERE day >= %s AND day < %s ORDER BY day, model_version",
+        (first, last),
     )
 
 
-def scores_between(conn: Connection, since: datetime, until: datetime, bins: int) -> np.ndarray:
-    """How many predictions stored in ``[since, until)`` fall in each of ``bins`` equal score
-    bins of [0, 1] (counted in the database)."""
-    rows = conn.execute(
-        "SELECT least(width_bucket(score, 0, 1, %s), %s) AS bin, count(*) "
-        "FROM fraud_predictions WHERE stored_at >= %s AND stored_at < %s GROUP BY 1",
-        (bins, bins, since, until),
-    ).fetchall()
-    counts = np.zeros(bins)
-    for index, count in rows:
-        counts[int(index) - 1] = count
-    return counts
+def quality_histogram(conn: Connection, first: date, last: date) -> pd.DataFrame:
+    """Scores of legitimate and fraudulent transactions of the measured days in
+    ``[first, last)``, in ``store.quality.HISTOGRAM_BINS`` bins (all models together)."""
+    return _frame(
+        conn,
+        "SELECT bin, sum(legitimate)::int8 AS legitimate, sum(fraud)::int8 AS fraud "
+        "FROM quality_histogram WHERE day >= %s AND day < %s GROUP BY bin ORDER BY bin",
+        (first, last),
+    )
 
 
 def stored_span(conn: Connection) -> tuple[datetime, datetime] | None:

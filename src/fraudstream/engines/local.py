@@ -60,6 +60,7 @@ from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
 from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.store.db import connect
+from fraudstream.store.quality import refresh_quality
 from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch
 
 __all__ = ["EngineStats", "LocalEngine"]
@@ -137,6 +138,8 @@ class LocalEngine:
         self.producer = engine_producer(settings)
         self._model_checked = 0.0
         self._status_written = 0.0
+        self._quality_checked = time.monotonic()  # not in the first minutes of a (re)start
+        self._newest = pd.Timestamp(0, tz="UTC")  # the newest event time scored
         self._reporter = StatusReporter(
             engine_id=self.engine_id, engine=self.name, group=self.group, started_at=clock.now()
         )
@@ -266,6 +269,7 @@ class LocalEngine:
         predictions = empty_predictions()
         if valid:
             batch = _frame(valid)
+            self._newest = max(self._newest, batch["event_time"].max())
             computer = FeatureComputer(tables=self._table)
             features = computer.compute_partitioned(
                 batch, batch["_partition"].to_numpy(), self.states
@@ -437,6 +441,13 @@ class LocalEngine:
         if now - self._status_written >= self.settings.engine.status_interval_s:
             self._status_written = now
             self._write_status()
+        if now - self._quality_checked >= self.settings.engine.quality_interval_s:
+            self._quality_checked = now
+            if self._newest.value > 0:
+                refresh_quality(
+                    self.conn, self._newest.date(),
+                    maturity_days=self.settings.engine.quality_maturity_days,
+                )  # fmt: skip
 
     def _write_status(self) -> None:
         """Throughput since the last report, lag and batch times: to the log and the table."""

@@ -18,7 +18,11 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-__all__ = ["LATENCY_BUCKETS_MS", "Checkpoint", "PredictionSink", "StoredBatch"]
+__all__ = ["LATENCY_BUCKETS_MS", "SCORE_BINS", "Checkpoint", "PredictionSink", "StoredBatch"]
+
+SCORE_BINS = 20
+"""Score histogram per rollup minute: bin i (0-based) counts scores in [i/20, (i+1)/20), the
+last one including 1."""
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 """Latency histogram bounds (event time → stored): bucket 0 is under 1 ms, bucket i counts
@@ -59,11 +63,12 @@ WITH inserted AS (
     SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
     FROM staging_predictions
     ON CONFLICT (tx_id) DO NOTHING
-    RETURNING event_time, terminal_id, amount, decision, engine, stored_at
+    RETURNING event_time, terminal_id, amount, score, decision, engine, stored_at
 ), measured AS (
     SELECT date_trunc('minute', stored_at) AS minute, engine, amount, decision,
            width_bucket(extract(epoch FROM stored_at - event_time) * 1000,
-                        ARRAY[{_BOUNDS}]::numeric[]) AS bucket
+                        ARRAY[{_BOUNDS}]::numeric[]) AS bucket,
+           least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS score_bin
     FROM inserted
 ), histogram AS (
     SELECT minute, engine, array_agg(n ORDER BY bucket) AS counts
@@ -76,18 +81,29 @@ WITH inserted AS (
         GROUP BY 1, 2, 3
     ) per_bucket
     GROUP BY 1, 2
+), scores AS (
+    SELECT minute, engine, array_agg(n ORDER BY score_bin) AS counts
+    FROM (
+        SELECT m.minute, m.engine, b.score_bin, count(r.score_bin) AS n
+        FROM (SELECT DISTINCT minute, engine FROM measured) m
+        CROSS JOIN generate_series(1, {SCORE_BINS}) AS b(score_bin)
+        LEFT JOIN measured r
+          ON r.minute = m.minute AND r.engine = m.engine AND r.score_bin = b.score_bin
+        GROUP BY 1, 2, 3
+    ) per_bin
+    GROUP BY 1, 2
 ), rollup AS (
     INSERT INTO rollup_minute AS r (minute, engine, tx_count, amount_sum, approve_count,
-        review_count, decline_count, amount_review, amount_decline, latency_ms_hist)
+        review_count, decline_count, amount_review, amount_decline, latency_ms_hist, score_hist)
     SELECT m.minute, m.engine, count(*), sum(m.amount),
         count(*) FILTER (WHERE m.decision = 'approve'),
         count(*) FILTER (WHERE m.decision = 'review'),
         count(*) FILTER (WHERE m.decision = 'decline'),
         coalesce(sum(m.amount) FILTER (WHERE m.decision = 'review'), 0),
         coalesce(sum(m.amount) FILTER (WHERE m.decision = 'decline'), 0),
-        h.counts
-    FROM measured m JOIN histogram h USING (minute, engine)
-    GROUP BY m.minute, m.engine, h.counts
+        h.counts, s.counts
+    FROM measured m JOIN histogram h USING (minute, engine) JOIN scores s USING (minute, engine)
+    GROUP BY m.minute, m.engine, h.counts, s.counts
     ON CONFLICT (minute, engine) DO UPDATE SET
         tx_count = r.tx_count + excluded.tx_count,
         amount_sum = r.amount_sum + excluded.amount_sum,
@@ -96,7 +112,8 @@ WITH inserted AS (
         decline_count = r.decline_count + excluded.decline_count,
         amount_review = r.amount_review + excluded.amount_review,
         amount_decline = r.amount_decline + excluded.amount_decline,
-        latency_ms_hist = fs_histogram_add(r.latency_ms_hist, excluded.latency_ms_hist)
+        latency_ms_hist = fs_histogram_add(r.latency_ms_hist, excluded.latency_ms_hist),
+        score_hist = fs_histogram_add(r.score_hist, excluded.score_hist)
     RETURNING 1
 ), terminals AS (
     INSERT INTO terminal_daily AS t (terminal_id, day, tx_count)

@@ -11,8 +11,9 @@ import streamlit as st
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read
 from fraudstream.dashboard.quality import psi
+from fraudstream.store.sink import SCORE_BINS
 
-BINS = 20
+BINS = SCORE_BINS
 
 st.title("Drift")
 try:
@@ -37,8 +38,8 @@ if not isinstance(reference, tuple) or len(reference) != 2:
 ref_since = pd.Timestamp(reference[0], tz="UTC")
 ref_until = pd.Timestamp(reference[1], tz="UTC") + pd.Timedelta(days=1)
 try:
-    expected = read(queries.scores_between, ref_since, ref_until, BINS)
-    actual = read(queries.scores_between, end - timedelta(hours=current_hours), end, BINS)
+    expected = read(queries.score_histogram, ref_since, ref_until)
+    actual = read(queries.score_histogram, end - timedelta(hours=current_hours), end)
 except Unavailable:
     st.stop()
 if expected.sum() == 0 or actual.sum() == 0:
@@ -59,6 +60,6 @@ st.bar_chart(
     stack=False,
 )
 st.caption(
-    "Shares of predictions per score bin. Feature drift needs the features' values, which the "
-    "engines do not store yet."
+    "Shares of predictions per score bin, by the time they were stored. Feature drift needs "
+    "the features' values, which the engines do not store yet."
 )
