@@ -250,12 +250,20 @@ def test_explore_finds_a_card_by_token_and_shows_it_masked(seeded: Seeded) -> No
 
 
 def test_system_shows_engines_and_rejected_messages(seeded: Seeded) -> None:
+    with connect(seeded.settings) as conn:  # an engine stopped hours ago is history
+        conn.execute(
+            "INSERT INTO engine_status (engine_id, engine, consumer_group, started_at, "
+            "heartbeat_at) VALUES ('gone-1', 'local', 'g', now() - interval '3 hours', "
+            "now() - interval '2 hours')"
+        )
+        conn.commit()
     app = _page("system")
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["Kafka"] == "up" and metrics["PostgreSQL"] == "up"
     assert metrics["Rejected messages"] == "1"
     assert "not valid JSON: truncated" in _all_text(app)
-    assert "e-1" in _all_text(app)
+    assert "e-1" in _all_text(app) and "gone-1" not in _all_text(app)
+    assert metrics["Engines reporting"] == "1 / 1"
 
 
 def test_an_empty_database_explains_what_to_do(

@@ -162,17 +162,19 @@ def _merge(histograms: list[list[int]], width: int = 0) -> np.ndarray:
     return out
 
 
-def engines(conn: Connection, now: datetime) -> pd.DataFrame:
-    """Each engine's last status row and how old its heartbeat is."""
-    frame = _frame(
+def engines(
+    conn: Connection, now: datetime, within: timedelta = timedelta(hours=1)
+) -> pd.DataFrame:
+    """Each engine that reported ``within`` the last hour: its last status row and how old
+    its heartbeat is (engines stopped longer ago are history, not health)."""
+    return _frame(
         conn,
         "SELECT engine_id, engine, consumer_group, model_version, partitions, throughput_tps, "
         "       lag, batch_ms_p50, batch_ms_p99, dlq_total, started_at, heartbeat_at, "
-        "       extract(epoch FROM %s - heartbeat_at)::float8 AS heartbeat_age_s "
-        "FROM engine_status ORDER BY heartbeat_at DESC",
-        (now,),
+        "       extract(epoch FROM %(now)s - heartbeat_at)::float8 AS heartbeat_age_s "
+        "FROM engine_status WHERE heartbeat_at > %(since)s ORDER BY heartbeat_at DESC",
+        {"now": now, "since": now - within},
     )
-    return frame
 
 
 def latest_alerts(conn: Connection, limit: int = 20) -> pd.DataFrame:
