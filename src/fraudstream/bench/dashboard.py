@@ -28,9 +28,9 @@ from fraudstream.config import Settings
 from fraudstream.dashboard import queries
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
-from fraudstream.store.db import connect
+from fraudstream.store.db import connect, conninfo  # (the private server has no dashboard user)
 from fraudstream.store.quality import refresh_quality
-from fraudstream.store.sink import LATENCY_BUCKETS_MS, SCORE_BINS, PredictionSink
+from fraudstream.store.sink import PredictionSink, rollup_ctes
 
 __all__ = ["run"]
 
@@ -115,55 +115,8 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
                 copy.write(frauds.to_csv(sep="\t", header=False, index=False))
             conn.commit()
         progress("dashboard: building the minute rollups")
-        bounds = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
-        cursor.execute(
-            f"""
-            WITH measured AS (
-                SELECT date_trunc('minute', stored_at) AS minute, engine, amount, decision,
-                       width_bucket(extract(epoch FROM stored_at - event_time) * 1000,
-                                    ARRAY[{bounds}]::numeric[]) AS bucket
-                FROM fraud_predictions
-            ), per_bucket AS (
-                SELECT minute, engine, bucket, count(*) AS n FROM measured GROUP BY 1, 2, 3
-            ), histogram AS (
-                SELECT m.minute, m.engine, array_agg(coalesce(p.n, 0) ORDER BY b.bucket) AS counts
-                FROM (SELECT DISTINCT minute, engine FROM per_bucket) m
-                CROSS JOIN generate_series(0, {len(LATENCY_BUCKETS_MS)}) AS b(bucket)
-                LEFT JOIN per_bucket p
-                  ON p.minute = m.minute AND p.engine = m.engine AND p.bucket = b.bucket
-                GROUP BY 1, 2
-            )
-            INSERT INTO rollup_minute (minute, engine, tx_count, amount_sum, approve_count,
-                review_count, decline_count, amount_review, amount_decline, latency_ms_hist)
-            SELECT m.minute, m.engine, count(*), sum(m.amount),
-                count(*) FILTER (WHERE m.decision = 'approve'),
-                count(*) FILTER (WHERE m.decision = 'review'),
-                count(*) FILTER (WHERE m.decision = 'decline'),
-                coalesce(sum(m.amount) FILTER (WHERE m.decision = 'review'), 0),
-                coalesce(sum(m.amount) FILTER (WHERE m.decision = 'decline'), 0),
-                h.counts
-            FROM measured m JOIN histogram h USING (minute, engine)
-            GROUP BY m.minute, m.engine, h.counts
-            """  # noqa: S608 (constants only)
-        )
-        cursor.execute(
-            f"""
-            WITH per_bin AS (
-                SELECT date_trunc('minute', stored_at) AS minute, engine,
-                       least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS bin,
-                       count(*) AS n
-                FROM fraud_predictions GROUP BY 1, 2, 3
-            ), histogram AS (
-                SELECT m.minute, m.engine, array_agg(coalesce(p.n, 0) ORDER BY b.bin) AS counts
-                FROM (SELECT DISTINCT minute, engine FROM per_bin) m
-                CROSS JOIN generate_series(1, {SCORE_BINS}) AS b(bin)
-                LEFT JOIN per_bin p ON p.minute = m.minute AND p.engine = m.engine AND p.bin = b.bin
-                GROUP BY 1, 2
-            )
-            UPDATE rollup_minute r SET score_hist = h.counts
-            FROM histogram h WHERE r.minute = h.minute AND r.engine = h.engine
-            """  # noqa: S608 (constants only)
-        )
+        # The sink's own rollup definition, over the whole table instead of one batch.
+        cursor.execute(f"WITH {rollup_ctes('fraud_predictions')} SELECT count(*) FROM rollup")  # noqa: S608
         conn.commit()
         progress("dashboard: measuring the matured days' model quality, as the engine does")
         refresh_quality(conn, now.date(), maturity_days=7, lookback_days=_DAYS + 1)
@@ -215,7 +168,7 @@ def _measure(
                                                   day.date()))),
     ]  # fmt: skip
     results = []
-    with psycopg.connect(_dashboard_conninfo(settings), autocommit=True) as conn:
+    with psycopg.connect(conninfo(settings), autocommit=True) as conn:
         for name, query in page_queries:
             query(conn, 0)  # warm the cache, as a page that refreshes does
             times = []
@@ -237,17 +190,11 @@ def _measure(
     return results
 
 
-def _dashboard_conninfo(settings: Settings) -> str:
-    from fraudstream.store.db import conninfo
-
-    return conninfo(settings)  # (the bench's server has no dashboard user; same queries)
-
-
 def _freshness(settings: Settings, repeats: int) -> Result:
     """From the sink's commit of a new alert to the Live query returning it."""
     sink = PredictionSink(connect(settings), consumer_group="bench", features_version="1")
     waits = []
-    with psycopg.connect(_dashboard_conninfo(settings), autocommit=True) as reader:
+    with psycopg.connect(conninfo(settings), autocommit=True) as reader:
         for i in range(repeats):
             now = datetime.now(timezone.utc)
             row = pd.DataFrame(

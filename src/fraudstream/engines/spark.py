@@ -163,15 +163,28 @@ def _scoring(
             days = frame["event_time"].to_numpy(dtype="datetime64[us]").astype("datetime64[D]")
             ready = frame["reason"].isna().to_numpy() & np.isin(days, list(known))
             added = pd.DataFrame(np.nan, index=frame.index, columns=[*_COMPLETED, "score"])
-            if ready.any():
-                rows = frame[ready].copy()
-                rows["event_time"] = pd.to_datetime(rows["event_time"], utc=True)
-                features = computer.complete(rows, {n: rows[n].to_numpy() for n in CARD_FEATURES})
-                added.loc[ready, _COMPLETED] = features[_COMPLETED].to_numpy()
-                added.loc[ready, "score"] = model.score(features)
+            _complete_and_score(frame, ready, added, computer, model)
             yield pd.concat([frame, added], axis=1)
 
     return score
+
+
+def _complete_and_score(
+    frame: pd.DataFrame,
+    rows: np.ndarray,
+    out: pd.DataFrame,
+    computer: FeatureComputer,
+    scorer: Scorer,
+) -> None:
+    """The calendar and terminal features and the score of ``frame``'s selected ``rows``
+    (card features already there), written into ``out`` (same index)."""
+    if not rows.any():
+        return
+    chosen = frame[rows].copy()
+    chosen["event_time"] = pd.to_datetime(chosen["event_time"], utc=True)
+    features = computer.complete(chosen, {n: chosen[n].to_numpy() for n in CARD_FEATURES})
+    out.loc[rows, _COMPLETED] = features[_COMPLETED].to_numpy()
+    out.loc[rows, "score"] = scorer.score(features)
 
 
 class SparkEngine:
@@ -403,13 +416,8 @@ class SparkEngine:
                          self._broadcast("tables", tuple(known), known))  # fmt: skip
         frame = cast(pd.DataFrame, batch.mapInPandas(score, _SCORED).toPandas())
         late = (frame["reason"].isna() & frame["score"].isna()).to_numpy()
-        if late.any():
-            rows = frame[late].copy()
-            rows["event_time"] = pd.to_datetime(rows["event_time"], utc=True)
-            computer = FeatureComputer(tables=lambda day: self.terminals.table(day, self.conn))
-            features = computer.complete(rows, {n: rows[n].to_numpy() for n in CARD_FEATURES})
-            frame.loc[late, _COMPLETED] = features[_COMPLETED].to_numpy()
-            frame.loc[late, "score"] = self.scorer.score(features)
+        computer = FeatureComputer(tables=lambda day: self.terminals.table(day, self.conn))
+        _complete_and_score(frame, late, frame, computer, self.scorer)
         return frame
 
     def _broadcast(self, name: str, version: object, value: object) -> Broadcast[Any]:

@@ -18,7 +18,14 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-__all__ = ["LATENCY_BUCKETS_MS", "SCORE_BINS", "Checkpoint", "PredictionSink", "StoredBatch"]
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "SCORE_BINS",
+    "Checkpoint",
+    "PredictionSink",
+    "StoredBatch",
+    "rollup_ctes",
+]
 
 SCORE_BINS = 20
 """Score histogram per rollup minute: bin i (0-based) counts scores in [i/20, (i+1)/20), the
@@ -56,43 +63,36 @@ _CONVERTED = {
 }
 
 _BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
-# Built once from the constants above; no value from outside reaches the SQL text.
-_INSERT = f"""
-WITH inserted AS (
-    INSERT INTO fraud_predictions ({", ".join(COLUMNS)})
-    SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
-    FROM staging_predictions
-    ON CONFLICT (tx_id) DO NOTHING
-    RETURNING event_time, terminal_id, amount, score, decision, engine, stored_at
-), measured AS (
+
+
+def _histogram(name: str, value: str, first: int, last: int) -> str:
+    """A CTE counting ``measured`` rows per minute, engine and ``value`` in [first, last]."""
+    return f"""{name} AS (
+    SELECT minute, engine, array_agg(n ORDER BY {value}) AS counts
+    FROM (
+        SELECT m.minute, m.engine, b.{value}, count(r.{value}) AS n
+        FROM (SELECT DISTINCT minute, engine FROM measured) m
+        CROSS JOIN generate_series({first}, {last}) AS b({value})
+        LEFT JOIN measured r
+          ON r.minute = m.minute AND r.engine = m.engine AND r.{value} = b.{value}
+        GROUP BY 1, 2, 3
+    ) per_value
+    GROUP BY 1, 2
+)"""  # noqa: S608 (names and numbers from this module)
+
+
+def rollup_ctes(source: str) -> str:
+    """The CTEs of a ``WITH`` clause that add the rows of ``source`` (a relation with
+    event_time, amount, score, decision, engine and stored_at; a name written in code, never
+    input) to ``rollup_minute``; the last one, ``rollup``, returns a row per minute touched."""
+    return f"""measured AS (
     SELECT date_trunc('minute', stored_at) AS minute, engine, amount, decision,
            width_bucket(extract(epoch FROM stored_at - event_time) * 1000,
                         ARRAY[{_BOUNDS}]::numeric[]) AS bucket,
            least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS score_bin
-    FROM inserted
-), histogram AS (
-    SELECT minute, engine, array_agg(n ORDER BY bucket) AS counts
-    FROM (
-        SELECT m.minute, m.engine, b.bucket, count(r.bucket) AS n
-        FROM (SELECT DISTINCT minute, engine FROM measured) m
-        CROSS JOIN generate_series(0, {len(LATENCY_BUCKETS_MS)}) AS b(bucket)
-        LEFT JOIN measured r
-          ON r.minute = m.minute AND r.engine = m.engine AND r.bucket = b.bucket
-        GROUP BY 1, 2, 3
-    ) per_bucket
-    GROUP BY 1, 2
-), scores AS (
-    SELECT minute, engine, array_agg(n ORDER BY score_bin) AS counts
-    FROM (
-        SELECT m.minute, m.engine, b.score_bin, count(r.score_bin) AS n
-        FROM (SELECT DISTINCT minute, engine FROM measured) m
-        CROSS JOIN generate_series(1, {SCORE_BINS}) AS b(score_bin)
-        LEFT JOIN measured r
-          ON r.minute = m.minute AND r.engine = m.engine AND r.score_bin = b.score_bin
-        GROUP BY 1, 2, 3
-    ) per_bin
-    GROUP BY 1, 2
-), rollup AS (
+    FROM {source}
+), {_histogram("histogram", "bucket", 0, len(LATENCY_BUCKETS_MS))},
+{_histogram("scores", "score_bin", 1, SCORE_BINS)}, rollup AS (
     INSERT INTO rollup_minute AS r (minute, engine, tx_count, amount_sum, approve_count,
         review_count, decline_count, amount_review, amount_decline, latency_ms_hist, score_hist)
     SELECT m.minute, m.engine, count(*), sum(m.amount),
@@ -115,7 +115,18 @@ WITH inserted AS (
         latency_ms_hist = fs_histogram_add(r.latency_ms_hist, excluded.latency_ms_hist),
         score_hist = fs_histogram_add(r.score_hist, excluded.score_hist)
     RETURNING 1
-), terminals AS (
+)"""  # noqa: S608
+
+
+# Built once from the constants above; no value from outside reaches the SQL text.
+_INSERT = f"""
+WITH inserted AS (
+    INSERT INTO fraud_predictions ({", ".join(COLUMNS)})
+    SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
+    FROM staging_predictions
+    ON CONFLICT (tx_id) DO NOTHING
+    RETURNING event_time, terminal_id, amount, score, decision, engine, stored_at
+), {rollup_ctes("inserted")}, terminals AS (
     INSERT INTO terminal_daily AS t (terminal_id, day, tx_count)
     SELECT terminal_id, (event_time AT TIME ZONE 'UTC')::date, count(*) FROM inserted
     GROUP BY 1, 2
