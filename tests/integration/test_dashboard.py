@@ -18,16 +18,18 @@ from confluent_kafka import Consumer
 from streamlit.testing.v1 import AppTest
 
 from fraudstream.config import Settings
+from fraudstream.dashboard.queries import terminal_risk
 from fraudstream.engines.common import StatusReporter
 from fraudstream.engines.local import EngineStats
 from fraudstream.model.metrics import auc_roc, average_precision
+from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.privacy import mask_token
 from fraudstream.stack import Stack
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import connect, dashboard_conninfo
 from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
-from fraudstream.store.sink import PredictionSink
+from fraudstream.store.sink import Observed, PredictionSink
 
 from ..conftest import overrides_env
 from .test_engine import isolated
@@ -74,6 +76,27 @@ def _predictions(prefix: str, n: int, event_time: datetime, card: str) -> pd.Dat
     )
 
 
+def _training_features(n: int) -> pd.DataFrame:
+    """Features of a training window: every profiled feature spread over ten values."""
+    return pd.DataFrame({name: [float(i % 10) for i in range(n)] for name in PROFILED_FEATURES})
+
+
+PROFILE = FeatureProfile.of_training(
+    _training_features(200), _predictions("live", 200, NOW, CARD)["score"].to_numpy()
+)
+
+
+def _observed(live: pd.DataFrame) -> Observed:
+    """The live batch as an engine reports it: four terminals on the simulator's grid, and
+    features distributed as in training except the amount, far above every training amount."""
+    features = _training_features(len(live)).assign(amount=1000.0)
+    terminals = pd.DataFrame(
+        {"terminal_id": [f"T{i}" for i in range(4)], "x": [10.0, 20.0, 30.0, 40.0],
+         "y": [50.0, 60.0, 70.0, 80.0], "lat": [None] * 4, "lon": [None] * 4}
+    )  # fmt: skip
+    return Observed(terminals, "local", "m-test", PROFILE.as_dict(), PROFILE.counts(features))
+
+
 def _environment(monkeypatch: pytest.MonkeyPatch, settings: Settings, **extra: str) -> None:
     overrides = {
         "state_dir": str(settings.state_dir),
@@ -97,7 +120,7 @@ def seeded(stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
     sink = PredictionSink(connect(settings), consumer_group="g", features_version="1")
     live = _predictions("live", 200, NOW, CARD)
     matured = _predictions("old", 300, NOW - timedelta(days=9), CARD)
-    sink.write(live, [])
+    sink.write(live, [], observed=_observed(live))
     sink.write(matured, [], [("transactions", 0, 7, "not valid JSON: truncated")])
     with connect(settings) as conn:
         frauds = matured["tx_id"][matured["decision"] != "approve"].head(20).tolist()
@@ -233,17 +256,54 @@ def test_each_matured_day_is_measured_once_with_the_handbooks_measures(seeded: S
     assert bins == (280, 20)
 
 
-def test_drift_compares_score_distributions(seeded: Seeded) -> None:
+def test_drift_compares_scores_and_features_with_the_training_window(seeded: Seeded) -> None:
     app = _page("drift")
+    psi = next(m for m in app.metric if m.label.startswith("Population stability"))
+    # The live batch's scores are the training window's scores: the same histogram.
+    assert (psi.value, psi.delta) == ("0.000", "stable")
+    features = app.dataframe[0].value.set_index("feature")
+    assert set(features.index) == set(PROFILED_FEATURES)
+    # Every feature is distributed as in training but the amount, all above the last decile.
+    assert features.index[0] == "amount" and features.loc["amount", "shift"] == "large shift"
+    others = features.drop(index="amount")
+    assert (others["PSI"] == 0).all() and set(others["shift"]) == {"stable"}
+    assert len(app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")) == 2
+
+
+def test_drift_compares_a_stored_period(seeded: Seeded) -> None:
+    app = _page("drift")
+    app.radio[0].set_value("A stored period").run()
+    assert not app.exception, [e.value for e in app.exception]
     psi = next(m for m in app.metric if m.label.startswith("Population stability"))
     # Everything was stored just now: the default reference day and the last 24 h hold the
     # same 500 predictions, so the two score histograms (from the rollups) are identical.
     assert (psi.value, psi.delta) == ("0.000", "stable")
-    shares = app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")
-    assert shares, "no histogram chart"
+    features = app.dataframe[0].value
+    assert (features["PSI"] == 0).all() and len(features) == len(PROFILED_FEATURES)
     with connect(seeded.settings) as conn:
         bins = conn.execute("SELECT sum(n) FROM rollup_minute, unnest(score_hist) AS n").fetchone()
+        counted = conn.execute(
+            "SELECT feature, sum(n) FROM feature_hour, unnest(counts) AS n GROUP BY 1"
+        ).fetchall()
     assert bins == (500,)  # every stored score is in a bin of the minute rollups
+    assert dict(counted) == dict.fromkeys(PROFILED_FEATURES, 200)  # the observed batch's rows
+
+
+def test_explore_maps_terminals_by_alerts(seeded: Seeded) -> None:
+    app = _page("explore")
+    with connect(seeded.settings) as conn:
+        expected = conn.execute(
+            "SELECT terminal_id, count(*) FROM fraud_predictions "
+            "WHERE decision <> 'approve' GROUP BY 1"
+        ).fetchall()
+    assert len(expected) == 4
+    assert any("4 terminals with alerts" in c.value for c in app.caption)
+    assert app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")
+    with connect(seeded.settings) as conn:
+        mapped = terminal_risk(conn, NOW - timedelta(days=7)).set_index("terminal_id")
+    assert mapped["alerts"].to_dict() == dict(expected)
+    assert mapped.loc["T1", ["x", "y"]].tolist() == [20.0, 60.0]
+    assert ((mapped["alert_rate"] > 0) & (mapped["alert_rate"] <= 1)).all()
 
 
 def test_explore_finds_a_card_by_token_and_shows_it_masked(seeded: Seeded) -> None:

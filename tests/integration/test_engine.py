@@ -30,6 +30,7 @@ from fraudstream.config import Settings, TopicSettings
 from fraudstream.engines.local import LocalEngine
 from fraudstream.features import history_features
 from fraudstream.model.data import from_dataset
+from fraudstream.model.profile import PROFILED_FEATURES
 from fraudstream.model.registry import Registry
 from fraudstream.model.train import train
 from fraudstream.simulator.adapters import load_dataset
@@ -164,6 +165,10 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
         reasons = [r for (r,) in conn.execute("SELECT reason FROM dlq_events").fetchall()]
         status = conn.execute("SELECT dlq_total, model_version FROM engine_status").fetchone()
         rollup = conn.execute("SELECT sum(tx_count) FROM rollup_minute").fetchone()
+        counted = conn.execute(
+            "SELECT feature, sum(n) FROM feature_hour, unnest(counts) AS n GROUP BY 1"
+        ).fetchall()
+        located = conn.execute("SELECT count(*), count(x) FROM terminal_locations").fetchone()
         timeline = conn.execute(
             "SELECT count(*) FILTER (WHERE kafka_time IS NULL OR kafka_time > scored_at "
             "OR scored_at > stored_at) FROM fraud_predictions"
@@ -174,6 +179,10 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
         assert any(expected in reason for reason in reasons), expected
     assert status is not None and status[0] == len(malformed)
     assert rollup == (len(frame),)
+    # Every scored row counted once per profiled feature for the Drift page; every terminal
+    # located once, from the simulator's coordinates, for the map.
+    assert dict(counted) == dict.fromkeys(PROFILED_FEATURES, len(frame))
+    assert located == (frame["terminal_id"].nunique(),) * 2
 
     dead = _drain(settings, settings.kafka.topics.dlq, len(malformed))
     assert {m.value() for m in dead} == set(malformed)  # the original bytes, kept

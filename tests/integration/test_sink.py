@@ -11,8 +11,9 @@ import psycopg
 import pytest
 
 from fraudstream.config import Settings
+from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store.db import connect
-from fraudstream.store.sink import Checkpoint, PredictionSink
+from fraudstream.store.sink import Checkpoint, Observed, PredictionSink
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -119,3 +120,39 @@ def test_terminal_daily_counts_only_new_rows(
     assert db.execute(
         "SELECT sum(tx_count) FROM terminal_daily WHERE terminal_id = %s", (f"T-{engine}",)
     ).fetchone() == (6,)
+
+
+def test_observed_features_count_once_and_terminals_are_located_once(
+    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    engine = f"e-{uuid.uuid4().hex[:6]}"
+    batch = _batch(engine, 10, engine)
+    features = pd.DataFrame({name: [float(i) for i in range(10)] for name in PROFILED_FEATURES})
+    profile = FeatureProfile.of_training(features, batch["score"].to_numpy())
+    located = pd.DataFrame(
+        {"terminal_id": [f"T-{engine}"], "x": [1.5], "y": [2.5], "lat": [None], "lon": [None]}
+    )
+    seen = Observed(located, engine, f"m-{engine}", profile.as_dict(), profile.counts(features))
+    sink.write(batch, [], observed=seen)
+    # A replay (the rows are already stored) and a partly new batch add no feature counts.
+    sink.write(batch, [], observed=seen)
+    sink.write(pd.concat([batch, _batch(engine + "-more", 2, engine)]), [], observed=seen)
+    counts = dict(
+        db.execute(
+            "SELECT feature, sum(n) FROM feature_hour, unnest(counts) AS n "
+            "WHERE engine = %s GROUP BY 1",
+            (engine,),
+        ).fetchall()
+    )
+    assert counts == dict.fromkeys(PROFILED_FEATURES, 10)
+    amount = db.execute(
+        "SELECT counts FROM feature_hour WHERE engine = %s AND feature = 'amount'", (engine,)
+    ).fetchone()
+    assert amount == (profile.counts(features)["amount"].tolist(),)
+    assert db.execute(
+        "SELECT profile->'cuts'->'amount' FROM model_profiles WHERE model_version = %s",
+        (f"m-{engine}",),
+    ).fetchone() == (profile.cuts["amount"],)
+    assert db.execute(
+        "SELECT x, y, lat FROM terminal_locations WHERE terminal_id = %s", (f"T-{engine}",)
+    ).fetchone() == (1.5, 2.5, None)

@@ -12,6 +12,7 @@ import pytest
 
 from fraudstream.features import FEATURE_NAMES, history_features
 from fraudstream.model.data import from_dataset
+from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.model.protocol import Protocol, split
 from fraudstream.model.registry import Registry, RegistryError
 from fraudstream.model.scoring import Scorer
@@ -75,6 +76,13 @@ def test_training_result_carries_metrics_thresholds_and_windows(trained: tuple) 
     assert 0 < meta["thresholds"]["review"] <= meta["thresholds"]["decline"] <= 1
     assert len(result.validation) == 2
     assert meta["training_window"]["days"] == 7 and meta["training_window"]["delay_days"] == 7
+    # The drift reference: the training window's rows, every one in a bin of every feature.
+    profile = FeatureProfile.from_metadata(meta)
+    assert profile is not None and set(profile.cuts) == set(PROFILED_FEATURES)
+    window, _ = split(_frame, Protocol.for_history(_frame["event_time"].min()).test_folds()[0])
+    assert profile.rows == window.sum()
+    assert all(abs(sum(shares) - 1) < 1e-9 for shares in profile.shares.values())
+    assert abs(sum(profile.score_shares) - 1) < 1e-9
 
 
 def test_training_is_deterministic(trained: tuple, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 The table is filled as a month of traffic would leave it: predictions spread over 30 days
 (COPY), the per-minute rollups built from them as the sink builds them, labels for the frauds,
-engine status and dead letters; then ``ANALYZE``. Each page's queries (``dashboard.queries``,
+terminal counts and locations, feature histograms per minute, engine status and dead letters;
+then ``ANALYZE``. Each page's queries (``dashboard.queries``,
 the functions the pages call, with the arguments they pass) run repeatedly; the report gives
 p50 and p95 per query. Freshness: how long after a sink commit a new alert is returned by the
 Live page's query (the page itself re-runs every ``dashboard.refresh_s``).
@@ -22,10 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
+from psycopg.types.json import Jsonb
 
 from fraudstream.bench.stages import Result
 from fraudstream.config import Settings
 from fraudstream.dashboard import queries
+from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
 from fraudstream.store.db import connect, conninfo  # (the private server has no dashboard user)
@@ -118,6 +121,9 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
         # The sink's own rollup definition, over the whole table instead of one batch.
         cursor.execute(f"WITH {rollup_ctes('fraud_predictions')} SELECT count(*) FROM rollup")  # noqa: S608
         conn.commit()
+        progress("dashboard: terminal counts, locations and the features' minute histograms")
+        _fill_observed(cursor, now)
+        conn.commit()
         progress("dashboard: measuring the matured days' model quality, as the engine does")
         refresh_quality(conn, now.date(), maturity_days=7, lookback_days=_DAYS + 1)
         cursor.execute(
@@ -132,6 +138,39 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
         conn.commit()
         cursor.execute("ANALYZE")
     conn.commit()
+
+
+def _fill_observed(cursor: psycopg.Cursor[Any], now: datetime) -> None:
+    """What engines store besides predictions: daily counts per terminal (as the sink adds
+    them), a location per terminal, the model's training profile and, for every hour of the
+    month, a histogram per profiled feature."""
+    cursor.execute(
+        "INSERT INTO terminal_daily (terminal_id, day, tx_count) "
+        "SELECT terminal_id, (event_time AT TIME ZONE 'UTC')::date, count(*) "
+        "FROM fraud_predictions GROUP BY 1, 2"
+    )
+    cursor.execute(
+        "INSERT INTO terminal_locations (terminal_id, x, y) "
+        "SELECT DISTINCT terminal_id, 0.0, 0.0 FROM fraud_predictions"
+    )
+    cursor.execute("UPDATE terminal_locations SET x = random() * 100, y = random() * 100")
+    rng = np.random.default_rng(8)
+    training = pd.DataFrame({name: rng.gamma(2.0, 30.0, 10_000) for name in PROFILED_FEATURES})
+    profile = FeatureProfile.of_training(training, rng.beta(0.6, 12.0, 10_000))
+    cursor.execute(
+        "INSERT INTO model_profiles (model_version, profile) VALUES ('m-bench', %s)",
+        (Jsonb(profile.as_dict()),),
+    )
+    bins = max(len(cuts) + 2 for cuts in profile.cuts.values())
+    cursor.execute(
+        # A random count per bin; the hour in the subquery makes it run once per row.
+        "INSERT INTO feature_hour (hour, engine, model_version, feature, counts) "
+        "SELECT h, 'local', 'm-bench', f, ARRAY(SELECT (random() * 3600 + 0 * extract(epoch "
+        "FROM h))::int8 FROM generate_series(1, %s)) "
+        "FROM generate_series(date_trunc('hour', %s::timestamptz), %s, interval '1 hour') AS h, "
+        "unnest(%s::text[]) AS f",
+        (bins, now - timedelta(days=_DAYS), now, list(PROFILED_FEATURES)),
+    )
 
 
 def _probes(conn: psycopg.Connection[Any]) -> tuple[list[str], list[str]]:
@@ -162,6 +201,17 @@ def _measure(
          lambda c, _i: (queries.score_histogram(c, now - timedelta(hours=24), now),
                         queries.score_histogram(c, day - timedelta(days=20),
                                                 day - timedelta(days=19)))),
+        ("Drift: features vs the training window (24 h)",
+         lambda c, _i: (queries.model_profile(c, queries.drift_model(c, now - timedelta(hours=24),
+                                                                    now) or ""),
+                        queries.feature_histograms(c, "m-bench", now - timedelta(hours=24),
+                                                   now))),
+        ("Drift: features, 7 days vs a reference day",
+         lambda c, _i: (queries.feature_histograms(c, "m-bench", now - timedelta(days=7), now),
+                        queries.feature_histograms(c, "m-bench", day - timedelta(days=20),
+                                                   day - timedelta(days=19)))),
+        ("Explore: terminal map (alerts of 7 days)",
+         lambda c, _i: queries.terminal_risk(c, now - timedelta(days=7))),
         ("Quality: measured days and histograms (14 days)",
          lambda c, _i: (queries.quality_days(c, (day - timedelta(days=21)).date(), day.date()),
                         queries.quality_histogram(c, (day - timedelta(days=21)).date(),

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from fraudstream.model.profile import FeatureProfile
 from fraudstream.store.sink import LATENCY_BUCKETS_MS, SCORE_BINS
 
 __all__ = [
@@ -23,11 +24,14 @@ __all__ = [
     "ReviewError",
     "card_history",
     "dlq_counts",
+    "drift_model",
     "engines",
+    "feature_histograms",
     "latest_alerts",
     "latest_rejected",
     "live_summary",
     "minute_series",
+    "model_profile",
     "percentile_ms",
     "quality_days",
     "quality_histogram",
@@ -36,6 +40,7 @@ __all__ = [
     "score_histogram",
     "search",
     "stored_span",
+    "terminal_risk",
 ]
 
 Connection = psycopg.Connection[Any]
@@ -223,6 +228,69 @@ def score_histogram(conn: Connection, since: datetime, until: datetime) -> np.nd
         (since, until),
     ).fetchall()
     return _merge([row[0] for row in rows], SCORE_BINS)
+
+
+def drift_model(conn: Connection, since: datetime, until: datetime) -> str | None:
+    """The model that scored last in the hours of ``[since, until)`` among those with feature
+    counts."""
+    row = conn.execute(
+        "SELECT model_version FROM feature_hour "
+        "WHERE hour >= date_trunc('hour', %s::timestamptz) AND hour < %s "
+        "ORDER BY hour DESC LIMIT 1",
+        (since, until),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def model_profile(conn: Connection, model_version: str) -> FeatureProfile | None:
+    """The training profile ``model_version`` was saved with, as stored by an engine."""
+    row = conn.execute(
+        "SELECT profile FROM model_profiles WHERE model_version = %s", (model_version,)
+    ).fetchone()
+    return None if row is None else FeatureProfile.from_metadata({"profile": row[0]})
+
+
+def feature_histograms(
+    conn: Connection, model_version: str, since: datetime, until: datetime
+) -> dict[str, np.ndarray]:
+    """Per profiled feature, the predictions stored by ``model_version`` in the hours of
+    ``[since, until)`` (the first one whole) per bin of its training profile, summed from the
+    hourly histograms."""
+    rows = conn.execute(
+        "SELECT feature, counts FROM feature_hour "
+        "WHERE hour >= date_trunc('hour', %s::timestamptz) AND hour < %s "
+        "AND model_version = %s",
+        (since, until, model_version),
+    ).fetchall()
+    per_feature: dict[str, list[list[int]]] = {}
+    for feature, counts in rows:
+        per_feature.setdefault(feature, []).append(counts)
+    return {feature: _merge(counts) for feature, counts in per_feature.items()}
+
+
+_TERMINAL_RISK = """
+WITH flagged AS (
+    SELECT terminal_id, count(*) AS alerts FROM fraud_predictions
+    WHERE decision <> 'approve' AND stored_at >= %(since)s
+    GROUP BY terminal_id ORDER BY alerts DESC LIMIT %(limit)s
+)
+SELECT f.terminal_id, l.x, l.y, l.lat, l.lon, f.alerts, d.transactions,
+       f.alerts::float8 / greatest(d.transactions, f.alerts) AS alert_rate
+FROM flagged f
+JOIN terminal_locations l USING (terminal_id)
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(tx_count), 0) AS transactions FROM terminal_daily t
+    WHERE t.terminal_id = f.terminal_id AND t.day >= %(since)s::date
+) d
+WHERE (l.x IS NOT NULL AND l.y IS NOT NULL) OR (l.lat IS NOT NULL AND l.lon IS NOT NULL)
+ORDER BY f.alerts DESC
+"""
+
+
+def terminal_risk(conn: Connection, since: datetime, limit: int = 2000) -> pd.DataFrame:
+    """Terminals with alerts (review or decline) stored since ``since`` and a known location:
+    alerts, transactions (from the daily counts) and their ratio, the most alerted first."""
+    return _frame(conn, _TERMINAL_RISK, {"since": since, "limit": limit})
 
 
 def quality_days(conn: Connection, first: date, last: date) -> pd.DataFrame:

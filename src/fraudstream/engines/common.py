@@ -31,13 +31,13 @@ from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide, default_rules, load_rules
 from fraudstream.schema import Invalid, decode_label
 from fraudstream.store.outcomes import load_terminal_activity, store_labels
-from fraudstream.store.sink import COLUMNS
+from fraudstream.store.sink import COLUMNS, Observed
 
 __all__ = [
     "DeadLetter", "DeadLetterError", "StatusReporter", "TerminalRisk", "dead_letter",
     "decision_rules", "empty_predictions", "engine_id", "engine_producer", "first_line",
-    "message_offset", "message_partition", "predictions_frame", "publish_alerts", "retry",
-    "transient",
+    "message_offset", "message_partition", "observed", "predictions_frame", "publish_alerts",
+    "retry", "transient",
 ]  # fmt: skip
 
 log = logging.getLogger("fraudstream.engine")
@@ -318,6 +318,24 @@ def predictions_frame(
             "kafka_time": batch["_kafka_time"],
             "scored_at": scored_at,
         }
+    )
+
+
+def observed(batch: pd.DataFrame, features: pd.DataFrame, scorer: Scorer, engine: str) -> Observed:
+    """What the sink keeps for the dashboard besides predictions: the batch's terminals with
+    their coordinates, and its feature values counted into the model's training bins."""
+    terminals = (
+        batch[["terminal_id", "terminal_x", "terminal_y", "terminal_lat", "terminal_lon"]]
+        .drop_duplicates("terminal_id")
+        .set_axis(["terminal_id", "x", "y", "lat", "lon"], axis=1)
+    )
+    profile = scorer.profile
+    return Observed(
+        terminals=terminals,
+        engine=engine,
+        model_version=scorer.version,
+        profile=None if profile is None else profile.as_dict(),
+        feature_counts=None if profile is None else profile.counts(features),
     )
 
 

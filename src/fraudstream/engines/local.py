@@ -50,6 +50,7 @@ from fraudstream.engines.common import (
     first_line,
     message_offset,
     message_partition,
+    observed,
     predictions_frame,
     publish_alerts,
     transient,
@@ -61,7 +62,7 @@ from fraudstream.policy import RuleSet
 from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.store.db import connect
 from fraudstream.store.quality import refresh_quality
-from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch
+from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, StoredBatch
 
 __all__ = ["EngineStats", "LocalEngine"]
 
@@ -81,6 +82,7 @@ class _Batch:
     checkpoints: list[Checkpoint]
     rejected: list[tuple[str, int, int, str]]
     flush_alerts_first: bool  # a snapshot moves the replay point past earlier alerts
+    observed: Observed | None = None
 
 
 @dataclass
@@ -266,7 +268,7 @@ class LocalEngine:
                 rejected.append((message, record.reason))
             else:
                 valid.append((record, partition, message))
-        predictions = empty_predictions()
+        predictions, seen = empty_predictions(), None
         if valid:
             batch = _frame(valid)
             self._newest = max(self._newest, batch["event_time"].max())
@@ -275,6 +277,7 @@ class LocalEngine:
                 batch, batch["_partition"].to_numpy(), self.states
             )
             predictions = self._predict(batch, features)
+            seen = observed(batch, features, self.scorer, self.name)
         if rejected:
             self._dead_letter(rejected)
         checkpoints, snapshotting = self._checkpoints({partition for partition, _, _ in kept})
@@ -287,6 +290,7 @@ class LocalEngine:
                     for m, reason in rejected
                 ],
                 flush_alerts_first=snapshotting,
+                observed=seen,
             )
         )
         self.stats.batches += 1
@@ -311,7 +315,9 @@ class LocalEngine:
     def _write(self, batch: _Batch) -> StoredBatch:
         if batch.flush_alerts_first and self.producer.flush(30):
             raise Unavailable("alerts of earlier batches not acknowledged by Kafka within 30 s")
-        result = self.sink.write(batch.predictions, batch.checkpoints, batch.rejected)
+        result = self.sink.write(
+            batch.predictions, batch.checkpoints, batch.rejected, batch.observed
+        )
         self._alert(batch.predictions)
         return result
 

@@ -42,6 +42,7 @@ from fraudstream.engines.common import (
     engine_id,
     engine_producer,
     first_line,
+    observed,
     predictions_frame,
     publish_alerts,
 )
@@ -370,14 +371,16 @@ class SparkEngine:
         )
         if len(rejected):
             self._dead_letter(rejected)
-        predictions = pd.DataFrame()
+        predictions, seen = pd.DataFrame(), None
         if len(valid):
             valid["event_time"] = pd.to_datetime(valid["event_time"], utc=True)
             valid["_kafka_time"] = pd.to_datetime(valid["_kafka_time"], utc=True)
+            features = valid[list(FEATURE_NAMES)]
             predictions = predictions_frame(
-                valid, valid[list(FEATURE_NAMES)], self.scorer, self.rules, self.clock.now(),
+                valid, features, self.scorer, self.rules, self.clock.now(),
                 engine=self.name, scores=valid["score"].to_numpy(dtype=float),
             )  # fmt: skip
+            seen = observed(valid, features, self.scorer, self.name)
         stored = self.sink.write(
             predictions if len(predictions) else empty_predictions(),
             [],
@@ -385,6 +388,7 @@ class SparkEngine:
                 (topic, int(partition), int(offset), str(reason))
                 for partition, offset, reason, _key, _raw in _sources(rejected)
             ],
+            seen,
         )
         if len(predictions):
             self.stats.alerts += publish_alerts(

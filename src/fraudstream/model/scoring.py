@@ -7,6 +7,7 @@ import pandas as pd
 
 from fraudstream.features import FEATURES_VERSION
 from fraudstream.model.explain import Reason, top_reasons
+from fraudstream.model.profile import FeatureProfile
 from fraudstream.model.registry import ModelArtifact, RegistryError
 
 __all__ = ["Scorer"]
@@ -24,6 +25,7 @@ class Scorer:
         self.version = artifact.version
         self.names: list[str] = list(artifact.metadata["features"])
         self.thresholds: dict[str, float] = artifact.metadata["thresholds"]
+        self.profile = FeatureProfile.from_metadata(artifact.metadata)
         self._backend = artifact.backend
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:

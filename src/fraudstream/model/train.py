@@ -19,6 +19,7 @@ import pandas as pd
 from fraudstream.features import FEATURE_NAMES, FEATURES_VERSION
 from fraudstream.model.backends import backend
 from fraudstream.model.metrics import auc_roc, average_precision, card_precision_at_k
+from fraudstream.model.profile import FeatureProfile
 from fraudstream.model.protocol import Fold, Protocol, split
 
 __all__ = [
@@ -195,6 +196,11 @@ def train(
     thresholds = choose_thresholds(
         latest_rows, cards_per_day=cards_per_day, decline_precision=decline_precision
     )
+    in_window, _ = split(frame, latest)
+    profile = FeatureProfile.of_training(
+        features.loc[in_window],
+        backend(backend_name).predict(latest_model, matrix[in_window]),
+    )
     metadata = {
         "backend": backend_name,
         "params": chosen,
@@ -216,6 +222,7 @@ def train(
         },
         "metrics": {"test": test.as_dict(), "k": k},
         "thresholds": thresholds,
+        "profile": profile.as_dict(),
         "rows": len(frame),
         "frauds": int(frame["is_fraud"].sum()),
         "source": source,

@@ -17,19 +17,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
+from psycopg.types.json import Jsonb
+
+from fraudstream.model.profile import SCORE_BINS
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "SCORE_BINS",
     "Checkpoint",
+    "Observed",
     "PredictionSink",
     "StoredBatch",
     "rollup_ctes",
 ]
 
-SCORE_BINS = 20
-"""Score histogram per rollup minute: bin i (0-based) counts scores in [i/20, (i+1)/20), the
-last one including 1."""
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
 """Latency histogram bounds (event time → stored): bucket 0 is under 1 ms, bucket i counts
@@ -148,6 +149,19 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class Observed:
+    """What a batch shows besides its predictions, for the dashboard: where its terminals are
+    (``terminal_id``, ``x``, ``y``, ``lat``, ``lon``) and how its features fall in the bins of
+    the scoring model's training profile (``model.profile``; none when the model has none)."""
+
+    terminals: pd.DataFrame
+    engine: str
+    model_version: str
+    profile: dict[str, Any] | None = None
+    feature_counts: Mapping[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
 class StoredBatch:
     rows: int
     inserted: int  # fewer than rows when a replay was absorbed
@@ -164,6 +178,8 @@ class PredictionSink:
         self.conn = conn
         self.group = consumer_group
         self.features_version = features_version
+        self._located: set[str] = set()  # terminals whose location is stored
+        self._profiled: set[str] = set()  # model versions whose profile is stored
         conn.execute(_STAGING)
         conn.commit()
 
@@ -172,13 +188,17 @@ class PredictionSink:
         predictions: pd.DataFrame,
         checkpoints: list[Checkpoint],
         rejected: Sequence[tuple[str, int, int, str]] = (),
+        observed: Observed | None = None,
     ) -> StoredBatch:
         """Store a batch's predictions and checkpoints atomically; idempotent.
 
         ``predictions`` has the columns ``COLUMNS``: ``rule_hits`` lists of rule names,
         ``reasons`` JSON-able objects (lists of dicts), times timezone-aware. ``rejected``
-        (topic, partition, offset, reason) rows go to ``dlq_events`` in the same transaction.
+        (topic, partition, offset, reason) rows go to ``dlq_events`` in the same transaction,
+        and so does what was ``observed``: feature counts only when every row was new, so
+        that a replayed batch adds nothing.
         """
+        located: list[str] = []
         with self.conn.transaction():
             with self.conn.cursor() as cursor:
                 copy_sql = (
@@ -195,8 +215,49 @@ class PredictionSink:
                         "reason) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                         [(t, p, o, reason[:1000]) for t, p, o, reason in rejected],
                     )
+                count = int(inserted[0]) if inserted else 0
+                if observed is not None:
+                    located = self._observe(cursor, observed, all_new=count == len(predictions))
             self._checkpoint(checkpoints)
-        return StoredBatch(rows=len(predictions), inserted=int(inserted[0]) if inserted else 0)
+        self._located.update(located)
+        if observed is not None and observed.profile is not None:
+            self._profiled.add(observed.model_version)
+        return StoredBatch(rows=len(predictions), inserted=count)
+
+    def _observe(self, cursor: psycopg.Cursor[Any], observed: Observed, all_new: bool) -> list[str]:
+        """Store new terminals' locations and the batch's feature counts; returns the
+        terminals located."""
+        terminals = observed.terminals
+        new = terminals[~terminals["terminal_id"].isin(self._located)]
+        if len(new):
+            cursor.executemany(
+                "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (terminal_id) DO NOTHING",
+                [
+                    tuple(None if pd.isna(value) else value for value in row)
+                    for row in new[["terminal_id", "x", "y", "lat", "lon"]].itertuples(
+                        index=False, name=None
+                    )
+                ],
+            )
+        if observed.profile is not None and observed.model_version not in self._profiled:
+            cursor.execute(
+                "INSERT INTO model_profiles (model_version, profile) VALUES (%s, %s) "
+                "ON CONFLICT (model_version) DO NOTHING",
+                (observed.model_version, Jsonb(observed.profile)),
+            )
+        if all_new and observed.feature_counts:
+            cursor.executemany(
+                "INSERT INTO feature_hour AS f (hour, engine, model_version, feature, counts) "
+                "VALUES (date_trunc('hour', clock_timestamp()), %s, %s, %s, %s) "
+                "ON CONFLICT (hour, engine, model_version, feature) DO UPDATE SET "
+                "counts = fs_histogram_add(f.counts, excluded.counts)",
+                [
+                    (observed.engine, observed.model_version, name, counts.tolist())
+                    for name, counts in observed.feature_counts.items()
+                ],
+            )
+        return [str(terminal) for terminal in new["terminal_id"]]
 
     def _checkpoint(self, checkpoints: list[Checkpoint]) -> None:
         if not checkpoints:

@@ -1,4 +1,5 @@
-"""Drift: the score distribution of a recent period against a reference period (PSI)."""
+"""Drift: scores and key features of a recent period against the model's training window or
+a stored reference period, by the population stability index (PSI)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,20 @@ import streamlit as st
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read
 from fraudstream.dashboard.quality import psi
-from fraudstream.store.sink import SCORE_BINS
+from fraudstream.model.profile import SCORE_BINS
 
-BINS = SCORE_BINS
+TRAINING = "The model's training window"
+PERIOD = "A stored period"
+
+
+def verdict(index: float) -> str:
+    return "stable" if index < 0.1 else "moderate shift" if index < 0.25 else "large shift"
+
+
+def bin_labels(cuts: list[float]) -> list[str]:
+    """Readable names of a profile's bins: ≤ each cut, above the last, missing."""
+    return [f"≤ {cut:,.4g}" for cut in cuts] + [f"> {cuts[-1]:,.4g}" if cuts else "all", "missing"]
+
 
 st.title("Drift")
 try:
@@ -23,43 +35,121 @@ except Unavailable:
 if span is None:
     st.info("No predictions yet — is the engine running? `fraudstream status`.")
     st.stop()
-first, last = span
+first, _ = span
 end = now()
 left, right = st.columns(2)
-reference = left.date_input(
-    "Reference period", (first.date(), min(first + timedelta(days=1), end).date()),
-    min_value=first.date(), max_value=end.date(),
-)  # fmt: skip
-current_hours = right.select_slider("Compare the last", [1, 6, 24, 72, 168], value=24,
-                                    format_func=lambda h: f"{h} h")  # fmt: skip
-if not isinstance(reference, tuple) or len(reference) != 2:
-    st.info("Pick the reference period's first and last day.")
-    st.stop()
-ref_since = pd.Timestamp(reference[0], tz="UTC")
-ref_until = pd.Timestamp(reference[1], tz="UTC") + pd.Timedelta(days=1)
+current_hours = left.select_slider("Compare the last", [1, 6, 24, 72, 168], value=24,
+                                   format_func=lambda h: f"{h} h")  # fmt: skip
+against = right.radio("against", [TRAINING, PERIOD], horizontal=True)
+since = end - timedelta(hours=current_hours)
 try:
-    expected = read(queries.score_histogram, ref_since, ref_until)
-    actual = read(queries.score_histogram, end - timedelta(hours=current_hours), end)
+    model = read(queries.drift_model, since, end)
+    profile = read(queries.model_profile, model) if model else None
 except Unavailable:
     st.stop()
-if expected.sum() == 0 or actual.sum() == 0:
+
+reference_scores: np.ndarray | None = None
+reference_features: dict[str, np.ndarray] = {}
+if against == TRAINING:
+    if profile is None:
+        st.info(
+            "No training profile for the model that scored this period: models trained before "
+            "profiles existed have none. `fraudstream train` saves one; or compare against a "
+            "stored period."
+        )
+        st.stop()
+    reference_scores = np.asarray(profile.score_shares) * profile.rows
+    reference_features = {name: np.asarray(shares) for name, shares in profile.shares.items()}
+    st.caption(f"Reference: the training window of model {model} ({profile.rows:,} transactions).")
+else:
+    reference = st.date_input(
+        "Reference period", (first.date(), min(first + timedelta(days=1), end).date()),
+        min_value=first.date(), max_value=end.date(),
+    )  # fmt: skip
+    if not isinstance(reference, tuple) or len(reference) != 2:
+        st.info("Pick the reference period's first and last day.")
+        st.stop()
+    ref_since = pd.Timestamp(reference[0], tz="UTC")
+    ref_until = pd.Timestamp(reference[1], tz="UTC") + pd.Timedelta(days=1)
+    try:
+        reference_scores = read(queries.score_histogram, ref_since, ref_until)
+        if model:
+            reference_features = read(queries.feature_histograms, model, ref_since, ref_until)
+    except Unavailable:
+        st.stop()
+
+try:
+    current_scores = read(queries.score_histogram, since, end)
+    current_features = read(queries.feature_histograms, model, since, end) if model else {}
+except Unavailable:
+    st.stop()
+if reference_scores.sum() == 0 or current_scores.sum() == 0:
     st.info("One of the two periods has no predictions: pick periods in which the engine ran.")
     st.stop()
-index = psi(expected, actual)
-verdict = "stable" if index < 0.1 else "moderate shift" if index < 0.25 else "large shift"
-st.metric("Population stability index (score)", f"{index:.3f}", verdict, delta_color="off")
-edges = np.linspace(0, 1, BINS + 1)
+
+st.subheader("Score")
+index = psi(reference_scores, current_scores)
+st.metric("Population stability index (score)", f"{index:.3f}", verdict(index),
+          delta_color="off")  # fmt: skip
+edges = np.linspace(0, 1, SCORE_BINS + 1)
 st.bar_chart(
     pd.DataFrame(
         {
-            "reference": expected / expected.sum(),
-            f"last {current_hours} h": actual / actual.sum(),
+            "reference": reference_scores / reference_scores.sum(),
+            f"last {current_hours} h": current_scores / current_scores.sum(),
         },
         index=[f"{low:.2f}" for low in edges[:-1]],
     ),
     stack=False,
 )
+
+st.subheader("Key features")
+compared = [
+    name
+    for name in (profile.cuts if profile else {})
+    if reference_features.get(name, np.zeros(1)).sum() > 0
+    and current_features.get(name, np.zeros(1)).sum() > 0
+]
+if not compared or profile is None:
+    st.info(
+        "No feature counts to compare: engines count features into the bins of a model's "
+        "training profile, so both periods need predictions of the same model with a profile."
+    )
+    st.stop()
+
+
+def shares(counts: np.ndarray, width: int) -> np.ndarray:
+    padded = np.zeros(width)
+    padded[: len(counts)] = counts
+    share: np.ndarray = padded / padded.sum()
+    return share
+
+
+indices = pd.DataFrame(
+    {
+        "feature": compared,
+        "PSI": [psi(reference_features[n], current_features[n]) for n in compared],
+    }
+).sort_values("PSI", ascending=False, ignore_index=True)
+indices["shift"] = indices["PSI"].map(verdict)
+st.dataframe(indices, hide_index=True, width="stretch",
+             column_config={"PSI": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
+chosen = st.selectbox("Feature", indices["feature"])
+cuts = profile.cuts[chosen]
+width = len(cuts) + 2
+st.bar_chart(
+    pd.DataFrame(
+        {
+            "reference": shares(reference_features[chosen], width),
+            f"last {current_hours} h": shares(current_features[chosen], width),
+        },
+        index=bin_labels(cuts),
+    ),
+    stack=False,
+    sort=False,
+)
 st.caption(
-    "Shares of predictions per score bin, by the time they were stored. Feature drift needs "
-    "the features' values, which the engines do not store yet."
+    f"Model {model}. Bins are the training window's deciles of each feature; the shares are of "
+    "predictions by the hour they were stored (the period's first hour counted whole). Rule "
+    "of thumb: PSI < 0.1 stable, 0.1–0.25 moderate shift, > 0.25 a large shift."
 )

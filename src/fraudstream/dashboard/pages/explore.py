@@ -1,14 +1,44 @@
-"""Explore: find a transaction, card or terminal; a card's timeline; export what is shown."""
+"""Explore: a map of terminals by risk; find a transaction, card or terminal; a card's
+timeline; export what is shown."""
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import streamlit as st
 
 from fraudstream.dashboard import queries
-from fraudstream.dashboard.common import Unavailable, masked, read
+from fraudstream.dashboard.common import Unavailable, masked, now, read
 from fraudstream.dashboard.format import reasons_text
 
 st.title("Explore")
+
+
+def terminal_map() -> None:
+    """Terminals with alerts in the chosen days where they are, coloured by their alert rate."""
+    days = st.select_slider("Alerts of the last", [1, 7, 30], value=7,
+                            format_func=lambda d: f"{d} day" + ("s" if d > 1 else ""))  # fmt: skip
+    try:
+        terminals = read(queries.terminal_risk, now() - timedelta(days=days))
+    except Unavailable:
+        return
+    geographic = terminals["lat"].notna() & terminals["lon"].notna()
+    if terminals.empty:
+        st.info("No alerts at terminals with a known location in this period.")
+        return
+    x, y = ("lon", "lat") if geographic.all() else ("x", "y")
+    shown = terminals[terminals[x].notna() & terminals[y].notna()]
+    st.scatter_chart(shown, x=x, y=y, color="alert_rate", size="alerts", height=420)
+    st.caption(
+        f"{len(shown):,} terminals with alerts (review or decline) in the last {days} day(s), "
+        "the most alerted first; colour: alerts per transaction there, size: alerts. "
+        + ("Longitude and latitude." if x == "lon" else "The simulator's 100 × 100 grid.")
+    )
+
+
+with st.expander("Terminals by risk (map)", expanded=True):
+    terminal_map()
+
 text = st.text_input(
     "Transaction id, card token or terminal id",
     help="An exact id; card tokens are shown masked but searched in full.",
