@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pandas as pd
 import streamlit as st
@@ -27,7 +27,8 @@ def live() -> None:
     try:
         summary = read(queries.live_summary, now(), WINDOW)
         engines = read(queries.engines, now())
-        series = read(queries.minute_series, now() - timedelta(hours=1))
+        since = now() - timedelta(hours=1)
+        series = read(queries.minute_series, since)
         alerts = read(queries.latest_alerts, 20)
     except Unavailable:
         return
@@ -49,7 +50,7 @@ def live() -> None:
     if series.empty:
         show_empty("predictions in the last hour")
     else:
-        by_minute = series.set_index("minute")
+        by_minute = _every_minute(series, since)
         left, middle, right = st.columns(3)
         left.subheader("Volume per minute")
         left.bar_chart(by_minute[["transactions"]])
@@ -62,6 +63,18 @@ def live() -> None:
         st.info("No review or decline decisions yet.")
     else:
         st.dataframe(_alert_rows(alerts), hide_index=True, width="stretch")
+
+
+def _every_minute(series: pd.DataFrame, since: datetime) -> pd.DataFrame:
+    """The series with a row for every minute since ``since``: a minute without predictions
+    shows as none (and a gap in latency), not as a line drawn across it."""
+    minutes = pd.date_range(pd.Timestamp(since).ceil("min"), pd.Timestamp(now()).floor("min"),
+                            freq="min", tz="UTC")  # fmt: skip
+    by_minute = series.assign(minute=pd.to_datetime(series["minute"], utc=True))
+    filled = by_minute.set_index("minute").reindex(minutes)
+    counts = [c for c in filled.columns if not c.startswith("latency")]
+    filled[counts] = filled[counts].fillna(0)
+    return filled
 
 
 def _latency(p50: float | None, p99: float | None) -> str:

@@ -16,7 +16,8 @@ def system() -> None:
     config = settings()
     broker, database, engine = st.columns(3)
     reachable = bus.ping(config.kafka, timeout_s=2)
-    broker.metric("Kafka", "up" if reachable else "down", config.kafka.bootstrap, border=True)
+    broker.metric("Kafka", "up" if reachable else "down", border=True)
+    broker.caption(f"bootstrap `{config.kafka.bootstrap}`")
     try:
         engines = read(queries.engines, now())
         dlq = read(queries.dlq_counts, now())
@@ -26,10 +27,9 @@ def system() -> None:
         return
     database.metric("PostgreSQL", "up", border=True)
     fresh = engines[engines["heartbeat_age_s"] < 30] if len(engines) else engines
-    engine.metric(
-        "Engines reporting", f"{len(fresh)} / {len(engines)}",
-        f"{fresh['throughput_tps'].sum():,.0f} tx/s" if len(fresh) else None, border=True,
-    )  # fmt: skip
+    engine.metric("Engines reporting", f"{len(fresh)} / {len(engines)}", border=True)
+    if len(fresh):
+        engine.caption(f"{fresh['throughput_tps'].sum():,.0f} tx/s together")
     if config.dashboard.database_url is None and not config.database.managed:
         st.warning(
             "The dashboard uses the engine's database user: set dashboard.database_url to a "
