@@ -314,6 +314,96 @@ def setup(ctx: typer.Context) -> None:
     out.print(f"Spark {version} Kafka connector ready ({len(jars)} jars)")
 
 
+@app.command()
+def init(ctx: typer.Context) -> None:
+    """Prepare the configured Kafka and PostgreSQL for the pipeline, start nothing, and exit:
+    the topics, the database schema, the dashboard's database user (the managed server's, or
+    the one dashboard.database_url names) and a first model if none exists. What `up` does
+    before it starts the engine; the Docker Compose `init` service."""
+    import psycopg
+
+    from fraudstream import bus
+    from fraudstream.clock import SystemClock
+    from fraudstream.model.bootstrap import ensure_model
+    from fraudstream.store import migrations
+    from fraudstream.store.db import connect
+    from fraudstream.store.roles import ensure_dashboard_role
+
+    settings = _settings(ctx)
+    with err.status("preparing fraudstream…") as status:
+        status.update(f"waiting for Kafka at {settings.kafka.bootstrap}…")
+        if not bus.ping(settings.kafka, timeout_s=settings.start_timeout_s):
+            hint = " (start it with `fraudstream up`)" if settings.kafka.managed else ""
+            _fail(f"Kafka at {settings.kafka.bootstrap} does not answer metadata requests{hint}")
+        topics = bus.ensure_topics(settings.kafka)
+        status.update("migrating the database schema…")
+        try:
+            with connect(settings) as conn:
+                applied = [m.version for m in migrations.migrate(conn)]
+                password = _dashboard_role_password(settings)
+                if password is not None:
+                    ensure_dashboard_role(conn, password)
+        except psycopg.OperationalError as error:
+            _fail(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}")
+        version = ensure_model(settings, SystemClock(), lambda message: status.update(message))
+    out.print(f"topics: created {', '.join(topics)}" if topics else "topics: all exist")
+    out.print(
+        f"database schema migrated to version {max(applied)}" if applied else "schema: current"
+    )
+    if password is not None:
+        out.print("dashboard database user: ready")
+    out.print(
+        f"trained and promoted a first model, {version}" if version else "model: one is current"
+    )
+
+
+def _dashboard_role_password(settings: Settings) -> str | None:
+    """The password to give the dashboard's own database user, when fraudstream owns it."""
+    if settings.database.managed:
+        from fraudstream.stack.postgres import EmbeddedPostgres
+
+        return EmbeddedPostgres(settings).dashboard_password()
+    if settings.dashboard.database_url is None:
+        return None
+    from psycopg.conninfo import conninfo_to_dict
+
+    from fraudstream.store.roles import DASHBOARD_ROLE
+
+    params = conninfo_to_dict(settings.dashboard.database_url.get_secret_value())
+    if params.get("user") != DASHBOARD_ROLE or not params.get("password"):
+        err.print(
+            f"dashboard.database_url does not name user {DASHBOARD_ROLE} with a password: "
+            "that user is yours to create"
+        )
+        return None
+    return str(params["password"])
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    service: Annotated[str, typer.Argument(help="kafka, postgres, engine or dashboard.")],
+    max_age: Annotated[
+        float | None,
+        typer.Option(
+            help="engine: the oldest status report that counts, in seconds (default: three "
+            "engine.status_interval_s, at least 30)."
+        ),
+    ] = None,
+) -> None:
+    """Exit 0 when SERVICE does its job as seen from here (container health checks): the
+    broker or database answers, an engine of this host reported its status recently, the
+    dashboard answers its health endpoint."""
+    from fraudstream.stack.health import SERVICES, probe
+
+    if service not in SERVICES:
+        _fail(f"unknown service {service!r}: choose from {', '.join(SERVICES)}", 2)
+    result = probe(_settings(ctx), service, max_age_s=max_age)
+    if not result.ok:
+        _fail(result.detail)
+    out.print(result.detail, highlight=False)
+
+
 @app.command("config")
 def show_config(ctx: typer.Context) -> None:
     """List every setting with its current value and environment variable (secrets hidden)."""

@@ -1,0 +1,68 @@
+"""The dashboard's health probe (`fraudstream health dashboard`) against a stand-in server."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fraudstream.config import Settings, load_settings
+from fraudstream.stack.health import probe
+
+
+class _Streamlit(BaseHTTPRequestHandler):
+    answer = (200, b"ok")
+
+    def do_GET(self) -> None:
+        status, body = self.answer if self.path == "/_stcore/health" else (404, b"")
+        self.send_response(status)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[ThreadingHTTPServer]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Streamlit)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _settings(port: int, host: str = "127.0.0.1") -> Settings:
+    overrides = {"dashboard.port": str(port), "dashboard.host": host}
+    if host != "127.0.0.1":
+        overrides["dashboard.password"] = "pw"  # required beyond loopback
+    return load_settings(overrides=overrides)
+
+
+def test_a_dashboard_that_answers_ok_is_healthy(server: ThreadingHTTPServer) -> None:
+    port = server.server_address[1]
+    assert probe(_settings(port), "dashboard").ok
+    # Listening on every interface (in a container): asked on loopback.
+    assert probe(_settings(port, "0.0.0.0"), "dashboard").ok
+
+
+def test_a_failing_or_absent_dashboard_is_not(
+    server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = server.server_address[1]
+    monkeypatch.setattr(_Streamlit, "answer", (200, b"starting"))
+    result = probe(_settings(port), "dashboard")
+    assert not result.ok and "says 'starting'" in result.detail
+    monkeypatch.setattr(_Streamlit, "answer", (503, b"unavailable"))
+    assert not probe(_settings(port), "dashboard").ok
+    server.shutdown()
+    server.server_close()
+    assert not probe(_settings(port), "dashboard").ok
+
+
+def test_an_unknown_service_is_refused() -> None:
+    with pytest.raises(ValueError, match="choose from kafka, postgres, engine, dashboard"):
+        probe(load_settings(), "zookeeper")
