@@ -74,7 +74,7 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
         settings,
         "simulator",
         ["simulate", "--accelerated", "--forever"],
-        f"→ {topics.transactions} at {settings.simulator.rate:,.0f} tx/s",
+        f"→ {topics.transactions}, ≤ {settings.simulator.rate:,.0f} tx/s until now, then real time",
         child_env,
     )
     dashboard = PipelineService(

@@ -228,7 +228,9 @@ class PredictionSink:
         """Store new terminals' locations and the batch's feature counts; returns the
         terminals located."""
         terminals = observed.terminals
-        new = terminals[~terminals["terminal_id"].isin(self._located)]
+        # A set lookup per terminal of the batch: Series.isin would convert the whole set.
+        unseen = [terminal not in self._located for terminal in terminals["terminal_id"]]
+        new = terminals[np.array(unseen, dtype=bool)]
         if len(new):
             cursor.executemany(
                 "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
