@@ -270,8 +270,11 @@ def feature_histograms(
 
 _TERMINAL_RISK = """
 WITH flagged AS (
+    -- Stored no earlier than it happened: the stored_at bound only lets the partial alert
+    -- index narrow the rows; alerts and transactions are both counted by event day.
     SELECT terminal_id, count(*) AS alerts FROM fraud_predictions
-    WHERE decision <> 'approve' AND stored_at >= %(since)s
+    WHERE decision <> 'approve' AND stored_at >= %(since)s::date
+      AND event_time >= %(since)s::date
     GROUP BY terminal_id ORDER BY alerts DESC LIMIT %(limit)s
 )
 SELECT f.terminal_id, l.x, l.y, l.lat, l.lon, f.alerts, d.transactions,
@@ -288,8 +291,9 @@ ORDER BY f.alerts DESC
 
 
 def terminal_risk(conn: Connection, since: datetime, limit: int = 2000) -> pd.DataFrame:
-    """Terminals with alerts (review or decline) stored since ``since`` and a known location:
-    alerts, transactions (from the daily counts) and their ratio, the most alerted first."""
+    """Terminals with a known location and alerts (review or decline) on transactions since
+    the UTC day of ``since``: alerts, transactions (from the daily counts) and their ratio,
+    the most alerted first."""
     return _frame(conn, _TERMINAL_RISK, {"since": since, "limit": limit})
 
 

@@ -30,7 +30,8 @@ def terminal_map() -> None:
     shown = terminals[terminals[x].notna() & terminals[y].notna()]
     st.scatter_chart(shown, x=x, y=y, color="alert_rate", size="alerts", height=420)
     st.caption(
-        f"{len(shown):,} terminals with alerts (review or decline) in the last {days} day(s), "
+        f"{len(shown):,} terminals with alerts (review or decline) since "
+        f"{(now() - timedelta(days=days)).date()} (UTC), "
         "the most alerted first; colour: alerts per transaction there, size: alerts. "
         + ("Longitude and latitude." if x == "lon" else "The simulator's 100 × 100 grid.")
     )
