@@ -944,7 +944,8 @@ def bench(
         typer.Option(
             help="all | stages (no services) | engine (local, end to end) | spark "
             "(the Spark engine end to end; in all when pyspark is installed) | dashboard "
-            "(its queries over 10 million stored predictions)."
+            "(its queries over 10 million stored predictions) | baseline (a per-message "
+            "consumer beside the local engine) | growth (more cards, more stored rows)."
         ),
     ] = "all",
     out: Annotated[Path, typer.Option(help="Report to update.")] = Path("docs/benchmarks.md"),
@@ -959,8 +960,9 @@ def bench(
     from fraudstream.bench.report import update_section
     from fraudstream.clock import SystemClock
 
-    if only not in ("all", "stages", "engine", "spark", "dashboard"):
-        _fail(f"--only must be all, stages, engine, spark or dashboard, not {only!r}", 2)
+    choices = ("all", "stages", "engine", "spark", "dashboard", "baseline", "growth")
+    if only not in choices:
+        _fail(f"--only must be one of {', '.join(choices)}, not {only!r}", 2)
     when = SystemClock().now()
     how = "fraudstream bench" + (" --quick" if quick else "") + (f" --only {only}")
     results = []
@@ -994,6 +996,19 @@ def bench(
             )
             update_section(out, "dashboard", "Dashboard queries", queries, when, how)
             results += queries
+        if only in ("all", "baseline"):
+            from fraudstream.bench import baseline
+
+            compared = baseline.run(_settings(ctx), quick=quick, progress=progress)
+            title = "Baseline: one message at a time, beside the local engine"
+            update_section(out, "baseline", title, compared, when, how)
+            results += compared
+        if only in ("all", "growth"):
+            from fraudstream.bench import growth
+
+            grown = growth.run(_settings(ctx), quick=quick, progress=progress)
+            update_section(out, "growth", "Growth: cards and stored rows", grown, when, how)
+            results += grown
     for result in results:
         typer.echo(f"{result.name}: {result.value:,.1f} {result.unit}  {result.note}")
     typer.echo(f"updated {out}")

@@ -1,17 +1,21 @@
 """`fraudstream bench --quick`: every benchmark runs once at a tiny size (figures are not
 asserted: speed is measured by the benchmark, not by tests)."""
 
+import re
 from pathlib import Path
+
+import pytest
 
 from ..conftest import overrides_env, run_cli
 
 
+@pytest.mark.timeout(1800)
 def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path) -> None:
     report = tmp_path / "benchmarks.md"
     report.write_text("# Benchmarks\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
     result = run_cli(
         "bench", "--quick", "--out", str(report),
-        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=900,
+        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=1800,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     text = report.read_text()
@@ -31,3 +35,54 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path
     assert "## Dashboard queries" in text and "20,000 predictions stored" in text
     assert "dashboard query — Review: open cases" in text
     assert "dashboard freshness: stored → returned by the Live query" in text
+    # The per-message baseline and the growth benchmarks (each has its own test below).
+    assert "## Baseline: one message at a time, beside the local engine" in text
+    assert "## Growth: cards and stored rows" in text
+
+
+def _rows(text: str, section: str) -> dict[str, float]:
+    """The section's measurements: name → median (the bold figure)."""
+    body = text[text.index(f"<!-- bench:{section} -->") : text.index(f"<!-- /bench:{section} -->")]
+    found = re.findall(r"^\| (.+?) \| \*\*([\d,.]+) [^*]+\*\* \|", body, re.M)
+    return {name: float(value.replace(",", "")) for name, value in found}
+
+
+@pytest.mark.timeout(900)
+def test_bench_baseline_measures_a_per_message_consumer_beside_the_engine(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "benchmarks.md"
+    result = run_cli(
+        "bench", "--quick", "--only", "baseline", "--out", str(report),
+        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = report.read_text()
+    assert "## Baseline: one message at a time, beside the local engine" in text
+    rows = _rows(text, "baseline")
+    assert set(rows) == {
+        "baseline: one message at a time, one INSERT each (autocommit)",
+        "local engine on the same backlog, same run",
+        "local engine ÷ baseline",
+    }
+    assert all(value > 0 for value in rows.values())
+    assert "all 3,000 transactions of the backlog" in text
+
+
+@pytest.mark.timeout(900)
+def test_bench_growth_measures_cards_in_the_state_and_rows_in_the_table(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "benchmarks.md"
+    result = run_cli(
+        "bench", "--quick", "--only", "growth", "--out", str(report),
+        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = _rows(report.read_text(), "growth")
+    for cards in ("1,000", "5,000"):
+        assert rows[f"catch-up with {cards} cards in the state"] > 0
+        assert rows[f"engine peak RSS with {cards} cards in the state"] > 0
+    for stored in ("0", "20,000"):
+        assert rows[f"sink: 1,000-row batches into a table of {stored} rows"] > 0
+    assert len(rows) == 6

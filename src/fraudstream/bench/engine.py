@@ -49,7 +49,7 @@ from fraudstream.stack import Stack
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
 
-__all__ = ["EngineBench", "Workload"]
+__all__ = ["Drained", "EngineBench", "Workload"]
 
 Progress = Callable[[str], None]
 
@@ -139,20 +139,61 @@ class EngineBench:
     # --- trials --------------------------------------------------------------------------
 
     def catch_up(self) -> Result:
-        trial = self._trial()
-        self.progress(f"catch-up: producing a backlog of {self.sizes.backlog:,}")
-        report = self._produce(trial, rate=1e7, count=self.sizes.backlog)
-        with self._engines(trial, 1):
-            self.progress("catch-up: one engine draining the backlog")
-            _wait(lambda: _committed(trial) >= report.sent, 3_600, "the backlog to be scored")
-        rows, seconds = _stored_span(trial)
+        trial, sent = self.backlog()
+        drained = self.drain(trial, sent)
         return Result(
             "catch-up: one engine drains a backlog",
-            rows / seconds,
+            drained.rate,
             "tx/s",
-            [rows / seconds],
-            f"{rows:,} transactions, first to last stored row; broker and database on this host",
+            [drained.rate],
+            f"{drained.rows:,} transactions, first to last stored row; broker and database on "
+            "this host",
         )
+
+    def backlog(
+        self,
+        count: int | None = None,
+        workload: Workload | None = None,
+        partitions: int | None = None,
+    ) -> tuple[Settings, int]:
+        """A fresh trial whose transactions topic holds ``count`` (default: the sizes')
+        transactions of ``workload`` (default: the bench's) in ``partitions`` (default: the
+        configured number)."""
+        trial = self._trial(partitions=partitions)
+        count = count or self.sizes.backlog
+        params = workload.params() if workload is not None else None
+        self.progress(f"catch-up: producing a backlog of {count:,}")
+        return trial, self._produce(trial, rate=1e7, count=count, params=params).sent
+
+    def trial(self, like: Settings | None = None) -> Settings:
+        """A fresh database and consumer group, on ``like``'s topics (its backlog again) or
+        on new ones."""
+        if like is None:
+            return self._trial()
+        return self._trial(like.kafka.topics, like.kafka.partitions)
+
+    def drain(
+        self, trial: Settings, sent: int, *, limit_s: float | None = None, join_s: float = 120.0
+    ) -> Drained:
+        """One engine scores the ``sent`` transactions of ``trial``'s topic from the start (or
+        for ``limit_s`` after it has its partitions, given ``join_s`` to get them)."""
+        started = time.monotonic()
+        with self._engines(trial, 1, join_s) as pids:
+            joined_s = time.monotonic() - started
+            self.progress("catch-up: one engine draining the backlog")
+            if limit_s is None:
+                _wait(lambda: _committed(trial) >= sent, 3_600, "the backlog to be scored")
+            else:
+                end = time.monotonic() + limit_s
+                while _committed(trial) < sent and time.monotonic() < end:
+                    time.sleep(0.25)
+            peak = max(_peak_rss(pid) for pid in pids)
+        return self.scored(trial, peak, joined_s)
+
+    def scored(self, trial: Settings, peak_rss: int = 0, joined_s: float = 0.0) -> Drained:
+        """The rows stored in ``trial``'s database, first to last stored row."""
+        rows, seconds = _stored_span(trial)
+        return Drained(rows, seconds, peak_rss, joined_s)
 
     def sustained(self, start_rate: float) -> Result:
         """Lower the rate from ``start_rate`` until lag stays flat for the measured window."""
@@ -222,12 +263,16 @@ class EngineBench:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _trial(self) -> Settings:
+    def _trial(
+        self, topics: TopicSettings | None = None, partitions: int | None = None
+    ) -> Settings:
         run = uuid.uuid4().hex[:8]
-        topics = TopicSettings(
+        topics = topics or TopicSettings(
             transactions=f"tx-{run}", labels=f"lb-{run}", alerts=f"al-{run}", dlq=f"dlq-{run}"
         )
-        kafka = self.settings.kafka.model_copy(update={"topics": topics})
+        kafka = self.settings.kafka.model_copy(
+            update={"topics": topics, "partitions": partitions or self.settings.kafka.partitions}
+        )
         bus.ensure_topics(kafka)
         with connect(self.settings, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"bench_{run}")))
@@ -249,17 +294,18 @@ class EngineBench:
         rate: float,
         count: int | None = None,
         duration_s: float | None = None,
+        params: SimulationParams | None = None,
     ) -> _Report:
         publisher = Publisher(trial.kafka)
         report = simulate_live(
-            publisher, self.params, rate=rate, clock=SystemClock(), count=count,
+            publisher, params or self.params, rate=rate, clock=SystemClock(), count=count,
             duration_s=duration_s, accelerated=True,
         )  # fmt: skip
         publisher.close()
         return _Report(report.sent, report.achieved_rate)
 
     @contextmanager
-    def _engines(self, trial: Settings, count: int) -> Iterator[None]:
+    def _engines(self, trial: Settings, count: int, join_s: float = 120.0) -> Iterator[list[int]]:
         env = _child_env(trial)
         log_file = (self.root / f"engine-{trial.engine.group_id}.log").open("ab")
         command = [sys.executable, "-m", "fraudstream", "score", "--engine", self.engine]
@@ -268,8 +314,8 @@ class EngineBench:
             for _ in range(count)
         ]
         try:
-            _wait(lambda: _assigned(trial) >= count, 120, "the engines to join their group")
-            yield
+            _wait(lambda: _assigned(trial) >= count, join_s, "the engines to join their group")
+            yield [engine.pid for engine in engines]
         finally:
             for engine in engines:
                 engine.send_signal(signal.SIGTERM)
@@ -279,6 +325,21 @@ class EngineBench:
                 except subprocess.TimeoutExpired:
                     engine.kill()
             log_file.close()
+
+
+@dataclass(frozen=True)
+class Drained:
+    """A backlog scored: rows stored, first to last stored row, the engine's peak RSS, and
+    how long it took to have its partitions (restoring its state)."""
+
+    rows: int
+    seconds: float
+    peak_rss: int  # bytes
+    joined_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
 
 
 @dataclass(frozen=True)
@@ -346,6 +407,14 @@ def _child_env(settings: Settings) -> dict[str, str]:
     env.update({env_name(path): str(value) for path, value in values.items()})
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def _peak_rss(pid: int) -> int:
+    """A running process's peak resident set size so far, in bytes (Linux: VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
 
 
 def _free_port() -> int:
