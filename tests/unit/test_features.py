@@ -160,6 +160,29 @@ def test_idle_cards_expire() -> None:
     assert len(state) == 0
 
 
+def test_forgetting_idle_cards_changes_no_feature() -> None:
+    """Cards idle for over the TTL before the newest transaction are forgotten; a card that
+    comes back gets the features it would have got from the whole history."""
+    early = _stream(300)  # 40 days from T0
+    returning = early.iloc[:50].assign(
+        tx_id=[f"back{i}" for i in range(50)],
+        event_time=pd.Timestamp(T0) + pd.Timedelta(days=90) + pd.to_timedelta(range(50), "s"),
+    )
+    recent = early.iloc[50:60].assign(
+        tx_id=[f"r{i}" for i in range(10)], card_id="c-active",
+        event_time=pd.Timestamp(T0) + pd.Timedelta(days=89),
+    )  # fmt: skip
+    kept, forgetful = CardState(), CardState()
+    for state in (kept, forgetful):
+        card_features(state, early)
+        card_features(state, recent)
+    assert forgetful.expire_idle() == len({*early["card_id"]})  # idle for 49+ days
+    assert set(forgetful.cards) == {"c-active"}
+    whole, after = card_features(kept, returning), card_features(forgetful, returning)
+    for name in whole:
+        np.testing.assert_array_equal(whole[name], after[name], err_msg=name)
+
+
 def test_no_label_leakage() -> None:
     """A label reported after a transaction never changes that transaction's features."""
     stream = _stream(4_000, seed=7)

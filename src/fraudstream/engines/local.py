@@ -55,6 +55,7 @@ from fraudstream.engines.common import (
     transient,
 )
 from fraudstream.features import FEATURES_VERSION, CardState, FeatureComputer, TerminalTable
+from fraudstream.features.definitions import CARD_STATE_TTL
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
@@ -69,6 +70,7 @@ log = logging.getLogger("fraudstream.engine")
 
 _FIELDS = [name for name in Transaction.__struct_fields__]
 _BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
+_EXPIRE_EVERY_S = 300.0  # how often idle cards are forgotten (a pass over every card)
 
 
 class Unavailable(Exception):
@@ -140,6 +142,7 @@ class LocalEngine:
         self._model_checked = 0.0
         self._status_written = 0.0
         self._quality_checked = time.monotonic()  # not in the first minutes of a (re)start
+        self._expired_at = time.monotonic()
         self._newest = pd.Timestamp(0, tz="UTC")  # the newest event time scored
         self._reporter = StatusReporter(
             engine_id=self.engine_id, engine=self.name, group=self.group, started_at=clock.now()
@@ -446,6 +449,11 @@ class LocalEngine:
         if now - self._status_written >= self.settings.engine.status_interval_s:
             self._status_written = now
             self._write_status()
+        if now - self._expired_at >= _EXPIRE_EVERY_S:
+            self._expired_at = now
+            forgotten = sum(state.expire_idle() for state in self.states.values())
+            if forgotten:
+                log.info("forgot %d cards idle for over %s", forgotten, CARD_STATE_TTL)
         if now - self._quality_checked >= self.settings.engine.quality_interval_s:
             self._quality_checked = now
             if self._newest.value > 0:

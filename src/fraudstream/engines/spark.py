@@ -146,6 +146,7 @@ def _card_step(
     if len(rows):
         cards = CardState.from_bytes(bytes(state.get[0])) if state.exists else CardState()
         computed = card_features(cards, rows.reset_index(drop=True))
+        cards.expire_idle()  # the bucket is rewritten whole: keep it to the cards still needed
         state.update((cards.to_bytes(),))
         features.loc[rows.index] = np.column_stack([computed[name] for name in CARD_FEATURES])
     yield pd.concat([frame, features], axis=1)

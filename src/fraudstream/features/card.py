@@ -54,6 +54,14 @@ class CardState:
             self.dirty.add(card)
         return len(stale)
 
+    def expire_idle(self) -> int:
+        """Forget cards idle for longer than the TTL before the newest transaction held here.
+        Event time, not the wall clock; no feature looks back further than the longest
+        window, so only a transaction arriving more than the TTL's margin late could tell."""
+        if not self.cards:
+            return 0
+        return self.expire(max(int(rows[-1, _T]) for rows in self.cards.values()))
+
     def to_bytes(self, cards: list[str] | None = None) -> bytes:
         """Compact, exact serialisation (all cards, or only ``cards``)."""
         names = sorted(self.cards) if cards is None else sorted(c for c in cards if c in self.cards)

@@ -301,11 +301,14 @@ class PredictionSink:
 
     def snapshots(self, topic: str) -> Mapping[int, tuple[int, bytes]]:
         """Per partition: (offset the snapshot is valid at, card state bytes)."""
-        rows = self.conn.execute(
-            "SELECT partition, next_offset, snapshot FROM feature_state "
-            "WHERE consumer_group = %s AND topic = %s AND features_version = %s",
-            (self.group, topic, self.features_version),
-        ).fetchall()
+        # Binary results: as text, a bytea doubles to hex, and PostgreSQL cannot send one of
+        # over 512 MiB that way (a large card state could be stored but never restored).
+        with self.conn.cursor(binary=True) as cursor:
+            rows = cursor.execute(
+                "SELECT partition, next_offset, snapshot FROM feature_state "
+                "WHERE consumer_group = %s AND topic = %s AND features_version = %s",
+                (self.group, topic, self.features_version),
+            ).fetchall()
         self.conn.commit()
         return {int(p): (int(o), bytes(s)) for p, o, s in rows}
 
