@@ -949,6 +949,13 @@ def bench(
         ),
     ] = "all",
     out: Annotated[Path, typer.Option(help="Report to update.")] = Path("docs/benchmarks.md"),
+    profile: Annotated[
+        bool | None,
+        typer.Option(
+            help="Sample the local engine with py-spy during its first catch-up and add the "
+            "profile to the report (default: when py-spy is installed, as with the dev extra)."
+        ),
+    ] = None,
 ) -> None:
     """Measure the system on this machine and update the benchmark report.
 
@@ -957,7 +964,7 @@ def bench(
     """
     from fraudstream.bench import engine as engine_bench
     from fraudstream.bench import stages
-    from fraudstream.bench.report import update_section
+    from fraudstream.bench.report import update_section, update_text_section
     from fraudstream.clock import SystemClock
 
     choices = ("all", "stages", "engine", "spark", "dashboard", "baseline", "growth")
@@ -978,12 +985,22 @@ def bench(
             update_section(out, "features", "Features and scoring", model, when, how)
             results += [generation, *model]
         if only in ("all", "engine"):
-            engine = engine_bench.run(_settings(ctx), quick=quick, progress=progress)
+            if profile is None:
+                from fraudstream.bench.profile import py_spy
+
+                profile = py_spy() is not None
+            engine, sampled = engine_bench.run(
+                _settings(ctx), quick=quick, progress=progress,
+                profile_s=(5.0 if quick else 30.0) if profile else None,
+            )  # fmt: skip
             update_section(out, "engine", "Local engine, end to end", engine, when, how)
+            if sampled is not None:
+                title = "Local engine profile (catch-up)"
+                update_text_section(out, "profile", title, sampled.markdown(), when, how)
             results += engine
         if only == "spark" or (only == "all" and importlib.util.find_spec("pyspark")):
             settings = _settings(ctx)
-            spark = engine_bench.run(settings, quick=quick, progress=progress, engine="spark")
+            spark, _ = engine_bench.run(settings, quick=quick, progress=progress, engine="spark")
             title = f"Spark engine ({settings.spark.master}), end to end"
             update_section(out, "spark", title, spark, when, how)
             results += spark

@@ -38,6 +38,7 @@ from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
 from fraudstream import bus
+from fraudstream.bench.profile import Profile, record
 from fraudstream.bench.stages import Result
 from fraudstream.clock import SystemClock
 from fraudstream.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings, TopicSettings, env_name
@@ -102,6 +103,7 @@ class EngineBench:
         self.workload = workload
         self.sizes = sizes
         self.progress = progress
+        self.profile: Profile | None = None  # of the first catch-up, when asked for
         self.params = workload.params()
 
     @contextmanager
@@ -138,14 +140,21 @@ class EngineBench:
 
     # --- trials --------------------------------------------------------------------------
 
-    def catch_up(self) -> Result:
+    def catch_up(self, repeats: int = 1, profile_s: float | None = None) -> Result:
+        """One engine drains the same backlog ``repeats`` times (a fresh database and group
+        each time); the first drain is sampled by py-spy for ``profile_s`` seconds."""
         trial, sent = self.backlog()
-        drained = self.drain(trial, sent)
+        rates = []
+        for run in range(repeats):
+            if run:
+                trial = self.trial(like=trial)
+            drained = self.drain(trial, sent, profile_s=profile_s if run == 0 else None)
+            rates.append(drained.rate)
         return Result(
             "catch-up: one engine drains a backlog",
-            drained.rate,
+            statistics.median(rates),
             "tx/s",
-            [drained.rate],
+            rates,
             f"{drained.rows:,} transactions, first to last stored row; broker and database on "
             "this host",
         )
@@ -173,14 +182,26 @@ class EngineBench:
         return self._trial(like.kafka.topics, like.kafka.partitions)
 
     def drain(
-        self, trial: Settings, sent: int, *, limit_s: float | None = None, join_s: float = 120.0
+        self,
+        trial: Settings,
+        sent: int,
+        *,
+        limit_s: float | None = None,
+        join_s: float = 120.0,
+        profile_s: float | None = None,
     ) -> Drained:
         """One engine scores the ``sent`` transactions of ``trial``'s topic from the start (or
-        for ``limit_s`` after it has its partitions, given ``join_s`` to get them)."""
+        for ``limit_s`` after it has its partitions, given ``join_s`` to get them); with
+        ``profile_s``, py-spy samples it for that long after a few seconds of warm-up (kept
+        in ``self.profile``)."""
         started = time.monotonic()
         with self._engines(trial, 1, join_s) as pids:
             joined_s = time.monotonic() - started
             self.progress("catch-up: one engine draining the backlog")
+            if profile_s:
+                time.sleep(5)
+                self.progress(f"catch-up: sampling the engine with py-spy for {profile_s:.0f} s")
+                self.profile = record(pids[0], profile_s)
             if limit_s is None:
                 _wait(lambda: _committed(trial) >= sent, 3_600, "the backlog to be scored")
             else:
@@ -195,30 +216,31 @@ class EngineBench:
         rows, seconds = _stored_span(trial)
         return Drained(rows, seconds, peak_rss, joined_s)
 
-    def sustained(self, start_rate: float) -> Result:
+    def sustained(self, start_rate: float, engines: int = 1) -> Result:
         """Lower the rate from ``start_rate`` until lag stays flat for the measured window."""
         rate = _round_rate(start_rate)
         tried: list[str] = []
         best = 0.0
         for _ in range(self.sizes.max_trials):
-            flat, note = self._hold(rate)
+            flat, note = self._hold(rate, engines)
             tried.append(f"{rate:,.0f} {'flat' if flat else 'growing'} ({note})")
             if flat:
                 best = rate
                 break
             rate = _round_rate(rate * 0.85)
+        who = "one engine" if engines == 1 else f"{engines} engine processes"
         return Result(
-            "sustained: lag flat, one engine, producer on this host",
+            f"sustained: lag flat, {who}, producer on this host",
             best,
             "tx/s",
             [best],
             f"{self.sizes.sustained_s:.0f} s held per rate; tried " + "; ".join(tried),
         )
 
-    def _hold(self, rate: float) -> tuple[bool, str]:
+    def _hold(self, rate: float, engines: int = 1) -> tuple[bool, str]:
         trial = self._trial()
         samples: list[tuple[float, int]] = []
-        with self._engines(trial, 1):
+        with self._engines(trial, engines):
             self.progress(f"sustained: {rate:,.0f} tx/s for {self.sizes.sustained_s:.0f} s")
             duration = self.sizes.warmup_s + self.sizes.sustained_s
             producer = _Background(lambda: self._produce(trial, rate=rate, duration_s=duration))
@@ -238,28 +260,36 @@ class EngineBench:
         allowed = max(rate * seconds, 2 * trial.engine.batch_max_messages)
         return growth <= allowed, f"lag {head:,.0f} → {tail:,.0f}"
 
-    def latency(self) -> list[Result]:
+    def latency(self, repeats: int = 1) -> list[Result]:
+        """Open-loop latency at each rate, ``repeats`` runs each (fresh topics and database);
+        the figures are the medians of the runs' percentiles."""
         results = []
         for rate in self.sizes.latency_rates:
-            trial = self._trial()
-            with self._engines(trial, 1):
-                self.progress(f"latency: {rate:,} tx/s")
-                # One stream: a second simulation would repeat the first one's transactions.
-                since = time.time() + self.sizes.warmup_s
-                duration = self.sizes.warmup_s + self.sizes.latency_s
-                self._produce(trial, rate=rate, duration_s=duration)
-                _wait(partial(_caught_up, trial), 120, "the engine to catch up")
-            p50, p95, p99, n = _latency(trial, since)
+            runs = [self._latency_run(rate) for _ in range(repeats)]
+            p50, p95, p99 = (statistics.median(run[i] for run in runs) for i in range(3))
+            n = sum(run[3] for run in runs)
             results.append(
                 Result(
                     f"latency at {rate:,} tx/s, append → stored (p50 / p95 / p99)",
                     p99,
                     "ms p99",
-                    [p50, p95, p99],
-                    f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms over {n:,} rows",
+                    [run[2] for run in runs],
+                    f"medians over {repeats} run(s): p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
+                    f"p99 {p99:.1f} ms; {n:,} rows",
                 )
             )
         return results
+
+    def _latency_run(self, rate: int) -> tuple[float, float, float, int]:
+        trial = self._trial()
+        with self._engines(trial, 1):
+            self.progress(f"latency: {rate:,} tx/s")
+            # One stream: a second simulation would repeat the first one's transactions.
+            since = time.time() + self.sizes.warmup_s
+            duration = self.sizes.warmup_s + self.sizes.latency_s
+            self._produce(trial, rate=rate, duration_s=duration)
+            _wait(partial(_caught_up, trial), 300, "the engine to catch up")
+        return _latency(trial, since)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -499,13 +529,21 @@ def _latency(trial: Settings, since_epoch: float) -> tuple[float, float, float, 
     return p50, p95, p99, int(str(row[1]))
 
 
-def run(base: Settings, *, quick: bool, progress: Progress, engine: str = "local") -> list[Result]:
-    """All end-to-end benchmarks of one engine; quick: tiny sizes that prove they run."""
+def run(
+    base: Settings, *, quick: bool, progress: Progress, engine: str = "local",
+    profile_s: float | None = None,
+) -> tuple[list[Result], Profile | None]:  # fmt: skip
+    """All end-to-end benchmarks of one engine (quick: tiny sizes that prove they run), and
+    the py-spy profile of its first catch-up when ``profile_s`` is given."""
     sizes = QUICK if quick else FULL if engine == "local" else FULL_SPARK
     workload = Workload(customers=2_000) if quick else Workload()
+    repeats = 1 if quick else 3
     bench = EngineBench(base, workload, sizes, progress, engine=engine)
     with bench.running():
-        catch_up = bench.catch_up()
-        sustained = bench.sustained(0.9 * catch_up.value)
-        latency = bench.latency()
-    return [catch_up, sustained, *latency]
+        catch_up = bench.catch_up(repeats, profile_s)
+        results = [catch_up, bench.sustained(0.9 * catch_up.value)]
+        if engine == "local":  # Spark's parallelism is its executors, not processes
+            single = results[1].value or 0.9 * catch_up.value
+            results.append(bench.sustained(1.2 * single, engines=2))
+        results += bench.latency(repeats)
+    return results, bench.profile

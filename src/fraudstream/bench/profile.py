@@ -8,13 +8,14 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Profile", "ProfilerMissing", "parse", "record"]
+__all__ = ["Profile", "ProfilerMissing", "parse", "py_spy", "record"]
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 
@@ -49,13 +50,13 @@ class Profile:
 
 def record(pid: int, seconds: float, rate: int = 200) -> Profile:
     """Sample ``pid`` for ``seconds`` at ``rate`` Hz (the process keeps running meanwhile)."""
-    py_spy = shutil.which("py-spy") or _beside_python("py-spy")
-    if py_spy is None:
+    profiler = py_spy()
+    if profiler is None:
         raise ProfilerMissing("py-spy is not installed: pip install 'fraudstream[dev]'")
     with tempfile.TemporaryDirectory(prefix="fraudstream-profile-") as root:
         out = Path(root) / "stacks.txt"
         done = subprocess.run(
-            [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+            [profiler, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
              "--rate", str(rate), "--format", "raw", "--output", str(out), "--nonblocking"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
@@ -101,11 +102,10 @@ def _function(frame: str) -> str:
     return f"{match['function']} ({path})"
 
 
-def _beside_python(name: str) -> str | None:
-    import sys
-
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else None
+def py_spy() -> str | None:
+    """py-spy's executable: on the PATH, or beside this Python (a virtual environment's)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
 
 
 def _code(name: str) -> str:

@@ -13,7 +13,7 @@ import psutil
 
 from fraudstream.bench.stages import Result
 
-__all__ = ["machine", "update_section"]
+__all__ = ["machine", "update_section", "update_text_section"]
 
 _PACKAGES = ("numpy", "pandas", "pyarrow", "xgboost-cpu", "confluent-kafka", "psycopg", "msgspec")
 
@@ -55,9 +55,16 @@ def update_section(
     path: Path, name: str, title: str, results: list[Result], when: datetime, how: str
 ) -> None:
     """Replace (or add) the section ``name`` of the report, leaving the others as they are."""
+    update_text_section(path, name, title, _table(results), when, how)
+
+
+def update_text_section(
+    path: Path, name: str, title: str, content: str, when: datetime, how: str
+) -> None:
+    """``update_section`` with any markdown as the section's content."""
     body = (
         f"<!-- bench:{name} -->\n## {title}\n\n"
-        f"Measured {when:%Y-%m-%d %H:%M} UTC on: {machine()}.\n\n{_table(results)}\n\n"
+        f"Measured {when:%Y-%m-%d %H:%M} UTC on: {machine()}.\n\n{content}\n\n"
         f"Reproduce: `{how}`\n<!-- /bench:{name} -->"
     )
     text = path.read_text() if path.exists() else _HEADER
