@@ -322,36 +322,29 @@ def init(ctx: typer.Context) -> None:
     before it starts the engine; the Docker Compose `init` service."""
     import psycopg
 
-    from fraudstream import bus
-    from fraudstream.clock import SystemClock
-    from fraudstream.model.bootstrap import ensure_model
-    from fraudstream.store import migrations
-    from fraudstream.store.db import connect
-    from fraudstream.store.roles import ensure_dashboard_role
+    from fraudstream.stack import UpReport
 
     settings = _settings(ctx)
+    password = _dashboard_role_password(settings)
     with err.status("preparing fraudstream…") as status:
-        status.update(f"waiting for Kafka at {settings.kafka.bootstrap}…")
-        if not bus.ping(settings.kafka, timeout_s=settings.start_timeout_s):
-            hint = " (start it with `fraudstream up`)" if settings.kafka.managed else ""
-            _fail(f"Kafka at {settings.kafka.bootstrap} does not answer metadata requests{hint}")
-        topics = bus.ensure_topics(settings.kafka)
-        status.update("migrating the database schema…")
         try:
-            with connect(settings) as conn:
-                applied = [m.version for m in migrations.migrate(conn)]
-                password = _dashboard_role_password(settings)
-                if password is not None:
-                    ensure_dashboard_role(conn, password)
+            report = _stack(ctx).prepare(
+                UpReport(), lambda message: status.update(message + "…"),
+                dashboard_password=password,
+            )  # fmt: skip
+        except ServiceError as error:
+            hint = " (start it with `fraudstream up`)" if settings.kafka.managed else ""
+            _fail(f"{error}{hint}")
         except psycopg.OperationalError as error:
             _fail(f"cannot reach PostgreSQL: {str(error).strip().splitlines()[0]}")
-        version = ensure_model(settings, SystemClock(), lambda message: status.update(message))
+    topics, applied = report.topics_created, report.migrations_applied
     out.print(f"topics: created {', '.join(topics)}" if topics else "topics: all exist")
     out.print(
         f"database schema migrated to version {max(applied)}" if applied else "schema: current"
     )
     if password is not None:
         out.print("dashboard database user: ready")
+    version = report.model_trained
     out.print(
         f"trained and promoted a first model, {version}" if version else "model: one is current"
     )

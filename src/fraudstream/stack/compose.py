@@ -112,28 +112,45 @@ class Stack:
                 progress(f"starting {service.name} on {service.address}")
                 service.start()
                 report.started.append(service.name)
-            progress("checking the broker and creating topics")
-            if not bus.ping(self.settings.kafka, timeout_s=self.settings.start_timeout_s):
-                raise ServiceError(
-                    f"Kafka at {self.settings.kafka.bootstrap} does not answer metadata requests"
-                )
-            report.topics_created = bus.ensure_topics(self.settings.kafka)
-            progress("migrating the database schema")
-            with connect(self.settings) as conn:
-                report.migrations_applied = [m.version for m in migrations.migrate(conn)]
-                if self.settings.database.managed:
-                    ensure_dashboard_role(conn, self.database.dashboard_password())
+            password = (
+                self.database.dashboard_password() if self.settings.database.managed else None
+            )
+            self.prepare(report, progress, dashboard_password=password, train=bool(self.pipeline))
             if self.pipeline:
                 self._start_pipeline(report, progress)
         return report
 
-    def _start_pipeline(self, report: UpReport, progress: Callable[[str], None]) -> None:
-        from fraudstream.clock import SystemClock
-        from fraudstream.model.bootstrap import ensure_model
+    def prepare(
+        self,
+        report: UpReport,
+        progress: Callable[[str], None] = lambda _message: None,
+        *,
+        dashboard_password: str | None,
+        train: bool = True,
+    ) -> UpReport:
+        """Ready the configured broker and database (managed or external) for the pipeline:
+        topics, schema, the dashboard's database user (given its password) and, with
+        ``train``, a first model if none is current. What `up` does once its services run;
+        all that `fraudstream init` does."""
+        progress("checking the broker and creating topics")
+        if not bus.ping(self.settings.kafka, timeout_s=self.settings.start_timeout_s):
+            raise ServiceError(
+                f"Kafka at {self.settings.kafka.bootstrap} does not answer metadata requests"
+            )
+        report.topics_created = bus.ensure_topics(self.settings.kafka)
+        progress("migrating the database schema")
+        with connect(self.settings) as conn:
+            report.migrations_applied = [m.version for m in migrations.migrate(conn)]
+            if dashboard_password is not None:
+                ensure_dashboard_role(conn, dashboard_password)
+        if train:
+            from fraudstream.clock import SystemClock
+            from fraudstream.model.bootstrap import ensure_model
 
-        version = ensure_model(self.settings, SystemClock(), progress)
-        if version is not None:
-            report.model_trained = version
+            report.model_trained = ensure_model(self.settings, SystemClock(), progress)
+        return report
+
+    def _start_pipeline(self, report: UpReport, progress: Callable[[str], None]) -> None:
         for service in self.pipeline:
             if service.is_running():
                 report.already_running.append(service.name)
