@@ -946,7 +946,8 @@ def bench(
         bool | None,
         typer.Option(
             help="Sample the local engine with py-spy during its first catch-up and add the "
-            "profile to the report (default: when py-spy is installed, as with the dev extra)."
+            "profile to the report (default: when py-spy is installed, as with the dev extra, "
+            "and may attach to the engine: as root or with kernel.yama.ptrace_scope 0)."
         ),
     ] = None,
 ) -> None:
@@ -979,9 +980,9 @@ def bench(
             results += [generation, *model]
         if only in ("all", "engine"):
             if profile is None:
-                from fraudstream.bench.profile import py_spy
+                from fraudstream.bench.profile import can_sample
 
-                profile = py_spy() is not None
+                profile = can_sample()
             engine, sampled = engine_bench.run(
                 _settings(ctx), quick=quick, progress=progress,
                 profile_s=(5.0 if quick else 30.0) if profile else None,

@@ -5,6 +5,7 @@ that were on top of the stack (own time)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Profile", "ProfilerMissing", "parse", "py_spy", "record"]
+__all__ = ["Profile", "ProfilerMissing", "can_sample", "parse", "py_spy", "record"]
 
 _FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 
@@ -100,6 +101,18 @@ def _function(frame: str) -> str:
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{match['function']} ({path})"
+
+
+def can_sample() -> bool:
+    """py-spy is installed and may attach to the engine, a process it did not start: as
+    root, or where Yama's ptrace scope allows it (0); most desktops default to 1."""
+    if py_spy() is None:
+        return False
+    try:
+        scope = Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip()
+    except OSError:
+        scope = "0"  # no Yama: classic ptrace rules, same user
+    return os.geteuid() == 0 or scope == "0"
 
 
 def py_spy() -> str | None:
