@@ -83,9 +83,10 @@ class TopicSettings(_Section):
     labels: str = "labels"
     alerts: str = "alerts"
     dlq: str = "transactions.dlq"
+    labels_dlq: str = "labels.dlq"
 
     def all(self) -> list[str]:
-        return [self.transactions, self.labels, self.alerts, self.dlq]
+        return [self.transactions, self.labels, self.alerts, self.dlq, self.labels_dlq]
 
 
 class KafkaSettings(_Section):
@@ -107,6 +108,13 @@ class KafkaSettings(_Section):
         default="512m", pattern=r"^\d+[mMgG]$", description="JVM -Xmx for the broker."
     )
     partitions: int = Field(default=4, ge=1, le=1024)
+    max_message_bytes: int = Field(
+        default=1_048_576,
+        ge=65_536,
+        le=64 * 1_048_576,
+        description="Largest message the topics accept and the producers send (one limit for "
+        "both, so anything the broker took can be dead-lettered).",
+    )
     replication_factor: int = Field(default=1, ge=1, le=16)
     topics: TopicSettings = Field(default_factory=TopicSettings)
     java: str = Field(
@@ -214,6 +222,9 @@ class ModelSettings(_Section):
 
 
 class EngineSettings(_Section):
+    kind: Literal["local", "spark"] = Field(
+        default="local", description="Which engine `fraudstream score` runs (engines/base.py)."
+    )
     group_id: str = Field(default="fraudstream-engine", min_length=1, max_length=200)
     batch_max_messages: int = Field(default=5000, ge=1, le=1_000_000)
     batch_max_ms: int = Field(
@@ -229,6 +240,13 @@ class EngineSettings(_Section):
         default=7, ge=0, le=365, description="Days after which a day's labels count as final."
     )
     engine_id: str | None = Field(default=None, description="Default: host name and pid.")
+    allowed_lateness_s: float = Field(
+        default=3600.0,
+        ge=0,
+        le=86_400,
+        description="How far behind its partition's newest event time a transaction may be and "
+        "still count in terminal activity (later ones are scored, flagged late, not counted).",
+    )
 
 
 class SparkSettings(_Section):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
+import hashlib
+
 import msgspec
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "Invalid",
     "Label",
     "Transaction",
+    "content_digest",
     "decode_label",
     "decode_transaction",
     "encode",
@@ -98,6 +101,23 @@ def _too_large(payload: bytes) -> str:
     return f"payload of {len(payload)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
 
 
+def _unstorable_text(record: msgspec.Struct) -> str | None:
+    """PostgreSQL text cannot hold a NUL character: refuse it here, as a record error, rather
+    than let it fail a whole batch's COPY later."""
+    for name in record.__struct_fields__:
+        value = getattr(record, name)
+        if isinstance(value, str) and "\x00" in value:
+            return f"{name} contains a NUL character (\\u0000), which PostgreSQL text cannot store"
+    return None
+
+
+def content_digest(record: Transaction) -> int:
+    """A signed 64-bit digest of a transaction's canonical encoding: equal for the same content
+    however the JSON was written, so a reused ``tx_id`` can be told from a replay."""
+    digest = hashlib.blake2b(_encoder.encode(record), digest_size=8).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
 def decode_transaction(payload: bytes, *, now: datetime) -> Transaction | Invalid:
     """Parse and validate one message; ``now`` bounds how far in the future event time may be."""
     if len(payload) > MAX_MESSAGE_BYTES:
@@ -113,18 +133,21 @@ def decode_transaction(payload: bytes, *, now: datetime) -> Transaction | Invali
             f"event_time {record.event_time.isoformat()} is outside "
             f"[{_EARLIEST.date()}, now + {_FUTURE_SLACK.days} day]"
         )
-    return record
+    unstorable = _unstorable_text(record)
+    return Invalid(f"invalid transaction: {unstorable}") if unstorable else record
 
 
 def decode_label(payload: bytes) -> Label | Invalid:
     if len(payload) > MAX_MESSAGE_BYTES:
         return Invalid(_too_large(payload))
     try:
-        return _label_decoder.decode(payload)
+        label = _label_decoder.decode(payload)
     except msgspec.ValidationError as error:
         return Invalid(f"invalid label: {error}")
     except msgspec.DecodeError as error:
         return Invalid(f"not valid JSON: {error}")
+    unstorable = _unstorable_text(label)
+    return Invalid(f"invalid label: {unstorable}") if unstorable else label
 
 
 def json_schema(record: type[Transaction] | type[Label]) -> dict[str, Any]:

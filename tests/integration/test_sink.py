@@ -13,7 +13,7 @@ import pytest
 from fraudstream.config import Settings
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store.db import connect
-from fraudstream.store.sink import Checkpoint, Observed, PredictionSink
+from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, Unstorable
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -36,6 +36,10 @@ def _batch(prefix: str, n: int, engine: str) -> pd.DataFrame:
             "kafka_offset": list(range(n)),
             "kafka_time": [NOW - timedelta(milliseconds=30)] * n,
             "scored_at": [NOW - timedelta(milliseconds=5)] * n,
+            "content_hash": list(range(n)),
+            "features": [[float(i), float("nan")] for i in range(n)],
+            "rules_version": ["r-test"] * n,
+            "late": [i == n - 1 for i in range(n)],
         }
     )
 
@@ -76,7 +80,13 @@ def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
         "SELECT sum(tx_count) FROM rollup_minute WHERE engine = %s", (engine,)
     ).fetchone() == (40,)
     assert sink.offsets("transactions") == {0: 40}
-    assert sink.snapshots("transactions") == {0: (40, b"state-at-40")}
+    assert sink.snapshots("transactions") == {0: (40, b"state-at-40", None)}
+    kept = db.execute(
+        "SELECT content_hash, features[1], features[2] = 'NaN', rules_version, late "
+        "FROM fraud_predictions WHERE tx_id = %s",
+        (f"{engine}-39",),
+    ).fetchone()
+    assert kept == (39, 39.0, True, "r-test", True)
 
 
 def test_latency_lands_in_the_right_bucket(
@@ -99,8 +109,11 @@ def test_a_failed_batch_leaves_no_trace(
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 10, engine)
     batch.loc[9, "decision"] = "maybe"  # violates the check constraint
-    with pytest.raises(psycopg.errors.CheckViolation):
+    batch.loc[4, "tx_id"] = "nul\x00inside"  # text PostgreSQL cannot store
+    with pytest.raises(Unstorable) as refused:
         sink.write(batch, [Checkpoint("transactions", 3, 10)])
+    assert [row for row, _ in refused.value.rows] == [4, 9]
+    assert "0x00" in refused.value.rows[0][1] and "decision_check" in refused.value.rows[1][1]
     assert db.execute(
         "SELECT count(*) FROM fraud_predictions WHERE engine = %s", (engine,)
     ).fetchone() == (0,)
@@ -117,9 +130,9 @@ def test_terminal_daily_counts_only_new_rows(
     batch["terminal_id"] = f"T-{engine}"
     sink.write(batch, [])
     sink.write(batch, [])
-    assert db.execute(
+    assert db.execute(  # the last row is late: scored and stored, never counted
         "SELECT sum(tx_count) FROM terminal_daily WHERE terminal_id = %s", (f"T-{engine}",)
-    ).fetchone() == (6,)
+    ).fetchone() == (5,)
 
 
 def test_observed_features_count_once_and_terminals_are_located_once(

@@ -1,11 +1,17 @@
 """The local engine: a Kafka consumer-group application scoring vectorised micro-batches.
 
-Per batch: decode and validate (bad messages to the dead-letter topic), features per
-partition with the shared feature code, score, decide, then one PostgreSQL transaction with
-the predictions, the consumed offsets and (periodically) each partition's card state. Alerts
-are produced after the commit. On every partition assignment the engine restores the card
-state stored in PostgreSQL and seeks to the offset it was taken at; the replayed messages give
-the same rows, which the primary key absorbs.
+Per batch: decode and validate, then the pure step (``engines/step.py``) with the terminal
+tables the batch's days need, fetched or sealed first (``engines/terminals.py``); a
+partition whose next record needs a table that may not be sealed yet waits (paused) until the
+other partitions' watermarks allow it. Then one PostgreSQL transaction with the predictions,
+the dead letters' records, the consumed offsets and watermarks and (periodically) each
+partition's card state; alerts are produced after the commit, for rows this engine inserted
+(or inserted before a crash from the same message). On every partition assignment the engine
+restores the card state stored in PostgreSQL and seeks to the offset it was taken at; the
+replayed messages give the same rows, which the primary key absorbs.
+
+Commit order per batch (the sink contract): dead letters acknowledged by Kafka → predictions,
+projections, offsets, watermarks and card state in one PostgreSQL transaction → alerts.
 
 The PostgreSQL write of a batch runs on a writer thread while the next batch is decoded and
 scored (one batch in flight), so the database and the Python work overlap. When the database
@@ -21,6 +27,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -34,43 +41,43 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from fraudstream.clock import Clock
-from fraudstream.config import Settings
-from fraudstream.engines.common import (
-    DeadLetter,
-    DeadLetterError,
-    StatusReporter,
-    TerminalRisk,
-    dead_letter,
-    decision_rules,
-    empty_predictions,
-    engine_id,
+from fraudstream.bus.alerts import publish_alerts
+from fraudstream.bus.clients import (
     engine_producer,
     first_line,
     message_offset,
     message_partition,
-    observed,
-    predictions_frame,
-    publish_alerts,
+    retry,
     transient,
 )
-from fraudstream.features import FEATURES_VERSION, CardState, FeatureComputer, TerminalTable
+from fraudstream.bus.deadletter import DeadLetterError, dead_letter
+from fraudstream.clock import Clock
+from fraudstream.config import Settings
+from fraudstream.engines.base import EngineStats, ModelHolder, decision_rules, engine_id
+from fraudstream.engines.scoring import observed
+from fraudstream.engines.step import Decoded, PartitionState, StoredId, blocked_at, step
+from fraudstream.engines.terminals import LabelReader, TerminalTables
+from fraudstream.features import FEATURES_VERSION, CardState
 from fraudstream.features.definitions import CARD_STATE_TTL
+from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress
 from fraudstream.model.registry import Registry
-from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
-from fraudstream.schema import Invalid, Transaction, decode_transaction
+from fraudstream.records import Rejected
+from fraudstream.schema import Transaction, decode_transaction
 from fraudstream.store.db import connect
+from fraudstream.store.outcomes import promise_watermarks, stored_progress
 from fraudstream.store.quality import refresh_quality
-from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, StoredBatch
+from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, StoredBatch, Unstorable
+from fraudstream.store.status import StatusReporter
 
 __all__ = ["EngineStats", "LocalEngine"]
 
 log = logging.getLogger("fraudstream.engine")
 
-_FIELDS = [name for name in Transaction.__struct_fields__]
 _BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
 _EXPIRE_EVERY_S = 300.0  # how often idle cards are forgotten (a pass over every card)
+_BLOCKED_RETRY_S = 0.2  # how often a waiting partition asks whether its table can be sealed
+_LABELS_EVERY_S = 5.0  # how often labels are read into PostgreSQL besides sealing tables
 
 
 class Unavailable(Exception):
@@ -79,21 +86,15 @@ class Unavailable(Exception):
 
 @dataclass
 class _Batch:
+    """What the writer thread stores and publishes for one step."""
+
     predictions: pd.DataFrame
     checkpoints: list[Checkpoint]
-    rejected: list[tuple[str, int, int, str]]
+    rejected: list[Rejected]
     flush_alerts_first: bool  # a snapshot moves the replay point past earlier alerts
     observed: Observed | None = None
-
-
-@dataclass
-class EngineStats:
-    batches: int = 0
-    scored: int = 0
-    stored: int = 0
-    rejected: int = 0
-    alerts: int = 0
-    batch_ms: list[float] = field(default_factory=list)
+    redelivered: frozenset[str] = frozenset()
+    sources: dict[str, Decoded] = field(default_factory=dict)  # tx_id → its message
 
 
 class LocalEngine:
@@ -108,25 +109,26 @@ class LocalEngine:
         self.topic = settings.kafka.topics.transactions
         self.group = settings.engine.group_id
         self.engine_id = engine_id(settings)
-        self.registry = Registry(settings.models_dir)
-        self.scorer = Scorer(self.registry.load())
+        self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
+        self.models = ModelHolder(Registry(settings.models_dir))
         self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)  # the main thread's: tables, labels, status, snapshots
         self.sink = PredictionSink(
             connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
         )  # the writer thread's
         self.owned: list[int] = []  # partitions assigned to this engine
-        self.states: dict[int, CardState] = {}  # partitions restored and being scored
+        self.partitions: dict[int, PartitionState] = {}  # restored and being scored
         self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
+        self.blocked: dict[int, np.datetime64] = {}  # partition → day whose table it waits for
         self.stats = EngineStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
         self._in_flight: Future[StoredBatch] | None = None
+        self._unstored: dict[str, StoredId] = {}  # the rows of the batch in flight
         self._broken = False  # a failure left the in-memory state ahead of the database
-        kafka = settings.kafka.client_config()
         self.consumer = Consumer(
             {
-                **kafka,
+                **settings.kafka.client_config(),
                 "group.id": self.group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
@@ -137,16 +139,23 @@ class LocalEngine:
                 "log_level": 3,
             }
         )
-        self.terminals = TerminalRisk(settings, self.group)
-        self.producer = engine_producer(settings)
+        self.producer = engine_producer(settings.kafka)
+        self.labels = LabelReader(settings, self.group, self.producer)
+        self.tables = TerminalTables(self.labels, lateness=self.lateness, built_by=self.engine_id)
         self._model_checked = 0.0
         self._status_written = 0.0
         self._quality_checked = time.monotonic()  # not in the first minutes of a (re)start
         self._expired_at = time.monotonic()
+        self._labels_read = 0.0
+        self._blocked_retry = 0.0
         self._newest = pd.Timestamp(0, tz="UTC")  # the newest event time scored
         self._reporter = StatusReporter(
             engine_id=self.engine_id, engine=self.name, group=self.group, started_at=clock.now()
         )
+
+    @property
+    def scorer(self):  # type: ignore[no-untyped-def]
+        return self.models.scorer
 
     # --- partitions --------------------------------------------------------------------
 
@@ -172,23 +181,27 @@ class LocalEngine:
             self._wait_written()  # the next owner resumes from what is committed
         except Exception as error:  # not committed: the next owner scores the batch again
             log.warning("batch in flight at revocation not stored: %s", error)
-        self.owned, self.states, self.expected, self.snapshot_due = [], {}, {}, {}
+        self.owned, self.partitions, self.expected, self.snapshot_due = [], {}, {}, {}
+        self.blocked = {}
         consumer.unassign()
 
     def _restore(self) -> dict[int, int]:
-        """Card state and resume offset of every owned partition, from PostgreSQL."""
+        """Card state, watermark and resume offset of every owned partition, from PostgreSQL."""
         snapshots = self.sink.snapshots(self.topic)
         offsets = {}
-        self.states, self.expected, self.snapshot_due = {}, {}, {}
+        self.partitions, self.expected, self.snapshot_due, self.blocked = {}, {}, {}, {}
         for partition in self.owned:
             stored = snapshots.get(partition)
             if stored is None:
-                self.states[partition] = CardState()
+                self.partitions[partition] = PartitionState()
                 offsets[partition] = OFFSET_BEGINNING
                 self.expected[partition] = None  # whatever the log starts at
             else:
-                offset, blob = stored
-                self.states[partition] = CardState.from_bytes(blob)
+                offset, blob, watermark = stored
+                self.partitions[partition] = PartitionState(
+                    CardState.from_bytes(blob),
+                    int(NO_WATERMARK) if watermark is None else watermark,
+                )
                 offsets[partition] = offset
                 self.expected[partition] = offset
             self.snapshot_due[partition] = 0.0  # snapshot at the first batch
@@ -198,7 +211,7 @@ class LocalEngine:
 
     def run(self, max_idle_s: float | None = None) -> EngineStats:
         """Process batches until ``stop`` is set (or, once partitions are assigned, nothing
-        arrives for ``max_idle_s``)."""
+        arrives for ``max_idle_s`` while no partition waits for a terminal table)."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         idle_since = time.monotonic()
         try:
@@ -216,7 +229,7 @@ class LocalEngine:
                         error = message.error()
                         if error is not None and error.code() != KafkaError._PARTITION_EOF:
                             log.warning("consumer error: %s", error)
-                    if usable or not self.states:  # idle counts once partitions are assigned
+                    if usable or not self.partitions or self.blocked:
                         if usable:
                             self.process(usable)
                         idle_since = time.monotonic()
@@ -251,61 +264,191 @@ class LocalEngine:
         self.producer.flush(10)
         try:
             self.consumer.close()
-            self.terminals.close()
+            self.labels.close()
         finally:
             self.conn.close()
             self.sink.conn.close()
 
     def process(self, messages: list[Message]) -> None:
+        """Decode ``messages`` and process them in steps: each step takes, per partition, the
+        records whose terminal tables exist; a table that does not exist yet is sealed when
+        the logs allow it, else its partition waits."""
         started = time.perf_counter()
-        now = self.clock.now()
         kept = self._contiguous(messages)
         if not kept:
             return
-        valid: list[tuple[Transaction, int, Message]] = []
-        rejected: list[tuple[Message, str]] = []
-        for partition, _, message in kept:
-            record = decode_transaction(message.value() or b"", now=now)
-            if isinstance(record, Invalid):
-                rejected.append((message, record.reason))
-            else:
-                valid.append((record, partition, message))
-        predictions, seen = empty_predictions(), None
-        if valid:
-            batch = _frame(valid)
-            self._newest = max(self._newest, batch["event_time"].max())
-            computer = FeatureComputer(tables=self._table)
-            features = computer.compute_partitioned(
-                batch, batch["_partition"].to_numpy(), self.states
+        now = self.clock.now()
+        items = [
+            Decoded(
+                self.topic, partition, offset, message.key(), message.value() or b"",
+                message.timestamp()[1] if message.timestamp()[1] > 0 else None,
+                decode_transaction(message.value() or b"", now=now),
             )
-            predictions = self._predict(batch, features)
-            seen = observed(batch, features, self.scorer, self.name)
-        if rejected:
-            self._dead_letter(rejected)
-        checkpoints, snapshotting = self._checkpoints({partition for partition, _, _ in kept})
-        self._submit(
-            _Batch(
-                predictions,
-                checkpoints,
-                [
-                    (str(m.topic()), message_partition(m), message_offset(m), reason)
-                    for m, reason in rejected
-                ],
-                flush_alerts_first=snapshotting,
-                observed=seen,
-            )
-        )
-        self.stats.batches += 1
-        self.stats.scored += len(predictions)
-        self.stats.rejected += len(rejected)
+            for partition, offset, message in kept
+        ]  # fmt: skip
+        while items:
+            days = {day for day in (item.day for item in items) if day is not None}
+            tables = self.tables.available(self.conn, days)
+            ready, waiting = blocked_at(items, set(tables))
+            if ready:
+                self._step(ready, tables)
+            if not waiting:
+                break
+            items = [
+                i
+                for i in items
+                if i.partition in waiting and i.offset >= waiting[i.partition].offset
+            ]
+            if not self._seal_for(waiting):
+                self._hold(waiting)
+                break
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
         del self.stats.batch_ms[:-1000]
+
+    def _step(self, items: list[Decoded], tables: dict[np.datetime64, object]) -> None:
+        valid_ids = [i.record.tx_id for i in items if isinstance(i.record, Transaction)]
+        result = step(
+            items, self.partitions, tables, self._stored_ids(valid_ids),  # type: ignore[arg-type]
+            scorer=self.scorer, rules=self.rules, scored_at=self.clock.now(),
+            engine=self.name, lateness=self.lateness,
+        )  # fmt: skip
+        self._late_after_seal(result.predictions)
+        rejected = self._dead_letter(result.rejected)
+        seen = None
+        if len(result.predictions):
+            self._newest = max(self._newest, result.predictions["event_time"].max())
+            seen = observed(result.batch, result.features, self.scorer, self.name)
+        next_offsets: dict[int, int] = {}
+        for item in items:
+            next_offsets[item.partition] = max(next_offsets.get(item.partition, 0), item.offset + 1)
+        checkpoints, snapshotting = self._checkpoints(next_offsets)
+        self._submit(
+            _Batch(
+                result.predictions, checkpoints, rejected, flush_alerts_first=snapshotting,
+                observed=seen, redelivered=result.redelivered,
+                sources={i.record.tx_id: i for i in items if isinstance(i.record, Transaction)},
+            )
+        )  # fmt: skip
+        self.stats.batches += 1
+        self.stats.scored += len(result.predictions)
+        self.stats.rejected += len(result.rejected)
+        self.stats.late += result.late
+        self.stats.replays += result.replays
+        self.stats.conflicts += result.conflicts
+
+    def _late_after_seal(self, predictions: pd.DataFrame) -> None:
+        """Mark late the rows a sealed table should have counted but did not: possible only
+        after a table was sealed with an idle partition that then received older records."""
+        if not len(predictions):
+            return
+        sealed = self.tables.newest_sealed(self.conn)
+        if sealed is None:
+            return
+        days = predictions["event_time"].dt.tz_localize(None).to_numpy().astype("datetime64[D]")
+        missed = (days <= sealed - np.timedelta64(2, "D")) & ~predictions["late"].to_numpy()
+        if missed.any():
+            log.warning(
+                "%d records older than the sealed terminal table of %s counted as late",
+                int(missed.sum()), sealed,
+            )  # fmt: skip
+            predictions.loc[missed, "late"] = True
+            self.stats.late += int(missed.sum())
+
+    def _stored_ids(self, tx_ids: list[str]) -> dict[str, StoredId]:
+        """Which of ``tx_ids`` are stored (or in flight), from which message, with what
+        content: what tells a replay or a reused id from a new transaction."""
+        if not tx_ids:
+            return {}
+        rows = self.conn.execute(
+            "SELECT tx_id, content_hash, kafka_partition, kafka_offset FROM fraud_predictions "
+            "WHERE tx_id = ANY(%s)",
+            (tx_ids,),
+        ).fetchall()
+        self.conn.commit()
+        found = {
+            str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows
+        }
+        for tx_id in tx_ids:
+            in_flight = self._unstored.get(tx_id)
+            if in_flight is not None:
+                found.setdefault(tx_id, in_flight)
+        return found
+
+    # --- terminal tables -----------------------------------------------------------------
+
+    def _seal_for(self, waiting: dict[int, Decoded]) -> bool:
+        """Try to seal the table the earliest waiting record needs. Every waiting partition
+        first promises its next record's event time, so that engines owning the other
+        partitions can seal too."""
+        self._wait_written()
+        promises = {
+            p: (item.offset, int(pd.Timestamp(item.record.event_time).value // 1000))  # type: ignore[union-attr]
+            for p, item in waiting.items()
+        }
+        with self.conn.transaction():
+            promise_watermarks(self.conn, self.group, self.topic, promises)
+        day = min(item.day for item in waiting.values())  # type: ignore[type-var]
+        return self.tables.try_seal(self.conn, day, self._progress()) is not None
+
+    def _progress(self) -> dict[int, PartitionProgress]:
+        """Every transactions partition: how far the group's stored work goes, and the log's
+        end now."""
+        stored = stored_progress(self.conn, self.group, self.topic)
+        self.conn.commit()
+        metadata = retry(lambda: self.consumer.list_topics(self.topic, timeout=10), "metadata")
+        progress = {}
+        for partition in metadata.topics[self.topic].partitions:
+            low, high = retry(
+                lambda p=partition: self.consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=10
+                ),
+                "offsets",
+            )
+            next_offset, watermark = stored.get(partition, (low, int(NO_WATERMARK)))
+            progress[partition] = PartitionProgress(max(next_offset, low), watermark, high)
+        return progress
+
+    def _hold(self, waiting: dict[int, Decoded]) -> None:
+        """Pause the waiting partitions at their first unprocessed record."""
+        for partition, item in waiting.items():
+            self.expected[partition] = item.offset
+            self.blocked[partition] = item.day  # type: ignore[assignment]
+        self.consumer.pause([TopicPartition(self.topic, p) for p in waiting])
+        self._blocked_retry = time.monotonic() + _BLOCKED_RETRY_S
+        log.info(
+            "partitions %s wait for the terminal table of %s",
+            sorted(waiting),
+            min(self.blocked.values()),
+        )
+
+    def _unblock(self) -> None:
+        """Resume the waiting partitions once the table they wait for can be sealed."""
+        if not self.blocked or time.monotonic() < self._blocked_retry:
+            return
+        day = min(self.blocked.values())
+        if self.tables.try_seal(self.conn, day, self._progress()) is None:
+            self._blocked_retry = time.monotonic() + _BLOCKED_RETRY_S
+            return
+        waiting, self.blocked = self.blocked, {}
+        for partition in waiting:
+            offset = self.expected[partition]
+            assert offset is not None
+            self.consumer.seek(TopicPartition(self.topic, partition, offset))
+        self.consumer.resume([TopicPartition(self.topic, p) for p in waiting])
 
     # --- the writer thread ----------------------------------------------------------------
 
     def _submit(self, batch: _Batch) -> None:
         """Hand a batch to the writer once the previous one is committed."""
         self._wait_written()
+        predictions = batch.predictions
+        self._unstored = {
+            tx: StoredId(int(digest), int(partition), int(offset))
+            for tx, digest, partition, offset in zip(
+                predictions["tx_id"], predictions["content_hash"],
+                predictions["kafka_partition"], predictions["kafka_offset"], strict=True,
+            )
+        }  # fmt: skip
         self._in_flight = self._writer.submit(self._write, batch)
 
     def _wait_written(self) -> None:
@@ -313,21 +456,52 @@ class LocalEngine:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
             self.stats.stored += in_flight.result().inserted
+            self._unstored = {}
 
     def _write(self, batch: _Batch) -> StoredBatch:
         if batch.flush_alerts_first and self.producer.flush(30):
             raise Unavailable("alerts of earlier batches not acknowledged by Kafka within 30 s")
-        result = self.sink.write(
-            batch.predictions, batch.checkpoints, batch.rejected, batch.observed
+        try:
+            result = self.sink.write(
+                batch.predictions, batch.checkpoints, batch.rejected, batch.observed
+            )
+        except Unstorable as error:
+            result = self._write_storable(batch, error.rows)
+        # Alerts only for rows this engine stored: inserted now, or by this same message
+        # before a crash (its alert may not have gone out). Never for absorbed duplicates.
+        alerted = batch.predictions[
+            batch.predictions["tx_id"].isin(result.inserted_ids | batch.redelivered)
+        ]
+        self.stats.alerts += publish_alerts(
+            self.producer, self.settings.kafka.topics.alerts, alerted
         )
-        self._alert(batch.predictions)
         return result
+
+    def _write_storable(self, batch: _Batch, rows: list[tuple[int, str]]) -> StoredBatch:
+        """The batch without the rows PostgreSQL refused, which are dead-lettered instead;
+        with no such row, the projections were refused: store without them."""
+        if not rows:
+            log.warning("the batch's dashboard projections were refused; stored without them")
+            return self.sink.write(batch.predictions, batch.checkpoints, batch.rejected)
+        predictions = batch.predictions
+        letters = [
+            batch.sources[str(predictions["tx_id"].iat[row])].rejected(reason)
+            for row, reason in rows
+        ]
+        refused = self._dead_letter(letters)
+        self.stats.rejected += len(letters)
+        keep = np.setdiff1d(np.arange(len(predictions)), [row for row, _ in rows])
+        batch.predictions = predictions.iloc[keep].reset_index(drop=True)
+        return self.sink.write(
+            batch.predictions, batch.checkpoints, [*batch.rejected, *refused], None
+        )
 
     # --- recovery ------------------------------------------------------------------------
 
     def _recover(self) -> None:
         """Drop what is in flight, wait for PostgreSQL and Kafka, resume from stored state."""
         in_flight, self._in_flight = self._in_flight, None
+        self._unstored = {}
         if in_flight is not None:
             try:
                 in_flight.result()  # committed or not, the stored state says which
@@ -352,7 +526,6 @@ class LocalEngine:
                 self.stop.wait(delay)
                 delay = min(delay * 2, _BACKOFF_S[1])
                 continue
-            self.terminals.tables.clear()
             self._broken = False
             log.info("recovered: resuming partitions %s from the stored offsets", self.expected)
             return
@@ -373,12 +546,13 @@ class LocalEngine:
 
         A rebalance can revoke a partition after its messages were fetched, or hand back
         messages fetched before the engine re-seeked to its snapshot: scoring those with this
-        state would store wrong rows, so they are dropped and the partition re-seeked.
+        state would store wrong rows, so they are dropped and the partition re-seeked. A
+        partition waiting for a terminal table reads again from where it waits once resumed.
         """
         kept = []
         for message in messages:
             partition, offset = message_partition(message), message_offset(message)
-            if partition not in self.states:
+            if partition not in self.partitions or partition in self.blocked:
                 continue
             expected = self.expected.get(partition)
             if expected is not None and offset != expected:
@@ -394,64 +568,51 @@ class LocalEngine:
             kept.append((partition, offset, message))
         return kept
 
-    def _table(self, day: np.datetime64) -> TerminalTable:
-        """The terminal table of ``day``, built once from everything stored before it."""
-        return self.terminals.table(day, self.conn, before_building=self._wait_written)
-
-    def _predict(self, batch: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
-        return predictions_frame(
-            batch, features, self.scorer, self.rules, self.clock.now(), engine=self.name
-        )
-
-    def _dead_letter(self, rejected: list[tuple[Message, str]]) -> None:
-        dead_letter(
-            self.producer,
-            self.settings.kafka.topics.dlq,
-            (
-                DeadLetter(
-                    message.key(), message.value() or b"", str(message.topic()),
-                    message_partition(message), message_offset(message), reason,
-                )
-                for message, reason in rejected
-            ),
+    def _dead_letter(self, rejected: list[Rejected]) -> list[Rejected]:
+        """Send ``rejected`` to the dead-letter topic; the letters as ``dlq_events`` keeps them
+        (reasons extended for those Kafka refused even as an excerpt)."""
+        if not rejected:
+            return []
+        refused = dead_letter(
+            self.producer, self.settings.kafka.topics.dlq, rejected,
+            max_message_bytes=self.settings.kafka.max_message_bytes,
         )  # fmt: skip
+        extended = {(r.partition, r.offset): r for r in refused}
+        return [extended.get((r.partition, r.offset), r) for r in rejected]
 
-    def _checkpoints(self, partitions: set[int]) -> tuple[list[Checkpoint], bool]:
-        """Where each partition of the batch now stands, with the card state where a snapshot
+    def _checkpoints(self, next_offsets: dict[int, int]) -> tuple[list[Checkpoint], bool]:
+        """Where each partition of the step now stands, with the card state where a snapshot
         is due; and whether any snapshot is taken."""
         now = time.monotonic()
         checkpoints = []
         snapshotting = False
-        for partition in sorted(partitions):
+        for partition, next_offset in sorted(next_offsets.items()):
+            state = self.partitions[partition]
             snapshot = None
             if now >= self.snapshot_due.get(partition, 0.0):
-                snapshot = self.states[partition].to_bytes()
+                snapshot = state.cards.to_bytes()
                 self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
                 snapshotting = True
-            next_offset = self.expected[partition]
-            assert next_offset is not None  # set by _contiguous for every partition it kept
-            checkpoints.append(Checkpoint(self.topic, partition, next_offset, snapshot))
+            checkpoints.append(
+                Checkpoint(self.topic, partition, next_offset, state.watermark, snapshot)
+            )
         return checkpoints, snapshotting
-
-    def _alert(self, predictions: pd.DataFrame) -> None:
-        self.stats.alerts += publish_alerts(
-            self.producer, self.settings.kafka.topics.alerts, predictions
-        )
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        self._unblock()
+        if now - self._labels_read >= _LABELS_EVERY_S:
+            self._labels_read = now
+            self.labels.read(self.conn, timeout_s=1.0)  # for the dashboard; tables read their own
         if now - self._model_checked >= self.settings.engine.model_check_interval_s:
             self._model_checked = now
-            current = self.registry.current()
-            if current and current != self.scorer.version:
-                self.scorer = Scorer(self.registry.load(current))
-                log.info("switched to model %s", current)
+            self.models.refresh()
         if now - self._status_written >= self.settings.engine.status_interval_s:
             self._status_written = now
             self._write_status()
         if now - self._expired_at >= _EXPIRE_EVERY_S:
             self._expired_at = now
-            forgotten = sum(state.expire_idle() for state in self.states.values())
+            forgotten = sum(state.cards.expire_idle() for state in self.partitions.values())
             if forgotten:
                 log.info("forgot %d cards idle for over %s", forgotten, CARD_STATE_TTL)
         if now - self._quality_checked >= self.settings.engine.quality_interval_s:
@@ -466,7 +627,7 @@ class LocalEngine:
         """Throughput since the last report, lag and batch times: to the log and the table."""
         self._reporter.report(
             self.conn, self.stats, model_version=self.scorer.version,
-            partitions=sorted(self.states), lag=self._lag(),
+            partitions=sorted(self.partitions), lag=self._lag(),
         )  # fmt: skip
 
     def _lag(self) -> int | None:
@@ -481,18 +642,3 @@ class LocalEngine:
             return lag
         except Exception:  # lag is advisory; never stop scoring for it
             return None
-
-
-def _frame(items: list[tuple[Transaction, int, Message]]) -> pd.DataFrame:
-    """Decoded records as the canonical columns, plus where each came from."""
-    records = [record for record, _, _ in items]
-    # A list per field (about twice as fast as transposing each record's tuple).
-    frame = pd.DataFrame({name: [getattr(r, name) for r in records] for name in _FIELDS})
-    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
-    n = len(items)
-    frame["_partition"] = np.fromiter((partition for _, partition, _ in items), np.int32, n)
-    frame["_offset"] = np.fromiter((m.offset() for _, _, m in items), np.int64, n)
-    stamps = np.fromiter((m.timestamp()[1] for _, _, m in items), np.int64, n)
-    appended = pd.to_datetime(stamps, unit="ms", utc=True)
-    frame["_kafka_time"] = appended.where(stamps > 0)  # no broker time: unknown
-    return frame

@@ -1,37 +1,60 @@
-"""Labels in, terminal activity out: what the engines read and write besides predictions."""
+"""Labels in; terminal activity, sealed terminal tables and partition progress out.
+
+What the engines read and write besides predictions to make terminal features a pure function
+of the input logs (docs/adr/0006-deterministic-terminal-tables.md).
+"""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
 
-from fraudstream.features import TerminalActivity
-from fraudstream.features.terminal import count_buckets
+from fraudstream.features import TerminalActivity, TerminalTable
+from fraudstream.features.terminal import count_buckets, terminal_columns
+from fraudstream.features.watermarks import NO_WATERMARK
 from fraudstream.schema import Label
 
-__all__ = ["load_terminal_activity", "store_labels"]
+__all__ = [
+    "load_sealed_table",
+    "load_terminal_activity",
+    "newest_sealed_day",
+    "promise_watermarks",
+    "seal_table",
+    "store_labels",
+    "stored_progress",
+]
+
+_EPOCH = pd.Timestamp(0, tz="UTC")
 
 
-def store_labels(conn: psycopg.Connection[Any], labels: list[Label]) -> int:
-    """Insert labels idempotently (one per transaction and source); returns how many were new."""
+def store_labels(conn: psycopg.Connection[Any], labels: Sequence[Label]) -> int:
+    """Insert labels idempotently (one per transaction and source); returns how many were new.
+    Their ``known_at`` is set by the database's trigger (one rule for every writer)."""
     if not labels:
         return 0
     with conn.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) VALUES (%s, %s, %s, %s) "
+        cursor.execute(
+            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bool[], %s::timestamptz[]) "
             "ON CONFLICT (tx_id, source) DO NOTHING",
-            [(label.tx_id, label.source, label.is_fraud, label.reported_at) for label in labels],
+            [
+                [label.tx_id for label in labels],
+                [label.source for label in labels],
+                [label.is_fraud for label in labels],
+                [label.reported_at for label in labels],
+            ],
         )
         return max(cursor.rowcount, 0)
 
 
 def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) -> TerminalActivity:
-    """What the terminal table of ``day`` needs: transaction counts per terminal (summed per
-    ``count_buckets`` range) and frauds reported by its midnight (joined to the stored
-    predictions for their terminal and time)."""
+    """What the terminal table of ``day`` needs: counts of transactions that were not late per
+    terminal (summed per ``count_buckets`` range) and their frauds known by its midnight."""
     edges = count_buckets(day)
     epoch_days = edges.astype(np.int64).tolist()
     first, last = edges[0].astype(object), edges[-1].astype(object)
@@ -52,9 +75,10 @@ def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) ->
             np.array(numbers, dtype=np.int64),
         )
     frauds = conn.execute(
-        "SELECT p.terminal_id, p.event_time, min(l.reported_at) FROM labels l "
+        "SELECT p.terminal_id, p.event_time, min(l.known_at) FROM labels l "
         "JOIN fraud_predictions p USING (tx_id) "
-        "WHERE l.is_fraud AND l.reported_at <= %s AND p.event_time >= %s AND p.event_time < %s "
+        "WHERE l.is_fraud AND l.known_at <= %s AND NOT p.late "
+        "AND p.event_time >= %s AND p.event_time < %s "
         "GROUP BY p.tx_id, p.terminal_id, p.event_time",
         (midnight, first, last),
     ).fetchall()
@@ -62,3 +86,89 @@ def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) ->
         terminals, times, reported = zip(*frauds, strict=True)
         activity.add_frauds(pd.Series(terminals), pd.Series(times), pd.Series(reported))
     return activity
+
+
+def _day(day: np.datetime64) -> object:
+    return np.asarray(day).astype("datetime64[D]")[()].astype(object)
+
+
+def load_sealed_table(conn: psycopg.Connection[Any], day: np.datetime64) -> TerminalTable | None:
+    with conn.cursor(binary=True) as cursor:
+        row = cursor.execute(
+            "SELECT frame FROM terminal_tables WHERE day = %s", (_day(day),)
+        ).fetchone()
+    if row is None:
+        return None
+    frame = pd.read_parquet(io.BytesIO(bytes(row[0])))
+    frame.index.name = None
+    return TerminalTable(day=np.datetime64(_day(day), "D"), frame=frame)
+
+
+def newest_sealed_day(conn: psycopg.Connection[Any]) -> np.datetime64 | None:
+    row = conn.execute("SELECT max(day) FROM terminal_tables").fetchone()
+    return None if row is None or row[0] is None else np.datetime64(row[0], "D")
+
+
+def seal_table(
+    conn: psycopg.Connection[Any],
+    table: TerminalTable,
+    *,
+    features_version: str,
+    idle_partitions: list[int],
+    built_by: str,
+) -> TerminalTable:
+    """Store ``table`` as its day's table unless another engine sealed that day first; returns
+    the day's table as stored (the first one wins, so every engine uses the same)."""
+    buffer = io.BytesIO()
+    table.frame.reindex(columns=terminal_columns()).to_parquet(buffer)
+    conn.execute(
+        "INSERT INTO terminal_tables (day, features_version, frame, terminals, idle_partitions, "
+        "built_by) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (day) DO NOTHING",
+        (
+            _day(table.day), features_version, buffer.getvalue(), len(table.frame),
+            idle_partitions, built_by,
+        ),
+    )  # fmt: skip
+    stored = load_sealed_table(conn, table.day)
+    assert stored is not None
+    return stored
+
+
+def stored_progress(
+    conn: psycopg.Connection[Any], group: str, topic: str
+) -> dict[int, tuple[int, int]]:
+    """(next offset, watermark µs) per partition, as the group last committed them."""
+    rows = conn.execute(
+        "SELECT partition, next_offset, watermark FROM stream_checkpoints "
+        "WHERE consumer_group = %s AND topic = %s",
+        (group, topic),
+    ).fetchall()
+    return {
+        int(partition): (int(offset), _micros(watermark)) for partition, offset, watermark in rows
+    }
+
+
+def promise_watermarks(
+    conn: psycopg.Connection[Any], group: str, topic: str, promises: dict[int, tuple[int, int]]
+) -> None:
+    """Record, for partitions waiting on a table, the event time of the record each waits at
+    (partition → (its offset, µs)): nothing that is not late can come before it."""
+    if not promises:
+        return
+    conn.execute(
+        "INSERT INTO stream_checkpoints AS c (consumer_group, topic, partition, next_offset, "
+        "watermark) SELECT %s, %s, p, o, timestamptz 'epoch' + w * interval '1 microsecond' "
+        "FROM unnest(%s::int[], %s::int8[], %s::int8[]) AS t(p, o, w) "
+        "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+        "watermark = greatest(c.watermark, excluded.watermark)",
+        (
+            group, topic, list(promises), [o for o, _ in promises.values()],
+            [w for _, w in promises.values()],
+        ),
+    )  # fmt: skip
+
+
+def _micros(stamp: Any) -> int:
+    if stamp is None:
+        return int(NO_WATERMARK)
+    return int((pd.Timestamp(stamp) - _EPOCH) // pd.Timedelta(microseconds=1))

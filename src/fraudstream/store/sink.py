@@ -20,6 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from fraudstream.model.profile import SCORE_BINS
+from fraudstream.records import PREDICTION_COLUMNS, Rejected
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -28,6 +29,7 @@ __all__ = [
     "Observed",
     "PredictionSink",
     "StoredBatch",
+    "Unstorable",
     "rollup_ctes",
 ]
 
@@ -36,11 +38,7 @@ LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1000
 """Latency histogram bounds (event time → stored): bucket 0 is under 1 ms, bucket i counts
 [bounds[i-1], bounds[i]) ms, and the last bucket everything from 30 s up."""
 
-COLUMNS = (
-    "tx_id", "event_time", "card_id", "terminal_id", "amount", "score", "decision",
-    "rule_hits", "reasons", "model_version", "engine", "kafka_partition", "kafka_offset",
-    "kafka_time", "scored_at",
-)  # fmt: skip
+COLUMNS = PREDICTION_COLUMNS
 _TIMES = ("event_time", "kafka_time", "scored_at")
 # What is COPYed, in the cheapest binary types: times as microseconds since the Unix epoch,
 # amounts as float8 (rounded to numeric(14, 2) on insert), empty rule hits and reasons as NULL.
@@ -48,7 +46,8 @@ _STAGED = {
     "tx_id": "text", "event_time": "int8", "card_id": "text", "terminal_id": "text",
     "amount": "float8", "score": "float8", "decision": "text", "rule_hits": "text[]",
     "reasons": "jsonb", "model_version": "text", "engine": "text", "kafka_partition": "int4",
-    "kafka_offset": "int8", "kafka_time": "int8", "scored_at": "int8",
+    "kafka_offset": "int8", "kafka_time": "int8", "scored_at": "int8", "content_hash": "int8",
+    "features": "float8[]", "rules_version": "text", "late": "bool",
 }  # fmt: skip
 assert tuple(_STAGED) == COLUMNS
 
@@ -126,25 +125,28 @@ WITH inserted AS (
     SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
     FROM staging_predictions
     ON CONFLICT (tx_id) DO NOTHING
-    RETURNING event_time, terminal_id, amount, score, decision, engine, stored_at
+    RETURNING tx_id, event_time, terminal_id, amount, score, decision, engine, stored_at, late
 ), {rollup_ctes("inserted")}, terminals AS (
     INSERT INTO terminal_daily AS t (terminal_id, day, tx_count)
     SELECT terminal_id, (event_time AT TIME ZONE 'UTC')::date, count(*) FROM inserted
+    WHERE NOT late
     GROUP BY 1, 2
     ON CONFLICT (terminal_id, day) DO UPDATE SET tx_count = t.tx_count + excluded.tx_count
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM inserted)
+SELECT tx_id FROM inserted
 """  # noqa: S608
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where a consumer group stands on a partition, and the card state there (optional)."""
+    """Where a consumer group stands on a partition (next offset, watermark in µs since the
+    epoch), and the card state there (optional)."""
 
     topic: str
     partition: int
     next_offset: int
+    watermark: int | None = None
     snapshot: bytes | None = None
 
 
@@ -164,7 +166,20 @@ class Observed:
 @dataclass(frozen=True)
 class StoredBatch:
     rows: int
-    inserted: int  # fewer than rows when a replay was absorbed
+    inserted_ids: frozenset[str]  # fewer than rows when a replay was absorbed
+
+    @property
+    def inserted(self) -> int:
+        return len(self.inserted_ids)
+
+
+class Unstorable(Exception):
+    """PostgreSQL refused some rows' content (not the connection): ``rows`` are their
+    positions in the batch, with the database's reason."""
+
+    def __init__(self, rows: list[tuple[int, str]]) -> None:
+        super().__init__(f"{len(rows)} rows PostgreSQL cannot store: {rows[:1]}")
+        self.rows = rows
 
 
 class PredictionSink:
@@ -187,42 +202,72 @@ class PredictionSink:
         self,
         predictions: pd.DataFrame,
         checkpoints: list[Checkpoint],
-        rejected: Sequence[tuple[str, int, int, str]] = (),
+        rejected: Sequence[Rejected] = (),
         observed: Observed | None = None,
     ) -> StoredBatch:
         """Store a batch's predictions and checkpoints atomically; idempotent.
 
         ``predictions`` has the columns ``COLUMNS``: ``rule_hits`` lists of rule names,
         ``reasons`` JSON-able objects (lists of dicts), times timezone-aware. ``rejected``
-        (topic, partition, offset, reason) rows go to ``dlq_events`` in the same transaction,
+        messages (already on the dead-letter topic) go to ``dlq_events`` in the same transaction,
         and so does what was ``observed``: feature counts only when every row was new, so
         that a replayed batch adds nothing.
         """
         located: list[str] = []
-        with self.conn.transaction():
-            with self.conn.cursor() as cursor:
-                copy_sql = (
-                    f"COPY staging_predictions ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-                )
-                with cursor.copy(copy_sql) as copy:
-                    copy.set_types(list(_STAGED.values()))
-                    for row in _rows(predictions):
-                        copy.write_row(row)
-                inserted = cursor.execute(_INSERT).fetchone()
-                if rejected:
-                    cursor.executemany(
-                        "INSERT INTO dlq_events (source_topic, source_partition, source_offset, "
-                        "reason) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(t, p, o, reason[:1000]) for t, p, o, reason in rejected],
-                    )
-                count = int(inserted[0]) if inserted else 0
-                if observed is not None:
-                    located = self._observe(cursor, observed, all_new=count == len(predictions))
-            self._checkpoint(checkpoints)
+        try:
+            with self.conn.transaction():
+                with self.conn.cursor() as cursor:
+                    self._stage(cursor, predictions)
+                    inserted = {row[0] for row in cursor.execute(_INSERT).fetchall()}
+                    if rejected:
+                        cursor.executemany(
+                            "INSERT INTO dlq_events (source_topic, source_partition, "
+                            "source_offset, reason) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            [
+                                (r.topic, r.partition, r.offset, _storable(r.reason))
+                                for r in rejected
+                            ],
+                        )
+                    if observed is not None:
+                        located = self._observe(
+                            cursor, observed, all_new=len(inserted) == len(predictions)
+                        )
+                self._checkpoint(checkpoints)
+        except _CONTENT_ERRORS:
+            # A row's content, not the connection: find which rows, so that the caller can
+            # dead-letter them and store the rest.
+            raise Unstorable(self._unstorable(predictions)) from None
         self._located.update(located)
         if observed is not None and observed.profile is not None:
             self._profiled.add(observed.model_version)
-        return StoredBatch(rows=len(predictions), inserted=count)
+        return StoredBatch(rows=len(predictions), inserted_ids=frozenset(inserted))
+
+    @staticmethod
+    def _stage(cursor: psycopg.Cursor[Any], predictions: pd.DataFrame) -> None:
+        copy_sql = f"COPY staging_predictions ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(copy_sql) as copy:
+            copy.set_types(list(_STAGED.values()))
+            for row in _rows(predictions):
+                copy.write_row(row)
+
+    def _unstorable(self, predictions: pd.DataFrame) -> list[tuple[int, str]]:
+        """Bisect ``predictions`` in rolled-back trial inserts down to the rows PostgreSQL
+        refuses, with its reason for each."""
+        found: list[tuple[int, str]] = []
+        ranges = [(0, len(predictions))]
+        while ranges:
+            start, end = ranges.pop()
+            try:
+                with self.conn.transaction(force_rollback=True), self.conn.cursor() as cursor:
+                    self._stage(cursor, predictions.iloc[start:end])
+                    cursor.execute(_INSERT)
+            except _CONTENT_ERRORS as error:
+                if end - start == 1:
+                    found.append((start, f"PostgreSQL cannot store the row: {error}"))
+                else:
+                    middle = (start + end) // 2
+                    ranges += [(middle, end), (start, middle)]
+        return sorted(found)
 
     def _observe(self, cursor: psycopg.Cursor[Any], observed: Observed, all_new: bool) -> list[str]:
         """Store new terminals' locations and the batch's feature counts; returns the
@@ -263,19 +308,25 @@ class PredictionSink:
             return
         with self.conn.cursor() as cursor:
             cursor.executemany(
-                "INSERT INTO stream_checkpoints (consumer_group, topic, partition, next_offset) "
-                "VALUES (%s, %s, %s, %s) ON CONFLICT (consumer_group, topic, partition) "
-                "DO UPDATE SET next_offset = excluded.next_offset, updated_at = now()",
-                [(self.group, c.topic, c.partition, c.next_offset) for c in checkpoints],
+                "INSERT INTO stream_checkpoints AS s (consumer_group, topic, partition, "
+                "next_offset, watermark) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+                "next_offset = excluded.next_offset, updated_at = now(), "
+                "watermark = greatest(s.watermark, excluded.watermark)",
+                [
+                    (self.group, c.topic, c.partition, c.next_offset, _stamp(c.watermark))
+                    for c in checkpoints
+                ],
             )
             snapshots = [c for c in checkpoints if c.snapshot is not None]
             if snapshots:
                 cursor.executemany(
                     "INSERT INTO feature_state (consumer_group, topic, partition, next_offset, "
-                    "snapshot, features_version) VALUES (%s, %s, %s, %s, %s, %s) "
+                    "snapshot, features_version, watermark) VALUES (%s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
                     "next_offset = excluded.next_offset, snapshot = excluded.snapshot, "
-                    "features_version = excluded.features_version, updated_at = now()",
+                    "features_version = excluded.features_version, "
+                    "watermark = excluded.watermark, updated_at = now()",
                     [
                         (
                             self.group,
@@ -284,6 +335,7 @@ class PredictionSink:
                             c.next_offset,
                             c.snapshot,
                             self.features_version,
+                            _stamp(c.watermark),
                         )
                         for c in snapshots
                     ],
@@ -299,18 +351,33 @@ class PredictionSink:
         self.conn.commit()
         return {int(p): int(o) for p, o in rows}
 
-    def snapshots(self, topic: str) -> Mapping[int, tuple[int, bytes]]:
-        """Per partition: (offset the snapshot is valid at, card state bytes)."""
+    def snapshots(self, topic: str) -> Mapping[int, tuple[int, bytes, int | None]]:
+        """Per partition: (offset the snapshot is valid at, card state bytes, watermark µs)."""
         # Binary results: as text, a bytea doubles to hex, and PostgreSQL cannot send one of
         # over 512 MiB that way (a large card state could be stored but never restored).
         with self.conn.cursor(binary=True) as cursor:
             rows = cursor.execute(
-                "SELECT partition, next_offset, snapshot FROM feature_state "
+                "SELECT partition, next_offset, snapshot, "
+                "(extract(epoch FROM watermark) * 1000000)::int8 FROM feature_state "
                 "WHERE consumer_group = %s AND topic = %s AND features_version = %s",
                 (self.group, topic, self.features_version),
             ).fetchall()
         self.conn.commit()
-        return {int(p): (int(o), bytes(s)) for p, o, s in rows}
+        return {int(p): (int(o), bytes(s), None if w is None else int(w)) for p, o, s, w in rows}
+
+
+_CONTENT_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def _storable(text: str) -> str:
+    """A reason as PostgreSQL text: bounded, and no NUL (it may quote the input)."""
+    return text.replace("\x00", "\\u0000")[:1000]
+
+
+def _stamp(micros: int | None) -> pd.Timestamp | None:
+    if micros is None or micros == np.iinfo(np.int64).min:
+        return None
+    return pd.Timestamp(micros, unit="us", tz="UTC")
 
 
 def _floats(column: pd.Series) -> list[float | None]:
@@ -332,6 +399,8 @@ def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
                 values = [None if gap else v for v, gap in zip(values, missing, strict=True)]
         elif name in ("rule_hits", "reasons"):
             values = [v if len(v) else None for v in column.tolist()]
+        elif name == "features":
+            values = column.tolist()  # one list of floats per row, FEATURE_NAMES order
         else:
             values = column.tolist()
         columns.append(values)

@@ -59,12 +59,15 @@ def ensure_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> list[str]:
     # The broker stamps transactions on arrival, so end-to-end latency can be split into
     # "reached Kafka" and "stored in PostgreSQL".
     append_time = {"message.timestamp.type": "LogAppendTime"}
+    # One size limit for every topic (and every producer: ``clients.producer_config``), so a
+    # message the broker accepted can always be copied to a dead-letter topic.
+    limit = {"max.message.bytes": str(kafka.max_message_bytes)}
     requests = [
         NewTopic(
             name,
             num_partitions=kafka.partitions,
             replication_factor=kafka.replication_factor,
-            config=append_time if name == kafka.topics.transactions else {},
+            config={**limit, **(append_time if name == kafka.topics.transactions else {})},
         )
         for name in missing
     ]

@@ -1,0 +1,82 @@
+"""Kafka clients as the engines use them: one producer configuration, patience with transient
+errors, and the small accessors every consumer loop needs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from fraudstream.config import KafkaSettings
+
+__all__ = [
+    "engine_producer",
+    "first_line",
+    "message_offset",
+    "message_partition",
+    "retry",
+    "transient",
+]
+
+log = logging.getLogger("fraudstream.bus")
+
+_T = TypeVar("_T")
+_TRANSIENT = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+}
+
+
+def engine_producer(kafka: KafkaSettings) -> Producer:
+    """The producer engines send dead letters and alerts with: idempotent, ``acks=all``, no
+    delivery timeout (messages wait out a broker restart), and the topics' own size limit."""
+    return Producer(
+        {
+            **kafka.client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "lz4",
+            "message.timeout.ms": 0,
+            "message.max.bytes": kafka.max_message_bytes,
+            "log_level": 3,
+        }
+    )
+
+
+def retry(call: Callable[[], _T], what: str, attempts: int = 10) -> _T:
+    """Retry a Kafka call through transient errors (coordinator moving, broker restarting)."""
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaException as error:
+            if attempt == attempts - 1 or not transient(error):
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+def transient(error: KafkaException) -> bool:
+    kafka_error = error.args[0]
+    return bool(kafka_error.retriable() or kafka_error.code() in _TRANSIENT)
+
+
+def message_partition(message: Message) -> int:
+    return int(message.partition() or 0)
+
+
+def message_offset(message: Message) -> int:
+    return int(message.offset() or 0)
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

@@ -1,0 +1,150 @@
+"""A featured batch → the rows the sink stores: score, decision, reasons. Pure: no I/O.
+
+A row whose scoring or explanation fails is taken out of the batch with the error as its
+reason (the caller dead-letters it); the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from fraudstream.features import FEATURE_NAMES
+from fraudstream.model.scoring import Scorer
+from fraudstream.policy import RuleSet, decide
+from fraudstream.records import BATCH_SOURCE_COLUMNS, PREDICTION_COLUMNS
+from fraudstream.store.sink import Observed
+
+__all__ = ["Scored", "empty_predictions", "observed", "predictions_frame"]
+
+log = logging.getLogger("fraudstream.engine")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batch's predictions (``PREDICTION_COLUMNS``, one per row kept) and the rows that
+    could not be scored: (position in the batch, reason)."""
+
+    predictions: pd.DataFrame
+    failed: list[tuple[int, str]]
+    kept: np.ndarray  # positions in the batch of the predictions' rows
+
+
+def empty_predictions() -> pd.DataFrame:
+    """A batch with nothing valid still commits its offsets and dead letters."""
+    return pd.DataFrame({name: [] for name in PREDICTION_COLUMNS})
+
+
+def _per_row(
+    call: object, features: pd.DataFrame, what: str
+) -> tuple[list[object], dict[int, str]]:
+    """``call`` on each row alone, after it failed on the whole batch: the results, and the
+    rows that fail by themselves with why."""
+    results: list[object] = []
+    failed: dict[int, str] = {}
+    for row in range(len(features)):
+        try:
+            results.append(call(features.iloc[row : row + 1])[0])  # type: ignore[operator]
+        except Exception as error:  # a row-level failure of the model library
+            failed[row] = f"{what} failed: {type(error).__name__}: {error}"
+            results.append(None)
+    return results, failed
+
+
+def predictions_frame(
+    batch: pd.DataFrame,
+    features: pd.DataFrame,
+    scorer: Scorer,
+    rules: RuleSet,
+    scored_at: datetime,
+    *,
+    engine: str,
+    scores: np.ndarray | None = None,
+) -> Scored:
+    """Score, decide and explain a batch.
+
+    ``batch`` has the canonical columns plus ``BATCH_SOURCE_COLUMNS``; ``scores`` are
+    ``scorer``'s when already computed elsewhere (Spark's executors)."""
+    failed: dict[int, str] = {}
+    if scores is None:
+        try:
+            scores = scorer.score(features)
+        except Exception:
+            log.warning("scoring failed on a batch of %d; scoring row by row", len(features))
+            values, failed = _per_row(scorer.score, features, "scoring")
+            scores = np.array([np.nan if v is None else v for v in values], dtype=float)
+    kept = np.array([row for row in range(len(batch)) if row not in failed], dtype=np.int64)
+    if len(failed):
+        batch, features, scores = batch.iloc[kept], features.iloc[kept], scores[kept]
+    decisions = decide(
+        scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
+        scorer.thresholds, rules,
+    )  # fmt: skip
+    reasons: list[list[dict[str, object]]] = [[] for _ in range(len(batch))]
+    flagged = np.flatnonzero(decisions.decision != "approve")
+    unexplained: dict[int, str] = {}
+    if len(flagged):
+        try:
+            explained: list[object] = list(scorer.explain(features.iloc[flagged]))
+        except Exception:
+            log.warning("explaining failed on %d rows; explaining row by row", len(flagged))
+            explained, by_row = _per_row(scorer.explain, features.iloc[flagged], "explanation")
+            unexplained = {int(flagged[row]): reason for row, reason in by_row.items()}
+        for row, row_reasons in zip(flagged, explained, strict=True):
+            if row_reasons is not None:
+                reasons[row] = [reason.as_dict() for reason in row_reasons]  # type: ignore[attr-defined]
+    predictions = pd.DataFrame(
+        {
+            "tx_id": batch["tx_id"].to_numpy(),
+            "event_time": batch["event_time"].to_numpy(),
+            "card_id": batch["card_id"].to_numpy(),
+            "terminal_id": batch["terminal_id"].to_numpy(),
+            "amount": batch["amount"].round(2).to_numpy(),
+            "score": scores,
+            "decision": decisions.decision,
+            "rule_hits": decisions.rule_hits,
+            "reasons": reasons,
+            "model_version": scorer.version,
+            "engine": engine,
+            "kafka_partition": batch["kafka_partition"].to_numpy(),
+            "kafka_offset": batch["kafka_offset"].to_numpy(),
+            "kafka_time": batch["kafka_time"].to_numpy(),
+            "scored_at": scored_at,
+            "content_hash": batch["content_hash"].to_numpy(),
+            "features": features[list(FEATURE_NAMES)].to_numpy(dtype=float).tolist(),
+            "rules_version": decisions.rules_version,
+            "late": batch["late"].to_numpy(dtype=bool),
+        }
+    )
+    predictions["event_time"] = pd.to_datetime(predictions["event_time"], utc=True)
+    predictions["kafka_time"] = pd.to_datetime(predictions["kafka_time"], utc=True)
+    if unexplained:
+        drop = np.array(sorted(unexplained))
+        predictions = predictions.drop(index=drop).reset_index(drop=True)
+        failed |= {int(kept[row]): reason for row, reason in unexplained.items()}
+        kept = np.delete(kept, drop)
+    assert tuple(predictions.columns) == PREDICTION_COLUMNS
+    assert set(BATCH_SOURCE_COLUMNS) <= set(batch.columns)
+    return Scored(predictions=predictions, failed=sorted(failed.items()), kept=kept)
+
+
+def observed(batch: pd.DataFrame, features: pd.DataFrame, scorer: Scorer, engine: str) -> Observed:
+    """What the sink keeps for the dashboard besides predictions: the batch's terminals with
+    their coordinates, and its feature values counted into the model's training bins."""
+    terminals = (
+        batch[["terminal_id", "terminal_x", "terminal_y", "terminal_lat", "terminal_lon"]]
+        .drop_duplicates("terminal_id")
+        .set_axis(["terminal_id", "x", "y", "lat", "lon"], axis=1)
+    )
+    profile = scorer.profile
+    return Observed(
+        terminals=terminals,
+        engine=engine,
+        model_version=scorer.version,
+        profile=None if profile is None else profile.as_dict(),
+        feature_counts=None if profile is None else profile.counts(features),
+    )

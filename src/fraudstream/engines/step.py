@@ -1,0 +1,300 @@
+"""One micro-batch through the engine's pure core: decoded records in, predictions and
+rejections out, card state and watermarks advanced. No I/O: the engine fetches what the
+step needs (terminal tables, which tx_ids are stored) before calling it, and every runtime
+(the local engine, the in-memory test runtime, offline replays) calls this same code.
+
+Order of work, per partition in log order: undecodable records are rejected; a ``tx_id``
+already stored from another message is a replay (same content) or a conflict (other
+content) and is rejected without touching state; each remaining record is marked late or
+not against its partition's watermark; card features (state updated), terminal and calendar
+features, score, decision, explanation. A record that fails in features, scoring or
+explanation is rejected with the error, and the rest goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+
+from fraudstream.engines.scoring import empty_predictions, predictions_frame
+from fraudstream.features import CardState, FeatureComputer, TerminalTable
+from fraudstream.features.card import card_features
+from fraudstream.features.watermarks import NO_WATERMARK, late_rows
+from fraudstream.model.scoring import Scorer
+from fraudstream.policy import RuleSet
+from fraudstream.records import Rejected
+from fraudstream.schema import Invalid, Transaction, content_digest
+
+__all__ = [
+    "Decoded",
+    "PartitionState",
+    "StepResult",
+    "StoredId",
+    "blocked_at",
+    "frame_of",
+    "step",
+]
+
+log = logging.getLogger("fraudstream.engine")
+
+_FIELDS = list(Transaction.__struct_fields__)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A consumed message and what decoding made of it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    kafka_time_ms: int | None  # the broker's append time, when it gave one
+    record: Transaction | Invalid
+
+    def rejected(self, reason: str) -> Rejected:
+        return Rejected(self.topic, self.partition, self.offset, reason, self.key, self.value)
+
+    @property
+    def day(self) -> np.datetime64 | None:
+        if isinstance(self.record, Invalid):
+            return None
+        utc = self.record.event_time.astimezone(timezone.utc).replace(tzinfo=None)
+        return np.datetime64(utc, "D")
+
+
+@dataclass(frozen=True)
+class StoredId:
+    """Where a stored (or in-flight) ``tx_id`` came from, and its content digest."""
+
+    content_hash: int | None
+    partition: int | None
+    offset: int | None
+
+
+@dataclass
+class PartitionState:
+    """What an engine keeps per owned partition: its cards and its event-time watermark."""
+
+    cards: CardState = field(default_factory=CardState)
+    watermark: int = int(NO_WATERMARK)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    predictions: pd.DataFrame  # PREDICTION_COLUMNS
+    features: pd.DataFrame  # FEATURE_NAMES, aligned with predictions
+    batch: pd.DataFrame  # the scored records' BATCH_COLUMNS, aligned with predictions
+    rejected: list[Rejected]
+    redelivered: frozenset[str]  # tx_ids this very message stored before (a replay after a crash)
+    late: int
+    replays: int
+    conflicts: int
+
+
+def blocked_at(
+    items: list[Decoded], available: set[np.datetime64]
+) -> tuple[list[Decoded], dict[int, Decoded]]:
+    """Split ``items`` (log order per partition) into those that can be processed with the
+    terminal tables of ``available`` days, and per partition the first record that needs a
+    table not yet there (it and everything after it in its partition wait)."""
+    ready: list[Decoded] = []
+    first_blocked: dict[int, Decoded] = {}
+    for item in items:
+        if item.partition in first_blocked:
+            continue
+        day = item.day
+        if day is not None and day not in available:
+            first_blocked[item.partition] = item
+            continue
+        ready.append(item)
+    return ready, first_blocked
+
+
+def frame_of(items: list[Decoded], late: np.ndarray) -> pd.DataFrame:
+    """Valid records as one frame: the canonical columns plus ``BATCH_SOURCE_COLUMNS``."""
+    records = [item.record for item in items]
+    # A list per field (about twice as fast as transposing each record's tuple).
+    frame = pd.DataFrame({name: [getattr(r, name) for r in records] for name in _FIELDS})
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    n = len(items)
+    frame["kafka_partition"] = np.fromiter((i.partition for i in items), np.int32, n)
+    frame["kafka_offset"] = np.fromiter((i.offset for i in items), np.int64, n)
+    stamps = np.fromiter((i.kafka_time_ms or 0 for i in items), np.int64, n)
+    appended = pd.Series(pd.to_datetime(stamps, unit="ms", utc=True))
+    frame["kafka_time"] = appended.where(stamps > 0)  # no broker time: unknown
+    frame["content_hash"] = np.fromiter(
+        (content_digest(r) for r in records),  # type: ignore[arg-type]
+        np.int64,
+        n,
+    )
+    frame["late"] = late
+    return frame
+
+
+def _deduplicate(
+    items: list[Decoded], stored: Mapping[str, StoredId]
+) -> tuple[list[Decoded], list[Rejected], set[str], int, int]:
+    """Records whose tx_id is new (or stored from this very message), the duplicates rejected,
+    the redelivered tx_ids, and how many replays and conflicts there were."""
+    kept: list[Decoded] = []
+    rejected: list[Rejected] = []
+    redelivered: set[str] = set()
+    seen: dict[str, StoredId] = {}
+    replays = conflicts = 0
+    for item in items:
+        record = item.record
+        assert isinstance(record, Transaction)
+        digest = content_digest(record)
+        before = seen.get(record.tx_id) or stored.get(record.tx_id)
+        if before is None:
+            seen[record.tx_id] = StoredId(digest, item.partition, item.offset)
+            kept.append(item)
+        elif before.partition == item.partition and before.offset == item.offset:
+            redelivered.add(record.tx_id)  # processed before a crash: process it again
+            seen[record.tx_id] = before
+            kept.append(item)
+        elif before.content_hash == digest:
+            replays += 1
+            rejected.append(
+                item.rejected(
+                    f"replay: tx_id {record.tx_id!r} was already processed with identical "
+                    f"content (partition {before.partition}, offset {before.offset})"
+                )
+            )
+        else:
+            conflicts += 1
+            rejected.append(
+                item.rejected(
+                    f"duplicate tx_id with different content: {record.tx_id!r} was first "
+                    f"seen at partition {before.partition}, offset {before.offset}"
+                )
+            )
+    return kept, rejected, redelivered, replays, conflicts
+
+
+def _card_features(
+    batch: pd.DataFrame, states: Mapping[int, PartitionState]
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Card features of ``batch``, partition by partition; a partition whose rows fail
+    together is done row by row (``card_features`` changes no state when it raises), so that
+    only the failing rows are left out."""
+    n = len(batch)
+    partitions = batch["kafka_partition"].to_numpy()
+    columns: dict[str, np.ndarray] = {}
+    failed: dict[int, str] = {}
+
+    def put(rows: np.ndarray, values: Mapping[str, np.ndarray]) -> None:
+        for name, column in values.items():
+            columns.setdefault(name, np.full(n, np.nan))[rows] = column
+
+    for partition in np.unique(partitions):
+        rows = np.flatnonzero(partitions == partition)
+        cards = states[int(partition)].cards
+        try:
+            put(rows, card_features(cards, batch.iloc[rows]))
+            continue
+        except Exception:
+            log.warning("card features failed on %d rows; computing row by row", len(rows))
+        for row in rows:
+            try:
+                put(np.array([row]), card_features(cards, batch.iloc[row : row + 1]))
+            except Exception as error:
+                failed[int(row)] = f"features failed: {type(error).__name__}: {error}"
+    return columns, failed
+
+
+def _features(
+    batch: pd.DataFrame,
+    states: Mapping[int, PartitionState],
+    tables: Mapping[np.datetime64, TerminalTable],
+) -> tuple[pd.DataFrame, dict[int, str]]:
+    """The whole feature vector of each row of ``batch``, and the rows that failed."""
+    card, failed = _card_features(batch, states)
+    if failed:
+        keep = np.array([row for row in range(len(batch)) if row not in failed], dtype=np.int64)
+        batch = batch.iloc[keep]
+        card = {name: values[keep] for name, values in card.items()}
+    computer = FeatureComputer(tables=tables.__getitem__)
+    return computer.complete(batch, card), failed
+
+
+def _late(
+    valid: list[Decoded], states: Mapping[int, PartitionState], lateness: timedelta
+) -> dict[tuple[int, int], bool]:
+    """Late flag per (partition, offset), advancing each partition's watermark."""
+    partitions = np.fromiter((i.partition for i in valid), np.int64, len(valid))
+    event_us = np.fromiter(
+        (_micros(i.record.event_time) for i in valid),  # type: ignore[union-attr]
+        np.int64,
+        len(valid),
+    )
+    watermarks = {p: state.watermark for p, state in states.items()}
+    flags = late_rows(partitions, event_us, watermarks, int(lateness.total_seconds() * 1_000_000))
+    for partition in np.unique(partitions):
+        states[int(partition)].watermark = watermarks[int(partition)]
+    return {(i.partition, i.offset): bool(flag) for i, flag in zip(valid, flags, strict=True)}
+
+
+def _micros(stamp: datetime) -> int:
+    return (stamp - _EPOCH) // _MICROSECOND
+
+
+def step(
+    items: list[Decoded],
+    states: Mapping[int, PartitionState],
+    tables: Mapping[np.datetime64, TerminalTable],
+    stored: Mapping[str, StoredId],
+    *,
+    scorer: Scorer,
+    rules: RuleSet,
+    scored_at: datetime,
+    engine: str,
+    lateness: timedelta,
+) -> StepResult:
+    """Process ``items`` (log order per partition; every valid record's day in ``tables``)."""
+    rejected = [i.rejected(i.record.reason) for i in items if isinstance(i.record, Invalid)]
+    valid = [i for i in items if not isinstance(i.record, Invalid)]
+    # Every valid record moves its partition's watermark, duplicates too: the watermark is a
+    # property of the log, whatever is later made of each record.
+    late = _late(valid, states, lateness)
+    kept, duplicates, redelivered, replays, conflicts = _deduplicate(valid, stored)
+    rejected += duplicates
+    empty = StepResult(
+        empty_predictions(), pd.DataFrame(), pd.DataFrame(), rejected, frozenset(), 0,
+        replays, conflicts,
+    )  # fmt: skip
+    if not kept:
+        return empty
+    kept_late = np.array([late[(i.partition, i.offset)] for i in kept], dtype=bool)
+    batch = frame_of(kept, kept_late)
+    features, failed = _features(batch, states, tables)
+    if failed:
+        rejected += [kept[row].rejected(reason) for row, reason in sorted(failed.items())]
+        keep = np.array([row for row in range(len(kept)) if row not in failed], dtype=np.int64)
+        batch, kept = batch.iloc[keep].reset_index(drop=True), [kept[row] for row in keep]
+        features = features.reset_index(drop=True)
+    if not kept:
+        return empty
+    scored = predictions_frame(batch, features, scorer, rules, scored_at, engine=engine)
+    if scored.failed:
+        rejected += [kept[row].rejected(reason) for row, reason in scored.failed]
+        batch = batch.iloc[scored.kept].reset_index(drop=True)
+        features = features.iloc[scored.kept].reset_index(drop=True)
+    return StepResult(
+        predictions=scored.predictions,
+        features=features.reset_index(drop=True),
+        batch=batch.reset_index(drop=True),
+        rejected=rejected,
+        redelivered=frozenset(redelivered),
+        late=int(batch["late"].sum()),
+        replays=replays,
+        conflicts=conflicts,
+    )

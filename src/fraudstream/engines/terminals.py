@@ -1,0 +1,240 @@
+"""Terminal tables for the engines: labels read into PostgreSQL, each day's table sealed once
+when the input logs allow it, and cached (docs/adr/0006-deterministic-terminal-tables.md)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from fraudstream.bus.clients import message_offset, message_partition, retry
+from fraudstream.bus.deadletter import dead_letter
+from fraudstream.config import Settings
+from fraudstream.features import FEATURES_VERSION, TerminalTable
+from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress, sealable
+from fraudstream.records import Rejected
+from fraudstream.schema import Invalid, Label, decode_label
+from fraudstream.store.outcomes import (
+    load_sealed_table,
+    load_terminal_activity,
+    newest_sealed_day,
+    seal_table,
+    store_labels,
+)
+
+__all__ = ["LabelReader", "TerminalTables"]
+
+log = logging.getLogger("fraudstream.engine")
+
+_CACHED_DAYS = 64
+_US = 1_000_000
+
+
+def _micros(stamp: pd.Timestamp) -> int:
+    return int(stamp.value // 1000)
+
+
+class LabelReader:
+    """The labels topic into PostgreSQL, every partition, offsets committed only after the
+    labels they cover are stored (a crash loses none; storing twice changes nothing).
+    Invalid labels go to the labels dead-letter topic with the reason."""
+
+    def __init__(self, settings: Settings, group_id: str, producer: Producer) -> None:
+        self.settings = settings
+        self.topic = settings.kafka.topics.labels
+        self.producer = producer
+        self.consumer = Consumer(
+            {
+                **settings.kafka.client_config(),
+                "group.id": f"{group_id}-labels",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 10,  # offset queries queue behind a waiting fetch
+                "log_level": 3,
+            }
+        )
+        self.watermarks: dict[int, int] = {}  # newest reported_at read per partition (µs)
+        self.positions: dict[int, int] = {}
+        self.invalid = 0
+        self._assigned = False
+
+    def _assign(self) -> None:
+        """Start from where this group committed (the log's start when it never did)."""
+        metadata = retry(lambda: self.consumer.list_topics(self.topic, timeout=10), "labels")
+        partitions = [TopicPartition(self.topic, p) for p in metadata.topics[self.topic].partitions]
+        committed = retry(lambda: self.consumer.committed(partitions, timeout=10), "label offsets")
+        for partition in committed:
+            if partition.offset < 0:
+                low, _high = retry(
+                    lambda p=partition: self.consumer.get_watermark_offsets(p, timeout=10),
+                    "label offsets",
+                )
+                partition.offset = low
+            self.positions[partition.partition] = partition.offset
+            self.watermarks.setdefault(partition.partition, int(NO_WATERMARK))
+        self.consumer.assign(committed)
+        self._assigned = True
+
+    def read(
+        self, conn: psycopg.Connection[Any], until_us: int | None = None, timeout_s: float = 30
+    ) -> bool:
+        """Read and store labels until every partition has shown a label reported at or after
+        ``until_us`` or has nothing more to read (``None``: to the end). False when that did
+        not happen within ``timeout_s`` (the broker is slow or away)."""
+        if not self._assigned:
+            self._assign()
+        ends = {}
+        for partition in self.consumer.assignment():
+            _low, high = retry(
+                lambda p=partition: self.consumer.get_watermark_offsets(p, timeout=10),
+                "label offsets",
+            )
+            ends[partition.partition] = high
+
+        def done(partition: int) -> bool:
+            return self.positions.get(partition, 0) >= ends[partition] or (
+                until_us is not None and self.watermarks.get(partition, NO_WATERMARK) >= until_us
+            )
+
+        deadline = time.monotonic() + timeout_s
+        while not all(done(p) for p in ends):
+            if time.monotonic() > deadline:
+                return False
+            messages = [m for m in self.consumer.consume(10_000, 0.2) if not m.error()]
+            if messages:
+                self._store(conn, messages)
+        return True
+
+    def _store(self, conn: psycopg.Connection[Any], messages: list[Any]) -> None:
+        labels: list[Label] = []
+        rejected: list[Rejected] = []
+        for message in messages:
+            partition, offset = message_partition(message), message_offset(message)
+            label = decode_label(message.value() or b"")
+            if isinstance(label, Invalid):
+                rejected.append(
+                    Rejected(self.topic, partition, offset, label.reason, message.key(),
+                             message.value() or b"")
+                )  # fmt: skip
+            else:
+                labels.append(label)
+                stamp = _micros(pd.Timestamp(label.reported_at))
+                self.watermarks[partition] = max(self.watermarks.get(partition, stamp), stamp)
+            self.positions[partition] = offset + 1
+        refused = []
+        if rejected:
+            refused = dead_letter(
+                self.producer, self.settings.kafka.topics.labels_dlq, rejected,
+                max_message_bytes=self.settings.kafka.max_message_bytes,
+            )  # fmt: skip
+            self.invalid += len(rejected)
+            for letter in rejected:
+                log.warning(
+                    "invalid label at %s/%s: %s", letter.partition, letter.offset, letter.reason
+                )
+        with conn.transaction():
+            store_labels(conn, labels)
+            if rejected:
+                reasons = {(r.partition, r.offset): r.reason for r in refused}
+                conn.cursor().executemany(
+                    "INSERT INTO dlq_events (source_topic, source_partition, source_offset, "
+                    "reason) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [
+                        (r.topic, r.partition, r.offset,
+                         reasons.get((r.partition, r.offset), r.reason)[:1000])
+                        for r in rejected
+                    ],
+                )  # fmt: skip
+        self.consumer.commit(
+            offsets=[TopicPartition(self.topic, p, o) for p, o in self.positions.items()],
+            asynchronous=False,
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class TerminalTables:
+    """Each UTC day's terminal table: read from PostgreSQL once sealed, else sealed here when
+    ``sealable`` allows it and the labels reported by its midnight are stored."""
+
+    def __init__(self, labels: LabelReader, *, lateness: timedelta, built_by: str) -> None:
+        self.labels = labels
+        self.lateness = lateness
+        self.built_by = built_by
+        self._cache: OrderedDict[np.datetime64, TerminalTable] = OrderedDict()
+        self.sealed_here = 0
+
+    def cached(self) -> set[np.datetime64]:
+        return set(self._cache)
+
+    def get(self, conn: psycopg.Connection[Any], day: np.datetime64) -> TerminalTable | None:
+        """The sealed table of ``day`` (None when no engine sealed it yet)."""
+        table = self._cache.get(day)
+        if table is None:
+            table = load_sealed_table(conn, day)
+            conn.commit()
+            if table is None:
+                return None
+            self._remember(table)
+        self._cache.move_to_end(day)
+        return table
+
+    def available(
+        self, conn: psycopg.Connection[Any], days: set[np.datetime64]
+    ) -> dict[np.datetime64, TerminalTable]:
+        found = {day: self.get(conn, day) for day in sorted(days)}
+        return {day: table for day, table in found.items() if table is not None}
+
+    def newest_sealed(self, conn: psycopg.Connection[Any]) -> np.datetime64 | None:
+        day = newest_sealed_day(conn)
+        conn.commit()
+        return day
+
+    def try_seal(
+        self,
+        conn: psycopg.Connection[Any],
+        day: np.datetime64,
+        progress: Mapping[int, PartitionProgress],
+    ) -> TerminalTable | None:
+        """Seal (or fetch) the table of ``day`` if the transactions and labels read so far
+        allow it; None when they do not yet."""
+        table = self.get(conn, day)
+        if table is not None:
+            return table
+        ready, idle = sealable(day, progress, self.lateness)
+        if not ready:
+            return None
+        midnight = int(np.datetime64(day, "D").astype("datetime64[us]").astype(np.int64))
+        if not self.labels.read(conn, midnight + int(self.lateness.total_seconds() * _US)):
+            log.warning("labels topic not read up to %s; the table of that day waits", day)
+            return None
+        activity = load_terminal_activity(conn, day)
+        with conn.transaction():
+            table = seal_table(
+                conn, activity.table(day), features_version=FEATURES_VERSION,
+                idle_partitions=idle, built_by=self.built_by,
+            )  # fmt: skip
+        self.sealed_here += 1
+        log.info(
+            "terminal table of %s sealed (%d terminals%s)", day, len(table.frame),
+            f"; idle partitions {idle}" if idle else "",
+        )  # fmt: skip
+        self._remember(table)
+        return table
+
+    def _remember(self, table: TerminalTable) -> None:
+        self._cache[table.day] = table
+        while len(self._cache) > _CACHED_DAYS:
+            self._cache.popitem(last=False)
+
+    def clear(self) -> None:
+        self._cache.clear()

@@ -1,0 +1,85 @@
+"""The typed records that cross the engine's boundaries: a decoded batch's columns, the
+prediction the sink stores, the alert it publishes, and a rejected message.
+
+``schema.py`` holds what enters the system (transactions, labels); this module holds what
+the engines make of it. Table columns and Spark schemas are derived from these definitions.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+from fraudstream.schema import Transaction
+
+__all__ = [
+    "BATCH_COLUMNS",
+    "BATCH_SOURCE_COLUMNS",
+    "PREDICTION_COLUMNS",
+    "Alert",
+    "Prediction",
+    "Rejected",
+]
+
+
+class Prediction(msgspec.Struct, frozen=True, kw_only=True):
+    """One scored transaction as ``fraud_predictions`` stores it (``features`` in
+    ``FEATURE_NAMES`` order; ``late``: behind its partition's watermark, not counted in
+    terminal activity)."""
+
+    tx_id: str
+    event_time: datetime
+    card_id: str
+    terminal_id: str
+    amount: float
+    score: float
+    decision: str
+    rule_hits: list[str]
+    reasons: list[dict[str, object]]
+    model_version: str
+    engine: str
+    kafka_partition: int | None
+    kafka_offset: int | None
+    kafka_time: datetime | None
+    scored_at: datetime
+    content_hash: int
+    features: list[float]
+    rules_version: str
+    late: bool
+
+
+PREDICTION_COLUMNS: tuple[str, ...] = Prediction.__struct_fields__
+
+BATCH_SOURCE_COLUMNS = ("kafka_partition", "kafka_offset", "kafka_time", "content_hash", "late")
+"""What a decoded batch carries beside the canonical transaction columns: where each record
+came from, its content digest (``schema.content_digest``) and whether it is late."""
+
+BATCH_COLUMNS: tuple[str, ...] = (*Transaction.__struct_fields__, *BATCH_SOURCE_COLUMNS)
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    """A review or decline, on the alerts topic keyed by card (consumers dedupe by tx_id)."""
+
+    tx_id: str
+    card_id: str
+    terminal_id: str
+    amount: float
+    score: float
+    decision: str
+    rule_hits: list[str]
+    reasons: list[dict[str, object]]
+    model_version: str
+    rules_version: str
+    event_time: datetime
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    """A message that could not be used: where it came from, why, and its original bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    key: bytes | None = None
+    value: bytes = b""
