@@ -17,12 +17,12 @@ status:
 
 test: setup ## set up everything and run the whole test suite (starts its own Kafka and PostgreSQL)
 	@./scripts/ensure-system-packages --with-browser
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 setup: system $(STAMP) ## virtual environment, pip packages, Kafka jars (cached after the first run)

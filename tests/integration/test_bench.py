@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fraudstream.bench.profile import can_sample
+from bench.profile import can_sample
 
 from ..conftest import overrides_env, run_cli
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fraudstream.bench.profile import parse
+from bench.profile import parse
 
 STACKS = [
     "<module> (fraudstream/__main__.py:3);process (/x/src/fraudstream/engines/local.py:270);"

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from fraudstream.simulator.adapters import Dataset
+from fraudstream.simulator.adapters import Dataset, load_configured_dataset
 
-__all__ = ["frauds_for_features", "from_dataset", "labelled_frame"]
+if TYPE_CHECKING:
+    from fraudstream.config import Settings
+
+__all__ = [
+    "TrainingData",
+    "frauds_for_features",
+    "from_dataset",
+    "labelled_frame",
+    "training_data_from_db",
+    "training_data_from_file",
+]
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    frame: pd.DataFrame  # labelled transactions (``labelled_frame``)
+    frauds: pd.DataFrame  # reported frauds (``frauds_for_features``)
+    source: str  # where they come from, for the model's metadata
+    rows_skipped: int = 0  # bad rows of the file, left out
 
 
 def labelled_frame(transactions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -36,3 +58,22 @@ def frauds_for_features(frame: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFra
 def from_dataset(dataset: Dataset) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = labelled_frame(dataset.transactions, dataset.labels)
     return frame, frauds_for_features(frame, dataset.labels)
+
+
+def training_data_from_file(settings: Settings, path: Path) -> TrainingData:
+    """A history, Handbook or Sparkov file, read with the configured tokenizer and label delay
+    (raises ``DatasetError`` when it cannot be used)."""
+    dataset = load_configured_dataset(path, settings)
+    frame, frauds = from_dataset(dataset)
+    return TrainingData(frame, frauds, path.name, rows_skipped=dataset.rows_skipped)
+
+
+def training_data_from_db(settings: Settings) -> TrainingData:
+    """The transactions and labels stored in the database."""
+    from fraudstream.store.db import connect
+    from fraudstream.store.training import load_labels, load_transactions
+
+    with connect(settings) as conn:
+        transactions, labels = load_transactions(conn), load_labels(conn)
+    frame = labelled_frame(transactions, labels)
+    return TrainingData(frame, frauds_for_features(frame, labels), "database")

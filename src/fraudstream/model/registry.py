@@ -69,6 +69,14 @@ class Registry:
             staging.rename(target)
         return version
 
+    def add(self, model: Any, metadata: dict[str, Any], *, promote: bool | None = None) -> str:
+        """Store a trained model (``save``) and make it the current one when ``promote``, or,
+        with ``promote`` None, when no model is current yet; returns its version."""
+        version = self.save(model, metadata)
+        if promote or (promote is None and self.current() is None):
+            self.promote(version)
+        return version
+
     def versions(self) -> list[dict[str, Any]]:
         """Metadata of every stored model, newest first."""
         found = []

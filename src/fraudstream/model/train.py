@@ -29,6 +29,7 @@ __all__ = [
     "TrainingResult",
     "choose_thresholds",
     "evaluate_folds",
+    "evaluate_settings",
     "train",
 ]
 
@@ -130,6 +131,20 @@ def evaluate_folds(
         scores.append(fold_scores)
         fitted.append((model, rows))
     return FoldScores.mean(scores), fitted
+
+
+def evaluate_settings(
+    frame: pd.DataFrame, features: pd.DataFrame, metadata: dict[str, Any], *, k: int = 100
+) -> tuple[FoldScores, list[Fold]]:
+    """A stored model's settings (its ``metadata``: backend, hyper-parameters, seed) trained
+    and tested on each test fold of ``frame`` (the Handbook's protocol): the mean scores and
+    the folds."""
+    folds = Protocol.for_history(frame["event_time"].min()).test_folds()
+    matrix = features[list(FEATURE_NAMES)].to_numpy(dtype=float)
+    scores, _ = evaluate_folds(
+        frame, matrix, folds, metadata["backend"], metadata["params"], k=k, seed=metadata["seed"]
+    )
+    return scores, folds
 
 
 def choose_thresholds(

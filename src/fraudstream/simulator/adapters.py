@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,18 @@ import pyarrow.parquet as pq
 from fraudstream.privacy import CardTokenizer
 from fraudstream.simulator.history import history_metadata, labels_from_history
 
-__all__ = ["FORMATS", "BadRow", "Dataset", "DatasetError", "detect_format", "load_dataset"]
+if TYPE_CHECKING:
+    from fraudstream.config import Settings
+
+__all__ = [
+    "FORMATS",
+    "BadRow",
+    "Dataset",
+    "DatasetError",
+    "detect_format",
+    "load_configured_dataset",
+    "load_dataset",
+]
 
 FORMATS = ("history", "handbook", "sparkov")
 TRANSACTION_COLUMNS = (
@@ -110,6 +122,16 @@ def load_dataset(
     dataset.bad_rows = sorted(bad_lines + dataset.bad_rows, key=lambda bad: bad.row)
     dataset.rows_read += len(bad_lines)
     return dataset
+
+
+def load_configured_dataset(path: Path, settings: Settings, file_format: str = "auto") -> Dataset:
+    """``load_dataset`` with the configured card tokenizer (privacy.tokenizer_key, when set)
+    and label delay (simulator.label_delay_days)."""
+    key = settings.privacy.tokenizer_key()
+    return load_dataset(
+        path, tokenizer=CardTokenizer(key) if key else None, file_format=file_format,
+        label_delay=timedelta(days=settings.simulator.label_delay_days),
+    )  # fmt: skip
 
 
 # --- reading ------------------------------------------------------------------------------

@@ -19,9 +19,21 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fraudstream.simulator.generator import HISTORY_COLUMNS, SimulationParams
+from fraudstream.simulator.generator import (
+    BLOCK_DAYS,
+    HISTORY_COLUMNS,
+    SimulationParams,
+    generate_blocks,
+)
 
-__all__ = ["HISTORY_SCHEMA", "history_metadata", "labels_from_history", "write_history"]
+__all__ = [
+    "HISTORY_SCHEMA",
+    "HistorySummary",
+    "history_metadata",
+    "labels_from_history",
+    "simulate_history",
+    "write_history",
+]
 
 HISTORY_SCHEMA = pa.schema(
     [
@@ -76,6 +88,37 @@ def write_history(
             on_block(block)
     partial.replace(path)
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class HistorySummary:
+    """What a simulated history holds."""
+
+    rows: int
+    frauds: int
+    scenarios: dict[str, int]  # fraud scenario → its transactions
+
+
+def simulate_history(
+    params: SimulationParams, path: Path, on_days: Callable[[int], None] = lambda _days: None
+) -> HistorySummary:
+    """Simulate ``params.days`` days into the history file ``path`` (its folder created if
+    needed); ``on_days`` is told how many days each block added."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frauds = days_done = 0
+    scenarios: dict[str, int] = {}
+
+    def done(block: pd.DataFrame) -> None:
+        nonlocal frauds, days_done
+        frauds += int(block["is_fraud"].sum())
+        for name, number in block["scenario"].value_counts().items():
+            scenarios[str(name)] = scenarios.get(str(name), 0) + int(number)
+        days = min(BLOCK_DAYS, params.days - days_done)
+        days_done += days
+        on_days(days)
+
+    rows = write_history(generate_blocks(params), path, params, on_block=done)
+    return HistorySummary(rows=rows, frauds=frauds, scenarios=scenarios)
 
 
 def history_metadata(path: Path) -> dict[str, Any] | None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from psycopg.conninfo import conninfo_to_dict
+
 from fraudstream import bus
 from fraudstream.config import Settings
 from fraudstream.stack.kafka import KafkaBroker
@@ -24,7 +26,7 @@ from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.stack.process import PidRecord, ServiceError
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
-from fraudstream.store.roles import ensure_dashboard_role
+from fraudstream.store.roles import DASHBOARD_ROLE, ensure_dashboard_role
 
 __all__ = ["ServiceStatus", "Stack", "UpReport"]
 
@@ -149,6 +151,25 @@ class Stack:
 
             report.model_trained = ensure_model(self.settings, SystemClock(), progress)
         return report
+
+    def dashboard_role_password(
+        self, warn: Callable[[str], None] = lambda _message: None
+    ) -> str | None:
+        """The password to give the dashboard's own database user when fraudstream owns that
+        user: the managed server's, or the one dashboard.database_url names (``warn`` is told
+        when that URL names another user, or no password: that user is the operator's)."""
+        if self.settings.database.managed:
+            return self.database.dashboard_password()
+        if self.settings.dashboard.database_url is None:
+            return None
+        params = conninfo_to_dict(self.settings.dashboard.database_url.get_secret_value())
+        if params.get("user") != DASHBOARD_ROLE or not params.get("password"):
+            warn(
+                f"dashboard.database_url does not name user {DASHBOARD_ROLE} with a password: "
+                "that user is yours to create"
+            )
+            return None
+        return str(params["password"])
 
     def _start_pipeline(self, report: UpReport, progress: Callable[[str], None]) -> None:
         for service in self.pipeline:

@@ -25,7 +25,7 @@ import pandas as pd
 import psycopg
 from psycopg.types.json import Jsonb
 
-from fraudstream.bench.stages import Result
+from bench.stages import Result
 from fraudstream.config import Settings
 from fraudstream.dashboard import queries
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
@@ -56,7 +56,7 @@ def run(base: Settings, *, rows: int, repeats: int, progress: Progress) -> list[
 
 @contextmanager
 def _private_database(base: Settings) -> Iterator[Settings]:
-    from fraudstream.bench.engine import _free_port
+    from bench.engine import _free_port
 
     with tempfile.TemporaryDirectory(prefix="fraudstream-bench-dashboard-") as root:
         database = base.database.model_copy(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from fraudstream.bench.stages import Result
+from bench.stages import Result
 
 __all__ = ["machine", "update_section", "update_text_section"]
 

@@ -37,9 +37,9 @@ from typing import cast
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
+from bench.profile import Profile, record
+from bench.stages import Result
 from fraudstream import bus
-from fraudstream.bench.profile import Profile, record
-from fraudstream.bench.stages import Result
 from fraudstream.clock import SystemClock
 from fraudstream.config import CONFIG_FILE_ENV, ENV_PREFIX, Settings, TopicSettings, env_name
 from fraudstream.model.bootstrap import ensure_model

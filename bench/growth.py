@@ -29,9 +29,9 @@ import pandas as pd
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from fraudstream.bench import engine as engine_bench
-from fraudstream.bench.engine import EngineBench, Progress, Workload
-from fraudstream.bench.stages import Result
+from bench import engine as engine_bench
+from bench.engine import EngineBench, Progress, Workload
+from bench.stages import Result
 from fraudstream.config import Settings
 from fraudstream.engines.common import empty_predictions
 from fraudstream.features import FEATURES_VERSION, CardState

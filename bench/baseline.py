@@ -24,8 +24,8 @@ import pandas as pd
 from confluent_kafka import Consumer, Message
 from psycopg.types.json import Jsonb
 
-from fraudstream.bench.engine import FULL, QUICK, EngineBench, Progress, Workload
-from fraudstream.bench.stages import Result
+from bench.engine import FULL, QUICK, EngineBench, Progress, Workload
+from bench.stages import Result
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings
 from fraudstream.engines.common import (

@@ -1,0 +1,92 @@
+"""The benchmark run behind `fraudstream bench`: the chosen sections, each written to the report.
+
+Stages (generation, features, scoring) need no services; the engine benchmarks start a private
+Kafka broker and PostgreSQL server on free ports and remove them afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+from bench import engine as engine_bench
+from bench import stages
+from bench.report import update_section, update_text_section
+from bench.stages import Result
+from fraudstream.clock import SystemClock
+from fraudstream.config import Settings
+
+__all__ = ["SECTIONS", "run"]
+
+SECTIONS = ("all", "stages", "engine", "spark", "dashboard", "baseline", "growth")
+
+
+def run(
+    settings: Callable[[], Settings],
+    *,
+    only: str,
+    quick: bool,
+    out: Path,
+    profile: bool | None,
+    progress: Callable[[str], None],
+) -> list[Result]:
+    """Measure the ``only`` section(s) (one of ``SECTIONS``), update their sections of ``out``
+    and return the figures. ``settings`` is called only by the sections that need services;
+    ``profile`` None samples the local engine where py-spy may attach to it."""
+    if only not in SECTIONS:
+        raise ValueError(f"unknown benchmark section {only!r}")
+    when = SystemClock().now()
+    how = "fraudstream bench" + (" --quick" if quick else "") + (f" --only {only}")
+    results: list[Result] = []
+    if only in ("all", "stages"):
+        generation = stages.generation(days=7 if quick else 91, repeats=1 if quick else 3)
+        model = stages.feature_and_scoring(
+            measured_batches=5 if quick else 200, repeats=1 if quick else 3,
+            customers=500 if quick else 5_000, progress=progress,
+        )  # fmt: skip
+        update_section(out, "simulator", "Simulator", [generation], when, how)
+        update_section(out, "features", "Features and scoring", model, when, how)
+        results += [generation, *model]
+    if only in ("all", "engine"):
+        if profile is None:
+            from bench.profile import can_sample
+
+            profile = can_sample()
+        engine, sampled = engine_bench.run(
+            settings(), quick=quick, progress=progress,
+            profile_s=(5.0 if quick else 30.0) if profile else None,
+        )  # fmt: skip
+        update_section(out, "engine", "Local engine, end to end", engine, when, how)
+        if sampled is not None:
+            title = "Local engine profile (catch-up)"
+            update_text_section(out, "profile", title, sampled.markdown(), when, how)
+        results += engine
+    if only == "spark" or (only == "all" and importlib.util.find_spec("pyspark")):
+        spark, _ = engine_bench.run(settings(), quick=quick, progress=progress, engine="spark")
+        title = f"Spark engine ({settings().spark.master}), end to end"
+        update_section(out, "spark", title, spark, when, how)
+        results += spark
+    if only in ("all", "dashboard"):
+        from bench import dashboard as dashboard_bench
+
+        rows = 20_000 if quick else 10_000_000
+        queries = dashboard_bench.run(
+            settings(), rows=rows, repeats=3 if quick else 50, progress=progress
+        )
+        update_section(out, "dashboard", "Dashboard queries", queries, when, how)
+        results += queries
+    if only in ("all", "baseline"):
+        from bench import baseline
+
+        compared = baseline.run(settings(), quick=quick, progress=progress)
+        title = "Baseline: one message at a time, beside the local engine"
+        update_section(out, "baseline", title, compared, when, how)
+        results += compared
+    if only in ("all", "growth"):
+        from bench import growth
+
+        grown = growth.run(settings(), quick=quick, progress=progress)
+        update_section(out, "growth", "Growth: cards and stored rows", grown, when, how)
+        results += grown
+    return results
