@@ -7,12 +7,20 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from fraudstream.config import Settings, load_settings
+from fraudstream.features import history_features
+from fraudstream.model.data import from_dataset
+from fraudstream.model.registry import Registry
+from fraudstream.model.train import train
+from fraudstream.simulator.adapters import load_dataset
+from fraudstream.simulator.generator import generate_blocks, preset
+from fraudstream.simulator.history import write_history
 from fraudstream.stack import Stack
 from fraudstream.store.db import connect
 
@@ -72,3 +80,20 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 def db(stack_settings: Settings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with connect(stack_settings) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small XGBoost model, trained once per session on a handbook-style history."""
+    params = preset("handbook", n_customers=600, n_terminals=1_200, days=160, seed=8)
+    history = tmp_path_factory.mktemp("engine-model") / "h.parquet"
+    write_history(generate_blocks(params), history, params)
+    frame, frauds = from_dataset(load_dataset(history, tokenizer=None))
+    result = train(
+        frame, history_features(frame, frauds), backend_name="xgboost",
+        grid=[{"n_estimators": 80, "max_depth": 4}],
+        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc), source="test",
+    )  # fmt: skip
+    registry = Registry(history.parent / "models")
+    registry.promote(registry.save(result.model, result.metadata))
+    return registry.root

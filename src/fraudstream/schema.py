@@ -6,10 +6,9 @@ input: it returns a reason, so callers can route the original bytes to the dead-
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
-
-import hashlib
 
 import msgspec
 

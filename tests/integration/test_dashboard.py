@@ -19,7 +19,6 @@ from streamlit.testing.v1 import AppTest
 
 from fraudstream.config import Settings
 from fraudstream.dashboard.queries import terminal_risk
-from fraudstream.store.status import StatusReporter
 from fraudstream.engines.base import EngineStats
 from fraudstream.model.metrics import auc_roc, average_precision
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
@@ -30,9 +29,10 @@ from fraudstream.store.db import connect, dashboard_conninfo
 from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
 from fraudstream.store.sink import Observed, PredictionSink
+from fraudstream.store.status import StatusReporter
 
 from ..conftest import overrides_env
-from .test_engine import isolated
+from ..engine_kit import isolated
 
 APP = str(Path(__import__("fraudstream.dashboard").dashboard.__file__).parent / "app.py")
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

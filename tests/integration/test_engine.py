@@ -9,11 +9,8 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,11 +19,9 @@ import pandas as pd
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
-from psycopg import sql
 
-from fraudstream import bus
 from fraudstream.clock import SystemClock
-from fraudstream.config import Settings, TopicSettings
+from fraudstream.config import Settings
 from fraudstream.engines.local import LocalEngine
 from fraudstream.features import history_features
 from fraudstream.model.data import from_dataset
@@ -36,55 +31,18 @@ from fraudstream.model.train import train
 from fraudstream.simulator.adapters import load_dataset
 from fraudstream.simulator.generator import SimulationParams, generate, generate_blocks, preset
 from fraudstream.simulator.history import write_history
-from fraudstream.simulator.publish import Publisher, TransactionRows
 from fraudstream.stack import Stack
-from fraudstream.store import migrations
-from fraudstream.store.db import connect, conninfo
+from fraudstream.store.db import conninfo
 
-from ..conftest import overrides_env
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    params = preset("handbook", n_customers=600, n_terminals=1_200, days=160, seed=8)
-    history = tmp_path_factory.mktemp("engine-model") / "h.parquet"
-    write_history(generate_blocks(params), history, params)
-    frame, frauds = from_dataset(load_dataset(history, tokenizer=None))
-    result = train(
-        frame, history_features(frame, frauds), backend_name="xgboost",
-        grid=[{"n_estimators": 80, "max_depth": 4}],
-        created_at=datetime(2026, 1, 1, tzinfo=timezone.utc), source="test",
-    )  # fmt: skip
-    registry = Registry(history.parent / "models")
-    registry.promote(registry.save(result.model, result.metadata))
-    return registry.root
-
-
-def isolated(stack_settings: Settings, models: Path, **engine: object) -> Settings:
-    """The session's broker and server with this test's own topics, database and group."""
-    run = uuid.uuid4().hex[:8]
-    topics = TopicSettings(
-        transactions=f"tx-{run}", labels=f"lb-{run}", alerts=f"al-{run}", dlq=f"dlq-{run}"
-    )
-    kafka = stack_settings.kafka.model_copy(update={"topics": topics})
-    bus.ensure_topics(kafka)
-    with connect(stack_settings, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"db_{run}")))
-    database = stack_settings.database.model_copy(update={"name": f"db_{run}"})
-    engine_settings = stack_settings.engine.model_copy(
-        update={"group_id": f"g-{run}", "status_interval_s": 0.5, **engine}
-    )
-    settings = stack_settings.model_copy(
-        update={
-            "kafka": kafka,
-            "database": database,
-            "engine": engine_settings,
-            "model": stack_settings.model.model_copy(update={"dir": models}),
-        }
-    )
-    with connect(settings) as conn:
-        migrations.migrate(conn)
-    return settings
+from ..engine_kit import (
+    isolated,
+    predictions,
+    publish,
+    start_engine,
+    stop_engine,
+    stored_count,
+    wait_for,
+)
 
 
 def todays_transactions(count_customers: int, seed: int) -> pd.DataFrame:
@@ -108,26 +66,6 @@ def todays_transactions(count_customers: int, seed: int) -> pd.DataFrame:
         fraction * (end - start).total_seconds(), unit="s"
     )
     return last_day.reset_index(drop=True)
-
-
-def publish(settings: Settings, frame: pd.DataFrame) -> None:
-    publisher = Publisher(settings.kafka)
-    rows = TransactionRows(frame)
-    for index in range(len(rows)):
-        publisher.send_transaction(rows.record(index))
-    publisher.close()
-
-
-def predictions(settings: Settings) -> pd.DataFrame:
-    with psycopg.connect(conninfo(settings)) as conn:
-        rows = conn.execute(
-            "SELECT tx_id, score, decision, model_version FROM fraud_predictions"
-        ).fetchall()
-    return (
-        pd.DataFrame(rows, columns=["tx_id", "score", "decision", "model_version"])
-        .set_index("tx_id")
-        .sort_index()
-    )
 
 
 def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
@@ -245,61 +183,6 @@ def replaying(recorded: Recorded, stack_settings: Settings, models: Path) -> Set
     """A fresh database and consumer group reading the recorded stream."""
     fresh = isolated(stack_settings, models, **ENGINE_KNOBS)
     return fresh.model_copy(update={"kafka": recorded.settings.kafka})
-
-
-def engine_env(settings: Settings) -> dict[str, str]:
-    return overrides_env(
-        {
-            "state_dir": str(settings.state_dir),
-            "kafka.port": str(settings.kafka.port),
-            "kafka.controller_port": str(settings.kafka.controller_port),
-            "kafka.topics.transactions": settings.kafka.topics.transactions,
-            "kafka.topics.labels": settings.kafka.topics.labels,
-            "kafka.topics.alerts": settings.kafka.topics.alerts,
-            "kafka.topics.dlq": settings.kafka.topics.dlq,
-            "database.port": str(settings.database.port),
-            "database.name": settings.database.name,
-            "engine.group_id": settings.engine.group_id,
-            "engine.batch_max_messages": str(settings.engine.batch_max_messages),
-            "engine.snapshot_interval_s": str(settings.engine.snapshot_interval_s),
-            "engine.status_interval_s": str(settings.engine.status_interval_s),
-            "model.dir": str(settings.model.dir),
-        }
-    )
-
-
-def start_engine(settings: Settings, log: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fraudstream", "score", *args],
-        env=engine_env(settings),
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def stored_count(settings: Settings) -> int:
-    with psycopg.connect(conninfo(settings)) as conn:
-        row = conn.execute("SELECT count(*) FROM fraud_predictions").fetchone()
-    return int(row[0]) if row else 0
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-def stop_engine(process: subprocess.Popen[bytes], log: Path) -> None:
-    """SIGTERM, as a service manager would; the engine must exit cleanly and soon."""
-    process.send_signal(signal.SIGTERM)
-    try:
-        returncode = process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise AssertionError("the engine did not stop within 30 s of SIGTERM") from None
-    assert returncode == 0, log.read_text()[-3000:]
 
 
 def assert_same_as_uninterrupted(settings: Settings, recorded: Recorded) -> None:

@@ -26,19 +26,16 @@ from fraudstream.stack.spark import StandaloneCluster
 from fraudstream.store.db import conninfo
 
 from ..conftest import free_port
-from .test_engine import (
+from ..engine_kit import (
     engine_env,
     isolated,
-    models_dir,
     predictions,
     publish,
     stop_engine,
     stored_count,
-    todays_transactions,
     wait_for,
 )
-
-__all__ = ["models_dir"]  # the fixture, shared with the local engine's tests
+from .test_engine import todays_transactions
 
 MALFORMED = [b"not json", json.dumps({"tx_id": "x", "amount": -1}).encode()]
 

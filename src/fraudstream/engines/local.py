@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -55,9 +55,9 @@ from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.base import EngineStats, ModelHolder, decision_rules, engine_id
 from fraudstream.engines.scoring import observed
-from fraudstream.engines.step import Decoded, PartitionState, StoredId, blocked_at, step
+from fraudstream.engines.step import Decoded, PartitionState, StepResult, StoredId, drive
 from fraudstream.engines.terminals import LabelReader, TerminalTables
-from fraudstream.features import FEATURES_VERSION, CardState
+from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
 from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress
 from fraudstream.model.registry import Registry
@@ -175,6 +175,9 @@ class LocalEngine:
             partition.offset = offsets[partition.partition]
         log.info("assigned %s", {p.partition: p.offset for p in partitions})
         consumer.assign(partitions)
+        # librdkafka keeps a partition paused across a rebalance: one this engine held for a
+        # terminal table before would never be read again.
+        consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         try:
@@ -286,32 +289,21 @@ class LocalEngine:
             )
             for partition, offset, message in kept
         ]  # fmt: skip
-        while items:
-            days = {day for day in (item.day for item in items) if day is not None}
-            tables = self.tables.available(self.conn, days)
-            ready, waiting = blocked_at(items, set(tables))
-            if ready:
-                self._step(ready, tables)
-            if not waiting:
-                break
-            items = [
-                i
-                for i in items
-                if i.partition in waiting and i.offset >= waiting[i.partition].offset
-            ]
-            if not self._seal_for(waiting):
-                self._hold(waiting)
-                break
+        drive(items, self)
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
         del self.stats.batch_ms[:-1000]
 
-    def _step(self, items: list[Decoded], tables: dict[np.datetime64, object]) -> None:
-        valid_ids = [i.record.tx_id for i in items if isinstance(i.record, Transaction)]
-        result = step(
-            items, self.partitions, tables, self._stored_ids(valid_ids),  # type: ignore[arg-type]
-            scorer=self.scorer, rules=self.rules, scored_at=self.clock.now(),
-            engine=self.name, lateness=self.lateness,
-        )  # fmt: skip
+    # --- what the pure step needs (engines/step.py: StepHost) ------------------------------
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def tables_for(self, days: set[np.datetime64]) -> dict[np.datetime64, TerminalTable]:
+        return self.tables.available(self.conn, days)
+
+    def commit(self, items: list[Decoded], result: StepResult) -> None:
+        """Dead letters acknowledged now; predictions, dead letters' records, offsets,
+        watermarks and card state handed to the writer (one transaction), alerts after."""
         self._late_after_seal(result.predictions)
         rejected = self._dead_letter(result.rejected)
         seen = None
@@ -354,7 +346,7 @@ class LocalEngine:
             predictions.loc[missed, "late"] = True
             self.stats.late += int(missed.sum())
 
-    def _stored_ids(self, tx_ids: list[str]) -> dict[str, StoredId]:
+    def stored_ids(self, tx_ids: list[str]) -> dict[str, StoredId]:
         """Which of ``tx_ids`` are stored (or in flight), from which message, with what
         content: what tells a replay or a reused id from a new transaction."""
         if not tx_ids:
@@ -376,7 +368,7 @@ class LocalEngine:
 
     # --- terminal tables -----------------------------------------------------------------
 
-    def _seal_for(self, waiting: dict[int, Decoded]) -> bool:
+    def seal_for(self, waiting: dict[int, Decoded]) -> bool:
         """Try to seal the table the earliest waiting record needs. Every waiting partition
         first promises its next record's event time, so that engines owning the other
         partitions can seal too."""
@@ -408,7 +400,7 @@ class LocalEngine:
             progress[partition] = PartitionProgress(max(next_offset, low), watermark, high)
         return progress
 
-    def _hold(self, waiting: dict[int, Decoded]) -> None:
+    def hold(self, waiting: dict[int, Decoded]) -> None:
         """Pause the waiting partitions at their first unprocessed record."""
         for partition, item in waiting.items():
             self.expected[partition] = item.offset

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -33,9 +34,11 @@ from fraudstream.schema import Invalid, Transaction, content_digest
 __all__ = [
     "Decoded",
     "PartitionState",
+    "StepHost",
     "StepResult",
     "StoredId",
     "blocked_at",
+    "drive",
     "frame_of",
     "step",
 ]
@@ -298,3 +301,64 @@ def step(
         replays=replays,
         conflicts=conflicts,
     )
+
+
+class StepHost(Protocol):
+    """What a runtime gives ``drive``: its I/O, done before or after the pure step."""
+
+    partitions: dict[int, PartitionState]
+    scorer: Scorer
+    rules: RuleSet
+    name: str
+    lateness: timedelta
+
+    def now(self) -> datetime: ...
+
+    def tables_for(self, days: set[np.datetime64]) -> dict[np.datetime64, TerminalTable]:
+        """The sealed tables among ``days`` (fetched, not built)."""
+        ...
+
+    def stored_ids(self, tx_ids: list[str]) -> Mapping[str, StoredId]:
+        """Which of ``tx_ids`` are stored or in flight."""
+        ...
+
+    def seal_for(self, waiting: dict[int, Decoded]) -> bool:
+        """Store what was stepped, record the waiting records' event times as their
+        partitions' promises, and seal the table the earliest one needs if the logs allow;
+        True when sealed."""
+        ...
+
+    def hold(self, waiting: dict[int, Decoded]) -> None:
+        """Stop reading the waiting partitions until their table can be sealed; each is read
+        again from its waiting record."""
+        ...
+
+    def commit(self, items: list[Decoded], result: StepResult) -> None:
+        """Dead-letter, store and checkpoint one step's outcome (its commit order)."""
+        ...
+
+
+def drive(items: list[Decoded], host: StepHost) -> None:
+    """Process ``items`` (log order per partition) in steps: each step takes, per partition,
+    the records whose terminal tables are sealed; a table not sealed yet is sealed when the
+    logs allow it, else its partition waits from its first record that needs it."""
+    while items:
+        days = {day for day in (item.day for item in items) if day is not None}
+        tables = host.tables_for(days)
+        ready, waiting = blocked_at(items, set(tables))
+        if ready:
+            valid_ids = [i.record.tx_id for i in ready if isinstance(i.record, Transaction)]
+            result = step(
+                ready, host.partitions, tables, host.stored_ids(valid_ids),
+                scorer=host.scorer, rules=host.rules, scored_at=host.now(),
+                engine=host.name, lateness=host.lateness,
+            )  # fmt: skip
+            host.commit(ready, result)
+        if not waiting:
+            return
+        items = [
+            i for i in items if i.partition in waiting and i.offset >= waiting[i.partition].offset
+        ]
+        if not host.seal_for(waiting):
+            host.hold(waiting)
+            return

@@ -219,15 +219,16 @@ class TerminalTables:
             return None
         activity = load_terminal_activity(conn, day)
         with conn.transaction():
-            table = seal_table(
+            table, sealed = seal_table(
                 conn, activity.table(day), features_version=FEATURES_VERSION,
                 idle_partitions=idle, built_by=self.built_by,
             )  # fmt: skip
-        self.sealed_here += 1
-        log.info(
-            "terminal table of %s sealed (%d terminals%s)", day, len(table.frame),
-            f"; idle partitions {idle}" if idle else "",
-        )  # fmt: skip
+        if sealed:
+            self.sealed_here += 1
+            log.info(
+                "terminal table of %s sealed (%d terminals%s)", day, len(table.frame),
+                f"; idle partitions {idle}" if idle else "",
+            )  # fmt: skip
         self._remember(table)
         return table
 

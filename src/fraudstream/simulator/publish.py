@@ -53,6 +53,7 @@ class Publisher:
                 "batch.size": 1_000_000,
                 "queue.buffering.max.messages": 1_000_000,
                 "queue.buffering.max.kbytes": 1_048_576,
+                "message.max.bytes": kafka.max_message_bytes,  # the topics' limit
                 "on_delivery": self._on_delivery,
             }
         )

@@ -116,22 +116,23 @@ def seal_table(
     features_version: str,
     idle_partitions: list[int],
     built_by: str,
-) -> TerminalTable:
+) -> tuple[TerminalTable, bool]:
     """Store ``table`` as its day's table unless another engine sealed that day first; returns
-    the day's table as stored (the first one wins, so every engine uses the same)."""
+    the day's table as stored (the first one wins, so every engine uses the same), and
+    whether it is this one."""
     buffer = io.BytesIO()
     table.frame.reindex(columns=terminal_columns()).to_parquet(buffer)
-    conn.execute(
+    inserted = conn.execute(
         "INSERT INTO terminal_tables (day, features_version, frame, terminals, idle_partitions, "
         "built_by) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (day) DO NOTHING",
         (
             _day(table.day), features_version, buffer.getvalue(), len(table.frame),
             idle_partitions, built_by,
         ),
-    )  # fmt: skip
+    ).rowcount  # fmt: skip
     stored = load_sealed_table(conn, table.day)
     assert stored is not None
-    return stored
+    return stored, inserted == 1
 
 
 def stored_progress(

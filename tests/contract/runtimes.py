@@ -1,0 +1,193 @@
+"""Every runtime of the contract suite, reduced to one ``Outcome`` to check the same way."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psycopg
+from confluent_kafka import Consumer
+
+from fraudstream import bus
+from fraudstream.clock import SystemClock
+from fraudstream.config import Settings, TopicSettings
+from fraudstream.engines.base import decision_rules
+from fraudstream.engines.local import LocalEngine
+from fraudstream.features import FEATURE_NAMES
+from fraudstream.model.registry import Registry
+from fraudstream.model.scoring import Scorer
+from fraudstream.store.db import conninfo
+from fraudstream.testing import MemoryMessage, MemoryRuntime
+
+from ..engine_kit import isolated, start_engine, stop_engine, wait_for
+from .conftest import Stream
+
+
+@dataclass
+class Outcome:
+    """What a runtime made of the stream."""
+
+    rows: pd.DataFrame  # index tx_id: FEATURE_NAMES, score, decision, late
+    dead_letters: list[tuple[str, str]]  # (source topic kind, reason)
+    alerts: set[str]
+    crashes: int = 0
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+def fresh_settings(
+    stream: Stream, stack_settings: Settings, models: Path, **engine: object
+) -> Settings:
+    """The stream's input topics; this run's own database, group and output topics."""
+    own = isolated(stack_settings, models, **engine)
+    run = uuid.uuid4().hex[:6]
+    topics = TopicSettings(
+        transactions=stream.settings.kafka.topics.transactions,
+        labels=stream.settings.kafka.topics.labels,
+        alerts=f"al-{run}", dlq=f"dlq-{run}", labels_dlq=f"lbdlq-{run}",
+    )  # fmt: skip
+    kafka = own.kafka.model_copy(update={"topics": topics})
+    bus.ensure_topics(kafka)
+    return own.model_copy(update={"kafka": kafka})
+
+
+def outcome_from_database(settings: Settings, *, crashes: int = 0) -> Outcome:
+    with psycopg.connect(conninfo(settings)) as conn:
+        rows = conn.execute(
+            "SELECT tx_id, features, score, decision, late FROM fraud_predictions"
+        ).fetchall()
+        letters = conn.execute("SELECT source_topic, reason FROM dlq_events").fetchall()
+    frame = pd.DataFrame(
+        [list(features) + [score, decision, late] for _, features, score, decision, late in rows],
+        columns=[*FEATURE_NAMES, "score", "decision", "late"],
+        index=[tx for tx, *_ in rows],
+    )
+    labels_topic = settings.kafka.topics.labels
+    dead = [("labels" if t == labels_topic else "transactions", r) for t, r in letters]
+    flagged = int((frame["decision"] != "approve").sum())
+    alerts = {
+        json.loads(m.value())["tx_id"]
+        for m in drain(settings, settings.kafka.topics.alerts, flagged)
+    }
+    return Outcome(frame.sort_index(), dead, alerts, crashes)
+
+
+def drain(settings: Settings, topic: str, expect: int, timeout_s: float = 60) -> list:
+    """At least ``expect`` messages of ``topic`` (waiting up to ``timeout_s``), then any more
+    that arrive within a second."""
+    consumer = Consumer(
+        {**settings.kafka.client_config(), "group.id": uuid.uuid4().hex,
+         "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024}
+    )  # fmt: skip
+    consumer.subscribe([topic])
+    found: list = []
+    deadline = time.monotonic() + timeout_s
+    while len(found) < expect and time.monotonic() < deadline:
+        found += [m for m in consumer.consume(1000, 0.5) if not m.error()]
+    quiet = time.monotonic() + 1.0
+    while time.monotonic() < quiet:
+        found += [m for m in consumer.consume(1000, 0.2) if not m.error()]
+    consumer.close()
+    return found
+
+
+# --- the runtimes ----------------------------------------------------------------------------
+
+
+def run_memory(stream: Stream, stack_settings: Settings, models: Path, *, seed: int) -> Outcome:
+    """The in-memory runtime with random batch cuts, aborts (kill -9) and rebalances."""
+    logs = {
+        partition: [MemoryMessage(value, key, stamp) for key, value, stamp in messages]
+        for partition, messages in stream.logs.items()
+    }
+    runtime = MemoryRuntime(
+        logs, stream.label_log, scorer=Scorer(Registry(models).load()),
+        rules=decision_rules(stack_settings), now=pd.Timestamp.now(tz="UTC").to_pydatetime(),
+        lateness=timedelta_s(stack_settings.engine.allowed_lateness_s),
+        batch_sizes=(1, 400), snapshot_every=4, seed=seed,
+    )  # fmt: skip
+    markers = {n: ("abort" if n % 2 else "rebalance") for n in range(7, 400, 23)}
+    runtime.run(markers)
+    sink = runtime.sink
+    frame = sink.frame()
+    rows = pd.DataFrame(
+        np.vstack(frame["features"].to_numpy()), columns=list(FEATURE_NAMES), index=frame.index
+    ).assign(score=frame["score"], decision=frame["decision"], late=frame["late"])
+    dead = [("transactions", letter.reason) for letter in sink.dead_letters.values()]
+    dead += [("labels", reason) for reason in runtime.invalid_labels]
+    aborts = sum(1 for n, m in markers.items() if m == "abort" and n < runtime.steps + 400)
+    return Outcome(rows.sort_index(), dead, set(sink.alerts), crashes=aborts)
+
+
+def timedelta_s(seconds: float):
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def run_local(
+    stream: Stream, stack_settings: Settings, models: Path, *, batch: int, snapshot_s: float
+) -> Outcome:
+    """The local engine in this process, uninterrupted, until the stream is done."""
+    settings = fresh_settings(
+        stream, stack_settings, models, batch_max_messages=batch, snapshot_interval_s=snapshot_s
+    )
+    LocalEngine(settings, SystemClock()).run(max_idle_s=5)
+    return outcome_from_database(settings)
+
+
+def _done(settings: Settings, stream: Stream) -> bool:
+    expected_rows = len(stream.expected) + 1  # the late record is stored too
+    expected_letters = len([h for h in stream.hostile if h.reason])
+    with psycopg.connect(conninfo(settings)) as conn:
+        rows = conn.execute("SELECT count(*) FROM fraud_predictions").fetchone()
+        letters = conn.execute("SELECT count(*) FROM dlq_events").fetchone()
+    return (rows, letters) == ((expected_rows,), (expected_letters,))
+
+
+def _stored(settings: Settings) -> int:
+    with psycopg.connect(conninfo(settings)) as conn:
+        row = conn.execute("SELECT count(*) FROM fraud_predictions").fetchone()
+    return int(row[0]) if row else 0
+
+
+def run_local_killed(
+    stream: Stream, stack_settings: Settings, models: Path, log: Path, *, kills: int
+) -> Outcome:
+    """Engine processes killed with SIGKILL at points spread over the stream (waiting on
+    stored progress, never on wall time), restarted each time, until the stream is done."""
+    settings = fresh_settings(
+        stream, stack_settings, models, batch_max_messages=400, snapshot_interval_s=0.5
+    )
+    total = len(stream.expected)
+    for k in range(kills):
+        process = start_engine(settings, log)
+        target = total * (k + 1) // (kills + 2)
+        wait_for(lambda t=target: _stored(settings) >= t, 300, f"{target} rows stored")
+        process.kill()
+        process.wait(30)
+    process = start_engine(settings, log)
+    wait_for(lambda: _done(settings, stream), 300, "the whole stream stored")
+    stop_engine(process, log)
+    return outcome_from_database(settings, crashes=kills)
+
+
+def run_two_engines(stream: Stream, stack_settings: Settings, models: Path, log: Path) -> Outcome:
+    """Two engine processes in one group (rebalances), one killed half-way; the survivor
+    takes over its partitions."""
+    settings = fresh_settings(
+        stream, stack_settings, models, batch_max_messages=400, snapshot_interval_s=0.5
+    )
+    first, second = start_engine(settings, log), start_engine(settings, log)
+    wait_for(lambda: _stored(settings) >= len(stream.expected) // 2, 300, "half the stream")
+    second.kill()
+    second.wait(30)
+    wait_for(lambda: _done(settings, stream), 300, "the whole stream stored")
+    stop_engine(first, log)
+    assert isinstance(first, subprocess.Popen)
+    return outcome_from_database(settings, crashes=1)

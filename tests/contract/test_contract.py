@@ -1,0 +1,129 @@
+"""One contract, every runtime: on a 32-day labelled stream with hostile messages inside it,
+every feature column equals the offline training features bit for bit, scores and decisions
+equal the reference, every hostile message is quarantined with its reason and nothing else
+is lost or stuck, alerts are exactly the flagged stored rows — uninterrupted, with other batch
+cuts, after repeated kill -9 and with two engines sharing the partitions.
+
+Each run appends a line to ``contract-results.json`` under pytest's base temp directory: the
+runtime × case table of the issue's note.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fraudstream.config import Settings
+from fraudstream.features import FEATURE_NAMES
+
+from .conftest import Stream
+from .runtimes import (
+    Outcome,
+    run_local,
+    run_local_killed,
+    run_memory,
+    run_two_engines,
+)
+
+Runner = Callable[[Stream, Settings, Path, Path], Outcome]
+
+RUNTIMES: dict[str, Runner] = {
+    "memory (random cuts, aborts, rebalances)": lambda s, st, m, _log: run_memory(s, st, m, seed=1),
+    "memory (other cuts, aborts, rebalances)": lambda s, st, m, _log: run_memory(s, st, m, seed=2),
+    "local (batches of 700)": lambda s, st, m, _log: run_local(s, st, m, batch=700, snapshot_s=0.5),
+    "local (batches of 5,000)": lambda s, st, m, _log: run_local(
+        s, st, m, batch=5000, snapshot_s=30
+    ),
+    "local (kill -9 three times)": lambda s, st, m, log: run_local_killed(s, st, m, log, kills=3),
+    "local (two engines, one killed)": run_two_engines,
+}
+
+_SEEN: dict[str, pd.DataFrame] = {}
+
+
+def _differences(got: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Cells that differ, NaN equal to NaN, compared bit for bit otherwise."""
+    both_nan = np.isnan(got) & np.isnan(want)
+    return (got != want) & ~both_nan
+
+
+def check(outcome: Outcome, stream: Stream) -> dict[str, object]:
+    """Assert the contract; return the figures of the note's table."""
+    expected = stream.expected
+    rows = outcome.rows
+    assert rows.index.is_unique
+    missing = set(expected.index) - set(rows.index)
+    extra = set(rows.index) - set(expected.index) - {stream.late_tx_id}
+    assert not missing and not extra, (len(missing), sorted(extra)[:5])
+
+    got = rows.loc[expected.index]
+    differing = _differences(
+        got[list(FEATURE_NAMES)].to_numpy(dtype=float),
+        expected[list(FEATURE_NAMES)].to_numpy(dtype=float),
+    )
+    by_feature = {
+        name: int(n) for name, n in zip(FEATURE_NAMES, differing.sum(axis=0), strict=True) if n
+    }
+    assert not by_feature, f"feature cells differing from training: {by_feature}"
+    assert (got["score"].to_numpy() == expected["score"].to_numpy()).all()
+    assert (got["decision"].to_numpy() == expected["decision"].to_numpy()).all()
+    assert not got["late"].astype(bool).any()
+    assert bool(rows.loc[stream.late_tx_id, "late"])  # stored, flagged, not counted
+
+    for hostile in stream.hostile:
+        if hostile.reason is None:
+            continue
+        matching = [
+            r for kind, r in outcome.dead_letters if kind == hostile.topic and hostile.reason in r
+        ]
+        assert len(matching) == 1, (hostile.name, hostile.reason, outcome.dead_letters)
+    quarantined = len([h for h in stream.hostile if h.reason])
+    assert len(outcome.dead_letters) == quarantined, outcome.dead_letters
+
+    flagged = set(rows.index[rows["decision"] != "approve"])
+    assert outcome.alerts == flagged, (len(outcome.alerts - flagged), len(flagged - outcome.alerts))
+    return {
+        "rows": len(rows),
+        "feature cells equal": f"{got[list(FEATURE_NAMES)].size:,} of {got[list(FEATURE_NAMES)].size:,}",
+        "dead letters": len(outcome.dead_letters),
+        "alerts": len(outcome.alerts),
+        "crashes survived": outcome.crashes,
+    }
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("runtime", list(RUNTIMES))
+def test_the_runtime_honours_the_contract(
+    runtime: str,
+    stream: Stream,
+    stack_settings: Settings,
+    models_dir: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    outcome = RUNTIMES[runtime](stream, stack_settings, models_dir, tmp_path / "engine.log")
+    figures = check(outcome, stream)
+    # Every runtime's rows are identical to every other's (not only to the reference).
+    for other, rows in _SEEN.items():
+        pd.testing.assert_frame_equal(
+            outcome.rows, rows, check_exact=True, obj=f"{runtime} vs {other}"
+        )
+    _SEEN[runtime] = outcome.rows
+    results = tmp_path_factory.getbasetemp() / "contract-results.json"
+    with results.open("a") as out:
+        out.write(json.dumps({"runtime": runtime, **figures}) + "\n")
+
+
+def test_the_stream_is_the_hard_case(stream: Stream) -> None:
+    """Many days, labels days late, several partitions, every terminal feature far from 0."""
+    expected = stream.expected
+    assert len(stream.logs) == 4 and all(len(log) > 1000 for log in stream.logs.values())
+    assert stream.labels > 100
+    for name in FEATURE_NAMES:
+        if name.startswith("terminal_"):
+            assert (expected[name] != 0).sum() > 100, name
