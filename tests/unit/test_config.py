@@ -21,7 +21,11 @@ def test_defaults_describe_a_managed_local_stack() -> None:
     assert settings.kafka.bootstrap == "127.0.0.1:9092"
     assert settings.kafka.partitions == 4
     assert settings.kafka.topics.all() == [
-        "transactions", "labels", "alerts", "transactions.dlq", "labels.dlq"
+        "transactions",
+        "labels",
+        "alerts",
+        "transactions.dlq",
+        "labels.dlq",
     ]
     assert settings.state_dir.is_absolute()
 

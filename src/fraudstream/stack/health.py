@@ -66,7 +66,7 @@ def _postgres(settings: Settings) -> Health:
 
 
 def _engine(settings: Settings, max_age_s: float) -> Health:
-    # Engines name themselves engine.engine_id, else "<host name>-<pid>" (engines/common.py):
+    # Engines name themselves engine.engine_id, else "<host name>-<pid>" (engines/base.py):
     # the probe runs in another process, so it looks for any engine of this host.
     configured = settings.engine.engine_id
     prefix = f"{socket.gethostname()}-"
