@@ -20,6 +20,7 @@ __all__ = [
     "Alert",
     "Prediction",
     "Rejected",
+    "StoredId",
 ]
 
 
@@ -83,3 +84,12 @@ class Rejected(msgspec.Struct, frozen=True):
     reason: str
     key: bytes | None = None
     value: bytes = b""
+
+
+class StoredId(msgspec.Struct, frozen=True):
+    """Where a stored (or in-flight) ``tx_id`` came from, and its content digest: what tells
+    a replay, a reused id and a redelivery after a crash apart."""
+
+    content_hash: int | None
+    partition: int | None
+    offset: int | None

@@ -20,12 +20,12 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.step import Decoded, PartitionState, StepResult, StoredId, drive
+from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive
 from fraudstream.features import CardState, TerminalActivity, TerminalTable
 from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress, sealable
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
-from fraudstream.records import Rejected
+from fraudstream.records import Rejected, StoredId
 from fraudstream.schema import Invalid, Label, decode_label, decode_transaction
 
 __all__ = ["ABORT", "REBALANCE", "MemoryMessage", "MemoryRuntime", "MemorySink"]
@@ -110,6 +110,7 @@ class MemoryRuntime:
         self.label_log = list(labels)
         self.scorer, self.rules, self.lateness = scorer, rules, lateness
         self.name = "memory"
+        self.precomputed = None
         self.topic = topic
         self._now = now
         self._rng = random.Random(seed)  # noqa: S311 - a reproducible test schedule

@@ -6,7 +6,7 @@ import json
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,13 @@ class Outcome:
     dead_letters: list[tuple[str, str]]  # (source topic kind, reason)
     alerts: set[str]
     crashes: int = 0
-    notes: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.rows = (
+            self.rows.astype({"score": float, "decision": object, "late": bool})
+            .rename_axis("tx_id")
+            .sort_index()
+        )
 
 
 def fresh_settings(

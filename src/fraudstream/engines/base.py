@@ -12,17 +12,28 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+import pandas as pd
+from confluent_kafka import Producer
+
+from fraudstream.bus.alerts import publish_alerts
+from fraudstream.bus.deadletter import dead_letter
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
+from fraudstream.engines.step import Decoded
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, default_rules, load_rules
+from fraudstream.records import Rejected
+from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, StoredBatch, Unstorable
 
 __all__ = [
     "ENGINES",
     "Engine",
     "EngineStats",
     "ModelHolder",
+    "StepOutput",
+    "StepWriter",
     "create_engine",
     "decision_rules",
     "engine_id",
@@ -101,3 +112,71 @@ def decision_rules(settings: Settings) -> RuleSet:
 def engine_id(settings: Settings) -> str:
     """This process's name in ``engine_status``: configured, else host and pid."""
     return settings.engine.engine_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class StepOutput:
+    """What one step leaves to store and publish."""
+
+    predictions: pd.DataFrame
+    checkpoints: list[Checkpoint]
+    rejected: list[Rejected]  # already on the dead-letter topic
+    observed: Observed | None = None
+    redelivered: frozenset[str] = frozenset()
+    sources: dict[str, Decoded] = field(default_factory=dict)  # tx_id → its message
+
+
+class StepWriter:
+    """The sink contract, in order: (1) dead letters acknowledged by Kafka; (2) one PostgreSQL
+    transaction with the predictions, their dashboard projections, the dead letters' records,
+    the offsets, watermarks and card state; (3) alerts, for the rows stored by their own
+    message (inserted now, or before a crash), never for an absorbed duplicate."""
+
+    def __init__(self, settings: Settings, producer: Producer, stats: EngineStats) -> None:
+        self.settings, self.producer, self.stats = settings, producer, stats
+
+    def dead_letter(self, rejected: list[Rejected]) -> list[Rejected]:
+        """Send ``rejected`` to the dead-letter topic; returns them as ``dlq_events`` keeps
+        them (reasons extended for those Kafka refused even as an excerpt)."""
+        if not rejected:
+            return []
+        refused = dead_letter(
+            self.producer, self.settings.kafka.topics.dlq, rejected,
+            max_message_bytes=self.settings.kafka.max_message_bytes,
+        )  # fmt: skip
+        extended = {(r.partition, r.offset): r for r in refused}
+        return [extended.get((r.partition, r.offset), r) for r in rejected]
+
+    def write(self, sink: PredictionSink, output: StepOutput) -> StoredBatch:
+        try:
+            result = sink.write(
+                output.predictions, output.checkpoints, output.rejected, output.observed
+            )
+        except Unstorable as error:
+            result = self._write_storable(sink, output, error.rows)
+        alerted = output.predictions[
+            output.predictions["tx_id"].isin(result.inserted_ids | output.redelivered)
+        ]
+        self.stats.alerts += publish_alerts(
+            self.producer, self.settings.kafka.topics.alerts, alerted
+        )
+        return result
+
+    def _write_storable(
+        self, sink: PredictionSink, output: StepOutput, rows: list[tuple[int, str]]
+    ) -> StoredBatch:
+        """The step without the rows PostgreSQL refused, which are dead-lettered instead;
+        with no such row, the projections were refused: stored without them."""
+        if not rows:
+            log.warning("a step's dashboard projections were refused; stored without them")
+            return sink.write(output.predictions, output.checkpoints, output.rejected)
+        predictions = output.predictions
+        letters = [
+            output.sources[str(predictions["tx_id"].iat[row])].rejected(reason)
+            for row, reason in rows
+        ]
+        kept = self.dead_letter(letters)
+        self.stats.rejected += len(letters)
+        keep = np.setdiff1d(np.arange(len(predictions)), [row for row, _ in rows])
+        output.predictions = predictions.iloc[keep].reset_index(drop=True)
+        return sink.write(output.predictions, output.checkpoints, [*output.rejected, *kept])

@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -41,7 +40,6 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from fraudstream.bus.alerts import publish_alerts
 from fraudstream.bus.clients import (
     engine_producer,
     first_line,
@@ -50,24 +48,36 @@ from fraudstream.bus.clients import (
     retry,
     transient,
 )
-from fraudstream.bus.deadletter import DeadLetterError, dead_letter
+from fraudstream.bus.deadletter import DeadLetterError
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
-from fraudstream.engines.base import EngineStats, ModelHolder, decision_rules, engine_id
+from fraudstream.engines.base import (
+    EngineStats,
+    ModelHolder,
+    StepOutput,
+    StepWriter,
+    decision_rules,
+    engine_id,
+)
 from fraudstream.engines.scoring import observed
-from fraudstream.engines.step import Decoded, PartitionState, StepResult, StoredId, drive
+from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive
 from fraudstream.engines.terminals import LabelReader, TerminalTables
 from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
 from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress
 from fraudstream.model.registry import Registry
 from fraudstream.policy import RuleSet
-from fraudstream.records import Rejected
+from fraudstream.records import StoredId
 from fraudstream.schema import Transaction, decode_transaction
 from fraudstream.store.db import connect
 from fraudstream.store.outcomes import promise_watermarks, stored_progress
 from fraudstream.store.quality import refresh_quality
-from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, StoredBatch, Unstorable
+from fraudstream.store.sink import (
+    Checkpoint,
+    PredictionSink,
+    StoredBatch,
+    stored_ids,
+)
 from fraudstream.store.status import StatusReporter
 
 __all__ = ["EngineStats", "LocalEngine"]
@@ -84,19 +94,6 @@ class Unavailable(Exception):
     """PostgreSQL or Kafka did not answer; the engine recovers from its stored state."""
 
 
-@dataclass
-class _Batch:
-    """What the writer thread stores and publishes for one step."""
-
-    predictions: pd.DataFrame
-    checkpoints: list[Checkpoint]
-    rejected: list[Rejected]
-    flush_alerts_first: bool  # a snapshot moves the replay point past earlier alerts
-    observed: Observed | None = None
-    redelivered: frozenset[str] = frozenset()
-    sources: dict[str, Decoded] = field(default_factory=dict)  # tx_id → its message
-
-
 class LocalEngine:
     name = "local"
 
@@ -110,6 +107,7 @@ class LocalEngine:
         self.group = settings.engine.group_id
         self.engine_id = engine_id(settings)
         self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
+        self.precomputed = None  # card features are computed here, from self.partitions
         self.models = ModelHolder(Registry(settings.models_dir))
         self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)  # the main thread's: tables, labels, status, snapshots
@@ -140,6 +138,7 @@ class LocalEngine:
             }
         )
         self.producer = engine_producer(settings.kafka)
+        self.writer = StepWriter(settings, self.producer, self.stats)
         self.labels = LabelReader(settings, self.group, self.producer)
         self.tables = TerminalTables(self.labels, lateness=self.lateness, built_by=self.engine_id)
         self._model_checked = 0.0
@@ -305,7 +304,7 @@ class LocalEngine:
         """Dead letters acknowledged now; predictions, dead letters' records, offsets,
         watermarks and card state handed to the writer (one transaction), alerts after."""
         self._late_after_seal(result.predictions)
-        rejected = self._dead_letter(result.rejected)
+        rejected = self.writer.dead_letter(result.rejected)
         seen = None
         if len(result.predictions):
             self._newest = max(self._newest, result.predictions["event_time"].max())
@@ -315,11 +314,12 @@ class LocalEngine:
             next_offsets[item.partition] = max(next_offsets.get(item.partition, 0), item.offset + 1)
         checkpoints, snapshotting = self._checkpoints(next_offsets)
         self._submit(
-            _Batch(
-                result.predictions, checkpoints, rejected, flush_alerts_first=snapshotting,
-                observed=seen, redelivered=result.redelivered,
+            StepOutput(
+                result.predictions, checkpoints, rejected, observed=seen,
+                redelivered=result.redelivered,
                 sources={i.record.tx_id: i for i in items if isinstance(i.record, Transaction)},
-            )
+            ),
+            flush_alerts_first=snapshotting,
         )  # fmt: skip
         self.stats.batches += 1
         self.stats.scored += len(result.predictions)
@@ -349,17 +349,7 @@ class LocalEngine:
     def stored_ids(self, tx_ids: list[str]) -> dict[str, StoredId]:
         """Which of ``tx_ids`` are stored (or in flight), from which message, with what
         content: what tells a replay or a reused id from a new transaction."""
-        if not tx_ids:
-            return {}
-        rows = self.conn.execute(
-            "SELECT tx_id, content_hash, kafka_partition, kafka_offset FROM fraud_predictions "
-            "WHERE tx_id = ANY(%s)",
-            (tx_ids,),
-        ).fetchall()
-        self.conn.commit()
-        found = {
-            str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows
-        }
+        found = stored_ids(self.conn, tx_ids)
         for tx_id in tx_ids:
             in_flight = self._unstored.get(tx_id)
             if in_flight is not None:
@@ -430,10 +420,11 @@ class LocalEngine:
 
     # --- the writer thread ----------------------------------------------------------------
 
-    def _submit(self, batch: _Batch) -> None:
-        """Hand a batch to the writer once the previous one is committed."""
+    def _submit(self, output: StepOutput, *, flush_alerts_first: bool) -> None:
+        """Hand a step to the writer once the previous one is committed. A snapshot moves the
+        replay point past earlier alerts: those are flushed first."""
         self._wait_written()
-        predictions = batch.predictions
+        predictions = output.predictions
         self._unstored = {
             tx: StoredId(int(digest), int(partition), int(offset))
             for tx, digest, partition, offset in zip(
@@ -441,7 +432,7 @@ class LocalEngine:
                 predictions["kafka_partition"], predictions["kafka_offset"], strict=True,
             )
         }  # fmt: skip
-        self._in_flight = self._writer.submit(self._write, batch)
+        self._in_flight = self._writer.submit(self._write, output, flush_alerts_first)
 
     def _wait_written(self) -> None:
         """Wait for the batch in flight; its failure surfaces here, in the main thread."""
@@ -450,43 +441,10 @@ class LocalEngine:
             self.stats.stored += in_flight.result().inserted
             self._unstored = {}
 
-    def _write(self, batch: _Batch) -> StoredBatch:
-        if batch.flush_alerts_first and self.producer.flush(30):
+    def _write(self, output: StepOutput, flush_alerts_first: bool) -> StoredBatch:
+        if flush_alerts_first and self.producer.flush(30):
             raise Unavailable("alerts of earlier batches not acknowledged by Kafka within 30 s")
-        try:
-            result = self.sink.write(
-                batch.predictions, batch.checkpoints, batch.rejected, batch.observed
-            )
-        except Unstorable as error:
-            result = self._write_storable(batch, error.rows)
-        # Alerts only for rows this engine stored: inserted now, or by this same message
-        # before a crash (its alert may not have gone out). Never for absorbed duplicates.
-        alerted = batch.predictions[
-            batch.predictions["tx_id"].isin(result.inserted_ids | batch.redelivered)
-        ]
-        self.stats.alerts += publish_alerts(
-            self.producer, self.settings.kafka.topics.alerts, alerted
-        )
-        return result
-
-    def _write_storable(self, batch: _Batch, rows: list[tuple[int, str]]) -> StoredBatch:
-        """The batch without the rows PostgreSQL refused, which are dead-lettered instead;
-        with no such row, the projections were refused: store without them."""
-        if not rows:
-            log.warning("the batch's dashboard projections were refused; stored without them")
-            return self.sink.write(batch.predictions, batch.checkpoints, batch.rejected)
-        predictions = batch.predictions
-        letters = [
-            batch.sources[str(predictions["tx_id"].iat[row])].rejected(reason)
-            for row, reason in rows
-        ]
-        refused = self._dead_letter(letters)
-        self.stats.rejected += len(letters)
-        keep = np.setdiff1d(np.arange(len(predictions)), [row for row, _ in rows])
-        batch.predictions = predictions.iloc[keep].reset_index(drop=True)
-        return self.sink.write(
-            batch.predictions, batch.checkpoints, [*batch.rejected, *refused], None
-        )
+        return self.writer.write(self.sink, output)
 
     # --- recovery ------------------------------------------------------------------------
 
@@ -559,18 +517,6 @@ class LocalEngine:
             self.expected[partition] = offset + 1
             kept.append((partition, offset, message))
         return kept
-
-    def _dead_letter(self, rejected: list[Rejected]) -> list[Rejected]:
-        """Send ``rejected`` to the dead-letter topic; the letters as ``dlq_events`` keeps them
-        (reasons extended for those Kafka refused even as an excerpt)."""
-        if not rejected:
-            return []
-        refused = dead_letter(
-            self.producer, self.settings.kafka.topics.dlq, rejected,
-            max_message_bytes=self.settings.kafka.max_message_bytes,
-        )  # fmt: skip
-        extended = {(r.partition, r.offset): r for r in refused}
-        return [extended.get((r.partition, r.offset), r) for r in rejected]
 
     def _checkpoints(self, next_offsets: dict[int, int]) -> tuple[list[Checkpoint], bool]:
         """Where each partition of the step now stands, with the card state where a snapshot

@@ -23,15 +23,16 @@ import numpy as np
 import pandas as pd
 
 from fraudstream.engines.scoring import empty_predictions, predictions_frame
-from fraudstream.features import CardState, FeatureComputer, TerminalTable
+from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, TerminalTable
 from fraudstream.features.card import card_features
 from fraudstream.features.watermarks import NO_WATERMARK, late_rows
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
-from fraudstream.records import Rejected
+from fraudstream.records import Rejected, StoredId
 from fraudstream.schema import Invalid, Transaction, content_digest
 
 __all__ = [
+    "CARD_FEATURES",
     "Decoded",
     "PartitionState",
     "StepHost",
@@ -46,6 +47,8 @@ __all__ = [
 log = logging.getLogger("fraudstream.engine")
 
 _FIELDS = list(Transaction.__struct_fields__)
+CARD_FEATURES = [name for name in FEATURE_NAMES if name.startswith("card_")]
+"""The features computed from a card's state, in ``FEATURE_NAMES`` order."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -71,15 +74,6 @@ class Decoded:
             return None
         utc = self.record.event_time.astimezone(timezone.utc).replace(tzinfo=None)
         return np.datetime64(utc, "D")
-
-
-@dataclass(frozen=True)
-class StoredId:
-    """Where a stored (or in-flight) ``tx_id`` came from, and its content digest."""
-
-    content_hash: int | None
-    partition: int | None
-    offset: int | None
 
 
 @dataclass
@@ -218,9 +212,15 @@ def _features(
     batch: pd.DataFrame,
     states: Mapping[int, PartitionState],
     tables: Mapping[np.datetime64, TerminalTable],
+    precomputed: Mapping[tuple[int, int], np.ndarray] | None,
 ) -> tuple[pd.DataFrame, dict[int, str]]:
     """The whole feature vector of each row of ``batch``, and the rows that failed."""
-    card, failed = _card_features(batch, states)
+    if precomputed is None:
+        card, failed = _card_features(batch, states)
+    else:  # card features computed where the card state lives (Spark's state operator)
+        keys = zip(batch["kafka_partition"].tolist(), batch["kafka_offset"].tolist(), strict=True)
+        matrix = np.vstack([precomputed[key] for key in keys])
+        card, failed = {name: matrix[:, i] for i, name in enumerate(CARD_FEATURES)}, {}
     if failed:
         keep = np.array([row for row in range(len(batch)) if row not in failed], dtype=np.int64)
         batch = batch.iloc[keep]
@@ -261,8 +261,11 @@ def step(
     scored_at: datetime,
     engine: str,
     lateness: timedelta,
+    precomputed: Mapping[tuple[int, int], np.ndarray] | None = None,
 ) -> StepResult:
-    """Process ``items`` (log order per partition; every valid record's day in ``tables``)."""
+    """Process ``items`` (log order per partition; every valid record's day in ``tables``).
+    ``precomputed``: card features (``CARD_FEATURES`` order) by (partition, offset), when the
+    runtime keeps card state elsewhere; ``states`` then only carry watermarks."""
     rejected = [i.rejected(i.record.reason) for i in items if isinstance(i.record, Invalid)]
     valid = [i for i in items if not isinstance(i.record, Invalid)]
     # Every valid record moves its partition's watermark, duplicates too: the watermark is a
@@ -278,7 +281,7 @@ def step(
         return empty
     kept_late = np.array([late[(i.partition, i.offset)] for i in kept], dtype=bool)
     batch = frame_of(kept, kept_late)
-    features, failed = _features(batch, states, tables)
+    features, failed = _features(batch, states, tables, precomputed)
     if failed:
         rejected += [kept[row].rejected(reason) for row, reason in sorted(failed.items())]
         keep = np.array([row for row in range(len(kept)) if row not in failed], dtype=np.int64)
@@ -311,6 +314,7 @@ class StepHost(Protocol):
     rules: RuleSet
     name: str
     lateness: timedelta
+    precomputed: Mapping[tuple[int, int], np.ndarray] | None  # card features, when elsewhere
 
     def now(self) -> datetime: ...
 
@@ -351,7 +355,7 @@ def drive(items: list[Decoded], host: StepHost) -> None:
             result = step(
                 ready, host.partitions, tables, host.stored_ids(valid_ids),
                 scorer=host.scorer, rules=host.rules, scored_at=host.now(),
-                engine=host.name, lateness=host.lateness,
+                engine=host.name, lateness=host.lateness, precomputed=host.precomputed,
             )  # fmt: skip
             host.commit(ready, result)
         if not waiting:

@@ -20,7 +20,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from fraudstream.model.profile import SCORE_BINS
-from fraudstream.records import PREDICTION_COLUMNS, Rejected
+from fraudstream.records import PREDICTION_COLUMNS, Rejected, StoredId
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -31,6 +31,7 @@ __all__ = [
     "StoredBatch",
     "Unstorable",
     "rollup_ctes",
+    "stored_ids",
 ]
 
 
@@ -378,6 +379,19 @@ def _stamp(micros: int | None) -> pd.Timestamp | None:
     if micros is None or micros == np.iinfo(np.int64).min:
         return None
     return pd.Timestamp(micros, unit="us", tz="UTC")
+
+
+def stored_ids(conn: psycopg.Connection[Any], tx_ids: list[str]) -> dict[str, StoredId]:
+    """Which of ``tx_ids`` are stored, from which message and with what content."""
+    if not tx_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT tx_id, content_hash, kafka_partition, kafka_offset FROM fraud_predictions "
+        "WHERE tx_id = ANY(%s)",
+        (tx_ids,),
+    ).fetchall()
+    conn.commit()
+    return {str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows}
 
 
 def _floats(column: pd.Series) -> list[float | None]:

@@ -50,3 +50,18 @@ END
 $$;
 CREATE TRIGGER labels_known_at BEFORE INSERT ON labels
     FOR EACH ROW EXECUTE FUNCTION fs_label_known_at();
+
+-- Records the Spark engine has read (its checkpoint is past them, their card features
+-- computed in its state store) but cannot score yet: their day's terminal table waits for
+-- other partitions. They are scored, in log order, before anything newer of their partition.
+CREATE TABLE deferred_rows (
+    consumer_group  text NOT NULL,
+    topic           text NOT NULL,
+    partition       integer NOT NULL,
+    "offset"        bigint NOT NULL,
+    key             bytea,
+    value           bytea NOT NULL,
+    kafka_time_ms   bigint,
+    card_features   double precision[] NOT NULL,
+    PRIMARY KEY (consumer_group, topic, partition, "offset")
+);
