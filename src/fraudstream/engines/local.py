@@ -60,7 +60,7 @@ from fraudstream.engines.base import (
     engine_id,
 )
 from fraudstream.engines.scoring import observed
-from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive
+from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive, late_after_seal
 from fraudstream.engines.terminals import LabelReader, TerminalTables
 from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
@@ -303,7 +303,7 @@ class LocalEngine:
     def commit(self, items: list[Decoded], result: StepResult) -> None:
         """Dead letters acknowledged now; predictions, dead letters' records, offsets,
         watermarks and card state handed to the writer (one transaction), alerts after."""
-        self._late_after_seal(result.predictions)
+        self.stats.late += late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
         rejected = self.writer.dead_letter(result.rejected)
         seen = None
         if len(result.predictions):
@@ -327,24 +327,6 @@ class LocalEngine:
         self.stats.late += result.late
         self.stats.replays += result.replays
         self.stats.conflicts += result.conflicts
-
-    def _late_after_seal(self, predictions: pd.DataFrame) -> None:
-        """Mark late the rows a sealed table should have counted but did not: possible only
-        after a table was sealed with an idle partition that then received older records."""
-        if not len(predictions):
-            return
-        sealed = self.tables.newest_sealed(self.conn)
-        if sealed is None:
-            return
-        days = predictions["event_time"].dt.tz_localize(None).to_numpy().astype("datetime64[D]")
-        missed = (days <= sealed - np.timedelta64(2, "D")) & ~predictions["late"].to_numpy()
-        if missed.any():
-            log.warning(
-                "%d records older than the sealed terminal table of %s counted as late",
-                int(missed.sum()), sealed,
-            )  # fmt: skip
-            predictions.loc[missed, "late"] = True
-            self.stats.late += int(missed.sum())
 
     def stored_ids(self, tx_ids: list[str]) -> dict[str, StoredId]:
         """Which of ``tx_ids`` are stored (or in flight), from which message, with what

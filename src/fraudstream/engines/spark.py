@@ -1,16 +1,21 @@
 """The Spark engine: the local engine's pipeline as one Structured Streaming query.
 
-Kafka source (the official connector) → decode and validate each message with the canonical
-decoder (a pandas UDF) → card features in ``applyInPandasWithState`` with the shared feature
-code → ``foreachBatch`` on the driver: terminal and calendar features, the same model and
-policy, dead letters to Kafka, predictions through the same idempotent COPY sink, alerts.
+Kafka source (the official connector) → decode, validate and deduplicate each message, then
+card features in ``applyInPandasWithState`` with the shared feature code and a card state per
+hash bucket of the card id → ``foreachBatch`` on the driver: the same pure step as the local
+engine (``engines/step.py``) with the card features computed on the executors, terminal
+tables sealed by the same rule, the same sink contract (``engines/base.py``).
 
 Card state is kept per hash bucket of the card id, a ``CardState`` of many cards, so the
 feature code runs vectorised once per bucket and micro-batch (one Python call per card was
 8× slower). Within a bucket, rows are ordered by partition and offset: a card's arrival order,
-exactly as the local engine sees it. Offsets and state live in the query's checkpoint (RocksDB
-state store); a micro-batch replayed after a crash produces the same rows, absorbed by the
-primary key.
+exactly as the local engine sees it. The bucket also remembers the tx_ids it has seen (for the
+card-state TTL), so that a replayed or reused id never changes a card's state. Offsets and
+state live in the query's checkpoint (RocksDB state store); a micro-batch replayed after a
+crash produces the same rows, absorbed by the primary key.
+
+A record whose day's terminal table cannot be sealed yet (another partition is behind) is
+kept in ``deferred_rows`` with its card features and scored first in a later micro-batch.
 """
 
 from __future__ import annotations
@@ -20,44 +25,55 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
 import numpy as np
 import pandas as pd
 import psycopg
+from confluent_kafka import Consumer, TopicPartition
 
+from fraudstream.bus.clients import engine_producer, first_line, retry
+from fraudstream.bus.deadletter import DeadLetterError
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
-from fraudstream.engines.common import (
-    DeadLetter,
-    DeadLetterError,
-    StatusReporter,
-    TerminalRisk,
-    dead_letter,
+from fraudstream.engines.base import (
+    EngineStats,
+    ModelHolder,
+    StepOutput,
+    StepWriter,
     decision_rules,
-    empty_predictions,
     engine_id,
-    engine_producer,
-    first_line,
-    observed,
-    predictions_frame,
-    publish_alerts,
 )
-from fraudstream.engines.local import EngineStats
-from fraudstream.features import FEATURE_NAMES, FeatureComputer, TerminalTable
+from fraudstream.engines.scoring import empty_predictions, observed
+from fraudstream.engines.step import (
+    CARD_FEATURES,
+    Decoded,
+    PartitionState,
+    StepResult,
+    drive,
+    duplicate_reason,
+    late_after_seal,
+)
+from fraudstream.engines.terminals import LabelReader, TerminalTables
+from fraudstream.features import TerminalTable
+from fraudstream.features.definitions import CARD_STATE_TTL
+from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress
 from fraudstream.model.registry import Registry
-from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
-from fraudstream.schema import Invalid, Transaction, decode_transaction
+from fraudstream.records import Rejected, StoredId
+from fraudstream.schema import Invalid, Transaction, content_digest, decode_transaction
 from fraudstream.stack.spark import spark_session
 from fraudstream.store.db import connect
-from fraudstream.store.sink import PredictionSink
+from fraudstream.store.deferred import DeferredRow, load_deferred, replace_deferred
+from fraudstream.store.outcomes import promise_watermarks, stored_progress
+from fraudstream.store.sink import Checkpoint, PredictionSink, stored_ids
+from fraudstream.store.status import StatusReporter
 
 if TYPE_CHECKING:
-    from pyspark.core.broadcast import Broadcast
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.streaming.query import StreamingQuery
     from pyspark.sql.streaming.state import GroupState
@@ -69,7 +85,6 @@ log = logging.getLogger("fraudstream.engine")
 STATE_BUCKETS = 16
 """Card-state groups. Part of the checkpoint's meaning: changing it needs a new checkpoint."""
 
-CARD_FEATURES = [name for name in FEATURE_NAMES if name.startswith("card_")]
 _FIELDS = list(Transaction.__struct_fields__)
 _TEXT = {"tx_id", "card_id", "terminal_id", "currency", "merchant_category", "channel"}
 _DECODED = (
@@ -78,14 +93,16 @@ _DECODED = (
         for name in _FIELDS
     )
     + ", reason string, raw_key binary, raw binary, _partition int, _offset long, "
-    + "_kafka_time timestamp"
+    + "_kafka_time timestamp, content_hash long"
 )
 _FEATURED = _DECODED + ", " + ", ".join(f"{name} double" for name in CARD_FEATURES)
+_STATE = "cards binary, seen binary"
 _BACKOFF_S = (0.5, 10.0)
-_BROADCAST_DAYS = 2
-"""Terminal tables sent to the executors: the newest day's and the one before (late events)."""
-_COMPLETED = [name for name in FEATURE_NAMES if name not in CARD_FEATURES and name != "amount"]
-_SCORED = _FEATURED + ", " + ", ".join(f"{name} double" for name in [*_COMPLETED, "score"])
+_TTL_US = int(CARD_STATE_TTL.total_seconds() * 1_000_000)
+_DECODE_ANY_TIME = datetime.max.replace(tzinfo=timezone.utc) - timedelta(days=2)
+"""The driver decodes again what the executors validated: their time check is not repeated."""
+_seen_codec = msgspec.msgpack.Decoder(dict[str, tuple[int, int, int, int]])
+_seen_encoder = msgspec.msgpack.Encoder()
 
 
 def card_bucket(card_ids: pd.Series) -> np.ndarray:
@@ -100,14 +117,17 @@ def _decoded(raw: pd.DataFrame, now: datetime) -> pd.DataFrame:
     """Each Kafka record through the canonical decoder; ``reason`` says why one is unusable."""
     columns: dict[str, list[Any]] = {name: [] for name in _FIELDS}
     reasons: list[str | None] = []
+    digests: list[int] = []
     for value in raw["value"]:
         record = decode_transaction(bytes(value) if value is not None else b"", now=now)
         if isinstance(record, Invalid):
             reasons.append(record.reason)
+            digests.append(0)
             for name in _FIELDS:
                 columns[name].append(None)
         else:
             reasons.append(None)
+            digests.append(content_digest(record))
             for name in _FIELDS:
                 columns[name].append(getattr(record, name))
     frame = pd.DataFrame(columns)
@@ -118,16 +138,17 @@ def _decoded(raw: pd.DataFrame, now: datetime) -> pd.DataFrame:
     frame["_partition"] = raw["partition"].to_numpy(dtype=np.int32)
     frame["_offset"] = raw["offset"].to_numpy(dtype=np.int64)
     frame["_kafka_time"] = raw["timestamp"].to_numpy()
+    frame["content_hash"] = np.array(digests, dtype=np.int64)
     return frame
 
 
 def _card_step(
     key: tuple[Any, ...], batches: Iterator[pd.DataFrame], state: GroupState
 ) -> Iterator[pd.DataFrame]:
-    """Executor side: one bucket's messages of a micro-batch decoded, then through the shared
-    card features with the bucket's card state carried in Spark's state store. Unusable
-    messages pass through with their reason, key and bytes, for the dead-letter topic."""
-    from fraudstream.features.card import CardState, card_features
+    """Executor side: one bucket's messages of a micro-batch decoded, duplicates refused, then
+    the shared card features with the bucket's card state carried in Spark's state store.
+    Unusable messages pass through with their reason, for the dead-letter topic."""
+    from fraudstream.features.card import card_features
 
     bucket = int(key[0])
     raw = pd.concat(list(batches), ignore_index=True)
@@ -140,53 +161,53 @@ def _card_step(
         misrouted[valid] = card_bucket(frame.loc[valid, "card_id"]) != bucket
         frame.loc[misrouted, "reason"] = "card_id is ambiguous: the message routes elsewhere"
         valid = valid & ~misrouted
-    frame.loc[valid, ["raw_key", "raw"]] = None  # only dead letters need their bytes
-    rows = frame[valid].sort_values(["_partition", "_offset"], kind="stable")
+    order = frame[valid].sort_values(["_partition", "_offset"], kind="stable").index
     features = pd.DataFrame(np.nan, index=frame.index, columns=CARD_FEATURES)
-    if len(rows):
-        cards = CardState.from_bytes(bytes(state.get[0])) if state.exists else CardState()
-        computed = card_features(cards, rows.reset_index(drop=True))
+    if len(order):
+        cards, seen = _load_state(state)
+        fresh = _refuse_duplicates(frame, order, seen)
+        if len(fresh):
+            rows = frame.loc[fresh]
+            computed = card_features(cards, rows.reset_index(drop=True))
+            features.loc[fresh] = np.column_stack([computed[name] for name in CARD_FEATURES])
         cards.expire_idle()  # the bucket is rewritten whole: keep it to the cards still needed
-        state.update((cards.to_bytes(),))
-        features.loc[rows.index] = np.column_stack([computed[name] for name in CARD_FEATURES])
+        newest = max((v[3] for v in seen.values()), default=0)
+        seen = {tx: v for tx, v in seen.items() if v[3] >= newest - _TTL_US}
+        state.update((cards.to_bytes(), _seen_encoder.encode(seen)))
     yield pd.concat([frame, features], axis=1)
 
 
-def _scoring(
-    scorer: Broadcast[Scorer], tables: Broadcast[dict[np.datetime64, TerminalTable]]
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """Executor side: the rest of each valid row's features and its model score, for rows
-    of the days in ``tables`` (others are left for the driver)."""
+def _load_state(state: GroupState) -> tuple[Any, dict[str, tuple[int, int, int, int]]]:
+    from fraudstream.features.card import CardState
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        model, known = scorer.value, tables.value
-        computer = FeatureComputer(tables=known.__getitem__)
-        for frame in batches:
-            days = frame["event_time"].to_numpy(dtype="datetime64[us]").astype("datetime64[D]")
-            ready = frame["reason"].isna().to_numpy() & np.isin(days, list(known))
-            added = pd.DataFrame(np.nan, index=frame.index, columns=[*_COMPLETED, "score"])
-            _complete_and_score(frame, ready, added, computer, model)
-            yield pd.concat([frame, added], axis=1)
-
-    return score
+    if not state.exists:
+        return CardState(), {}
+    cards, seen = state.get
+    return CardState.from_bytes(bytes(cards)), _seen_codec.decode(bytes(seen))
 
 
-def _complete_and_score(
-    frame: pd.DataFrame,
-    rows: np.ndarray,
-    out: pd.DataFrame,
-    computer: FeatureComputer,
-    scorer: Scorer,
-) -> None:
-    """The calendar and terminal features and the score of ``frame``'s selected ``rows``
-    (card features already there), written into ``out`` (same index)."""
-    if not rows.any():
-        return
-    chosen = frame[rows].copy()
-    chosen["event_time"] = pd.to_datetime(chosen["event_time"], utc=True)
-    features = computer.complete(chosen, {n: chosen[n].to_numpy() for n in CARD_FEATURES})
-    out.loc[rows, _COMPLETED] = features[_COMPLETED].to_numpy()
-    out.loc[rows, "score"] = scorer.score(features)
+def _refuse_duplicates(
+    frame: pd.DataFrame, order: pd.Index, seen: dict[str, tuple[int, int, int, int]]
+) -> list[int]:
+    """Rows of ``order`` whose tx_id this bucket has not seen from another message (the
+    others get their reason); ``seen`` learns the new ones (digest, partition, offset, µs)."""
+    fresh = []
+    event_us = frame["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+    for row in order:
+        tx_id = str(frame.at[row, "tx_id"])
+        digest = int(frame.at[row, "content_hash"])
+        partition, offset = int(frame.at[row, "_partition"]), int(frame.at[row, "_offset"])
+        before = seen.get(tx_id)
+        reason = duplicate_reason(
+            tx_id, digest, partition, offset,
+            None if before is None else StoredId(before[0], before[1], before[2]),
+        )  # fmt: skip
+        if reason is not None:
+            frame.at[row, "reason"] = reason
+            continue
+        seen.setdefault(tx_id, (digest, partition, offset, int(event_us[row])))
+        fresh.append(row)
+    return fresh
 
 
 class SparkEngine:
@@ -203,14 +224,27 @@ class SparkEngine:
         self.clock = clock
         self.stop = stop or threading.Event()
         self.master = master
-        self.registry = Registry(settings.models_dir)
-        self.scorer = Scorer(self.registry.load())
+        self.topic = settings.kafka.topics.transactions
+        self.group = f"spark:{settings.engine.group_id}"
+        self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
+        self.models = ModelHolder(Registry(settings.models_dir))
         self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)
         self.sink = self._new_sink(connect(settings))
-        self.terminals = TerminalRisk(settings, f"spark-{settings.engine.group_id}")
-        self.producer = engine_producer(settings)
+        self.producer = engine_producer(settings.kafka)
         self.stats = EngineStats()
+        self.writer = StepWriter(settings, self.producer, self.stats)
+        self.labels = LabelReader(settings, f"spark-{settings.engine.group_id}", self.producer)
+        self.tables = TerminalTables(
+            self.labels, lateness=self.lateness, built_by=engine_id(settings)
+        )
+        self.offsets = Consumer(  # only asks where each partition's log ends
+            {**settings.kafka.client_config(), "group.id": self.group, "log_level": 3}
+        )
+        self.partitions: dict[int, PartitionState] = {}  # watermarks (cards live in Spark)
+        self.precomputed: dict[tuple[int, int], np.ndarray] = {}
+        self._pending: list[Decoded] = []  # the micro-batch's records being driven
+        self._deferred: list[Decoded] = []
         self._reporter = StatusReporter(
             engine_id=engine_id(settings), engine=self.name, group=settings.engine.group_id,
             started_at=clock.now(),
@@ -219,11 +253,14 @@ class SparkEngine:
         self._spark: SparkSession | None = None
         self._lag: int | None = None
         self._failure: Exception | None = None
-        self._broadcasts: dict[str, tuple[object, Broadcast[Any]]] = {}
+
+    @property
+    def scorer(self):  # type: ignore[no-untyped-def]
+        return self.models.scorer
 
     def _new_sink(self, conn: psycopg.Connection[Any]) -> PredictionSink:
         return PredictionSink(
-            conn, consumer_group=f"spark:{self.settings.engine.group_id}",
+            conn, consumer_group=self.group,
             features_version=self.scorer.artifact.metadata["features_version"],
         )  # fmt: skip
 
@@ -256,7 +293,7 @@ class SparkEngine:
             .withColumn("_bucket", bucket)
             .groupBy("_bucket")
             .applyInPandasWithState(
-                _card_step, _FEATURED, "cards binary", "append", GroupStateTimeout.NoTimeout
+                _card_step, _FEATURED, _STATE, "append", GroupStateTimeout.NoTimeout
             )
         )
 
@@ -285,7 +322,8 @@ class SparkEngine:
         finally:
             spark.stop()
             self.producer.flush(10)
-            self.terminals.close()
+            self.labels.close()
+            self.offsets.close()
             self.conn.close()
             self.sink.conn.close()
         return self.stats
@@ -301,14 +339,15 @@ class SparkEngine:
         )
 
     def _watch(self, running: StreamingQuery, max_idle_s: float | None) -> None:
-        """Log each micro-batch's timings and the lag until stop, idleness or failure."""
+        """Log each micro-batch's timings and the lag until stop, idleness or failure. Not
+        idle while records wait for a terminal table."""
         idle_since = time.monotonic()
         last_batch = -1
         while not self.stop.is_set():
             if running.awaitTermination(1):
                 return
             progress = running.lastProgress
-            if progress and progress.get("numInputRows", 0) > 0:
+            if (progress and progress.get("numInputRows", 0) > 0) or self._deferred:
                 idle_since = time.monotonic()
             if progress and progress["batchId"] != last_batch:
                 last_batch = progress["batchId"]
@@ -332,6 +371,7 @@ class SparkEngine:
                 with contextlib.suppress(psycopg.Error):
                     old.close()
             self.conn, self.sink = conn, self._new_sink(sink_conn)
+            self.partitions = {}  # watermarks again from what PostgreSQL recorded
             return
 
     @staticmethod
@@ -358,98 +398,176 @@ class SparkEngine:
 
     def _write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """Driver side, once per micro-batch (again after a crash: the sink is idempotent):
-        terminal tables for the batch's days, scoring on the executors, then policy, sink,
-        dead letters and alerts here."""
+        the records deferred earlier, then this micro-batch's, through the shared step."""
         started = time.perf_counter()
-        topic = self.settings.kafka.topics.transactions
-        frame = self._scored(batch)
-        if frame.empty:
-            return
-        collected = time.perf_counter()
-        rejected = frame[frame["reason"].notna()]
-        valid = frame[frame["reason"].isna()].sort_values(
-            ["_partition", "_offset"], kind="stable", ignore_index=True
-        )
-        if len(rejected):
-            self._dead_letter(rejected)
-        predictions, seen = pd.DataFrame(), None
-        if len(valid):
-            valid["event_time"] = pd.to_datetime(valid["event_time"], utc=True)
-            valid["_kafka_time"] = pd.to_datetime(valid["_kafka_time"], utc=True)
-            features = valid[list(FEATURE_NAMES)]
-            predictions = predictions_frame(
-                valid, features, self.scorer, self.rules, self.clock.now(),
-                engine=self.name, scores=valid["score"].to_numpy(dtype=float),
+        frame = cast(pd.DataFrame, batch.toPandas())
+        rejected_before = self.stats.rejected
+        refused = frame[frame["reason"].notna()]
+        if len(refused):
+            letters = self.writer.dead_letter(
+                [
+                    Rejected(
+                        self.topic, int(p), int(o), str(reason),
+                        None if key is None else bytes(key), b"" if raw is None else bytes(raw),
+                    )
+                    for p, o, reason, key, raw in zip(
+                        refused["_partition"], refused["_offset"], refused["reason"],
+                        refused["raw_key"], refused["raw"], strict=True,
+                    )
+                ]
             )  # fmt: skip
-            seen = observed(valid, features, self.scorer, self.name)
-        stored = self.sink.write(
-            predictions if len(predictions) else empty_predictions(),
-            [],
+            self.sink.write(empty_predictions(), [], letters)
+            self.stats.rejected += len(letters)
+            self.stats.replays += int(refused["reason"].str.startswith("replay").sum())
+            self.stats.conflicts += int(refused["reason"].str.startswith("duplicate tx_id").sum())
+        items = self._items(frame[frame["reason"].isna()])
+        self._pending, self._deferred = items, []
+        self._load_watermarks({item.partition for item in items})
+        drive(items, self)
+        replace_deferred(
+            self.conn, self.group, self.topic,
             [
-                (topic, int(partition), int(offset), str(reason))
-                for partition, offset, reason, _key, _raw in _sources(rejected)
+                DeferredRow(
+                    item.partition, item.offset, item.key, item.value, item.kafka_time_ms,
+                    self.precomputed[(item.partition, item.offset)],
+                )
+                for item in self._deferred
             ],
-            seen,
-        )
-        if len(predictions):
-            self.stats.alerts += publish_alerts(
-                self.producer, self.settings.kafka.topics.alerts, predictions
-            )
-        self.stats.batches += 1
-        self.stats.scored += len(predictions)
-        self.stats.stored += stored.inserted
-        self.stats.rejected += len(rejected)
+        )  # fmt: skip
+        self.precomputed = {
+            (i.partition, i.offset): self.precomputed[(i.partition, i.offset)]
+            for i in self._deferred
+        }
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
-        self._maybe_switch_model()
+        self.models.refresh()
         if time.monotonic() - self._reported >= self.settings.engine.status_interval_s:
             self._report()
         log.info(
-            "batch %d: %d scored (%d new), %d rejected in %.0f ms (%.0f ms to score)",
-            batch_id, len(predictions), stored.inserted, len(rejected),
-            self.stats.batch_ms[-1], (collected - started) * 1000,
+            "batch %d: %d records, %d rejected, %d deferred in %.0f ms",
+            batch_id, len(frame), self.stats.rejected - rejected_before, len(self._deferred),
+            self.stats.batch_ms[-1],
         )  # fmt: skip
 
-    def _scored(self, batch: DataFrame) -> pd.DataFrame:
-        """The micro-batch with full feature vectors and model scores.
+    def _items(self, valid: pd.DataFrame) -> list[Decoded]:
+        """The records deferred earlier and this micro-batch's valid ones, once each, in log
+        order per partition, with their card features from the executors."""
+        by_position: dict[tuple[int, int], Decoded] = {}
+        for row in load_deferred(self.conn, self.group, self.topic):
+            position = (row.partition, row.offset)
+            self.precomputed[position] = row.card_features
+            by_position[position] = self._decoded(
+                row.partition, row.offset, row.key, row.value, row.kafka_time_ms
+            )
+        cards = valid[CARD_FEATURES].to_numpy(dtype=float)
+        for i, (p, o, key, raw, stamp) in enumerate(
+            zip(
+                valid["_partition"].tolist(), valid["_offset"].tolist(), valid["raw_key"],
+                valid["raw"], valid["_kafka_time"], strict=True,
+            )
+        ):  # fmt: skip
+            position = (int(p), int(o))
+            self.precomputed[position] = cards[i]
+            millis = None if pd.isna(stamp) else int(pd.Timestamp(stamp).value // 1_000_000)
+            by_position.setdefault(
+                position,
+                self._decoded(position[0], position[1], None if key is None else bytes(key),
+                              bytes(raw), millis),
+            )  # fmt: skip
+        return [by_position[position] for position in sorted(by_position)]
 
-        The executors score (a pandas UDF) the rows of days whose terminal table is already
-        built; the first rows of a new day come back unscored and are scored here, where
-        that day's table is built from what is stored before it, as the local engine does.
-        """
-        known = self.terminals.recent(_BROADCAST_DAYS)
-        score = _scoring(self._broadcast("scorer", self.scorer.version, self.scorer),
-                         self._broadcast("tables", tuple(known), known))  # fmt: skip
-        frame = cast(pd.DataFrame, batch.mapInPandas(score, _SCORED).toPandas())
-        late = (frame["reason"].isna() & frame["score"].isna()).to_numpy()
-        computer = FeatureComputer(tables=lambda day: self.terminals.table(day, self.conn))
-        _complete_and_score(frame, late, frame, computer, self.scorer)
-        return frame
+    def _decoded(
+        self, partition: int, offset: int, key: bytes | None, value: bytes, millis: int | None
+    ) -> Decoded:
+        record = decode_transaction(value, now=_DECODE_ANY_TIME)
+        assert not isinstance(record, Invalid), record  # the executors validated it
+        return Decoded(self.topic, partition, offset, key, value, millis, record)
 
-    def _broadcast(self, name: str, version: object, value: object) -> Broadcast[Any]:
-        """A broadcast of ``value``, sent to executors again only when ``version`` changes."""
-        held = self._broadcasts.get(name)
-        if held is not None and held[0] == version:
-            return held[1]
-        if held is not None:
-            held[1].unpersist()
-        assert self._spark is not None
-        broadcast = self._spark.sparkContext.broadcast(value)
-        self._broadcasts[name] = (version, broadcast)
-        return broadcast
+    def _load_watermarks(self, partitions: set[int]) -> None:
+        """Each partition's watermark, from PostgreSQL the first time the driver sees it."""
+        missing = partitions - set(self.partitions)
+        if missing:
+            stored = stored_progress(self.conn, self.group, self.topic)
+            for partition in missing:
+                _offset, watermark = stored.get(partition, (0, int(NO_WATERMARK)))
+                self.partitions[partition] = PartitionState(watermark=watermark)
 
-    def _dead_letter(self, rejected: pd.DataFrame) -> None:
-        topic = self.settings.kafka.topics.transactions
-        dead_letter(
-            self.producer,
-            self.settings.kafka.topics.dlq,
-            (
-                DeadLetter(
-                    None if key is None else bytes(key), b"" if raw is None else bytes(raw),
-                    topic, int(partition), int(offset), str(reason),
-                )
-                for partition, offset, reason, key, raw in _sources(rejected)
+    # --- what the pure step needs (engines/step.py: StepHost) ------------------------------
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    def tables_for(self, days: set[np.datetime64]) -> dict[np.datetime64, TerminalTable]:
+        return self.tables.available(self.conn, days)
+
+    def stored_ids(self, tx_ids: list[str]) -> Mapping[str, StoredId]:
+        return stored_ids(self.conn, tx_ids)
+
+    def seal_for(self, waiting: dict[int, Decoded]) -> bool:
+        promises = {
+            p: (item.offset, int(pd.Timestamp(item.record.event_time).value // 1000))  # type: ignore[union-attr]
+            for p, item in waiting.items()
+        }
+        with self.conn.transaction():
+            promise_watermarks(self.conn, self.group, self.topic, promises)
+        day = min(item.day for item in waiting.values())  # type: ignore[type-var]
+        return self.tables.try_seal(self.conn, day, self._progress()) is not None
+
+    def _progress(self) -> dict[int, PartitionProgress]:
+        stored = stored_progress(self.conn, self.group, self.topic)
+        self.conn.commit()
+        metadata = retry(lambda: self.offsets.list_topics(self.topic, timeout=10), "metadata")
+        progress = {}
+        for partition in metadata.topics[self.topic].partitions:
+            low, high = retry(
+                lambda p=partition: self.offsets.get_watermark_offsets(
+                    TopicPartition(self.topic, p), timeout=10
+                ),
+                "offsets",
+            )
+            next_offset, watermark = stored.get(partition, (low, int(NO_WATERMARK)))
+            progress[partition] = PartitionProgress(max(next_offset, low), watermark, high)
+        return progress
+
+    def hold(self, waiting: dict[int, Decoded]) -> None:
+        """Keep the waiting records (and their partitions' later ones) for a later
+        micro-batch; Spark's checkpoint moves on, ``deferred_rows`` remembers them."""
+        self._deferred += [
+            item for item in self._pending
+            if item.partition in waiting and item.offset >= waiting[item.partition].offset
+        ]  # fmt: skip
+        log.info(
+            "partitions %s wait for the terminal table of %s", sorted(waiting),
+            min(item.day for item in waiting.values()),  # type: ignore[type-var]
+        )  # fmt: skip
+
+    def commit(self, items: list[Decoded], result: StepResult) -> None:
+        self.stats.late += late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
+        rejected = self.writer.dead_letter(result.rejected)
+        seen = None
+        if len(result.predictions):
+            seen = observed(result.batch, result.features, self.scorer, self.name)
+        next_offsets: dict[int, int] = {}
+        for item in items:
+            next_offsets[item.partition] = max(next_offsets.get(item.partition, 0), item.offset + 1)
+        checkpoints = [
+            Checkpoint(self.topic, p, o, self.partitions[p].watermark)
+            for p, o in sorted(next_offsets.items())
+        ]
+        stored = self.writer.write(
+            self.sink,
+            StepOutput(
+                result.predictions, checkpoints, rejected, observed=seen,
+                redelivered=result.redelivered,
+                sources={i.record.tx_id: i for i in items if isinstance(i.record, Transaction)},
             ),
         )  # fmt: skip
+        self.stats.batches += 1
+        self.stats.scored += len(result.predictions)
+        self.stats.stored += stored.inserted
+        self.stats.rejected += len(result.rejected)
+        self.stats.late += result.late
+        self.stats.replays += result.replays
+        self.stats.conflicts += result.conflicts
 
     def _report(self) -> None:
         self._reported = time.monotonic()
@@ -457,12 +575,6 @@ class SparkEngine:
             self.conn, self.stats, model_version=self.scorer.version,
             partitions=list(range(self.settings.kafka.partitions)), lag=self._lag,
         )  # fmt: skip
-
-    def _maybe_switch_model(self) -> None:
-        current = self.registry.current()
-        if current and current != self.scorer.version:
-            self.scorer = Scorer(self.registry.load(current))
-            log.info("switched to model %s", current)
 
 
 def _lag(progress: dict[str, Any], partitions: int) -> int | None:
@@ -485,9 +597,3 @@ def _timings(progress: dict[str, Any]) -> str:
         for op in progress.get("stateOperators", [])
     )
     return f"{progress['batchId']}: {progress.get('numInputRows', 0):,} rows; {parts} ms; {state}"
-
-
-def _sources(rejected: pd.DataFrame) -> zip[tuple[Any, Any, Any, Any, Any]]:
-    """(partition, offset, reason, original key and bytes) of each rejected message."""
-    columns = ("_partition", "_offset", "reason", "raw_key", "raw")
-    return zip(*(rejected[name].tolist() for name in columns), strict=True)

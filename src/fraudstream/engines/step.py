@@ -40,7 +40,9 @@ __all__ = [
     "StoredId",
     "blocked_at",
     "drive",
+    "duplicate_reason",
     "frame_of",
+    "late_after_seal",
     "step",
 ]
 
@@ -136,6 +138,25 @@ def frame_of(items: list[Decoded], late: np.ndarray) -> pd.DataFrame:
     return frame
 
 
+def duplicate_reason(
+    tx_id: str, digest: int, partition: int, offset: int, before: StoredId | None
+) -> str | None:
+    """Why a record whose ``tx_id`` was ``before`` seen must be rejected: an identical replay
+    or other content under a reused id; None when it is new or the very same message again
+    (processed before a crash, processed again)."""
+    if before is None or (before.partition == partition and before.offset == offset):
+        return None
+    if before.content_hash == digest:
+        return (
+            f"replay: tx_id {tx_id!r} was already processed with identical content "
+            f"(partition {before.partition}, offset {before.offset})"
+        )
+    return (
+        f"duplicate tx_id with different content: {tx_id!r} was first seen at partition "
+        f"{before.partition}, offset {before.offset}"
+    )
+
+
 def _deduplicate(
     items: list[Decoded], stored: Mapping[str, StoredId]
 ) -> tuple[list[Decoded], list[Rejected], set[str], int, int]:
@@ -151,29 +172,16 @@ def _deduplicate(
         assert isinstance(record, Transaction)
         digest = content_digest(record)
         before = seen.get(record.tx_id) or stored.get(record.tx_id)
-        if before is None:
-            seen[record.tx_id] = StoredId(digest, item.partition, item.offset)
+        reason = duplicate_reason(record.tx_id, digest, item.partition, item.offset, before)
+        if reason is None:
+            if before is not None:
+                redelivered.add(record.tx_id)  # processed before a crash: process it again
+            seen[record.tx_id] = before or StoredId(digest, item.partition, item.offset)
             kept.append(item)
-        elif before.partition == item.partition and before.offset == item.offset:
-            redelivered.add(record.tx_id)  # processed before a crash: process it again
-            seen[record.tx_id] = before
-            kept.append(item)
-        elif before.content_hash == digest:
-            replays += 1
-            rejected.append(
-                item.rejected(
-                    f"replay: tx_id {record.tx_id!r} was already processed with identical "
-                    f"content (partition {before.partition}, offset {before.offset})"
-                )
-            )
         else:
-            conflicts += 1
-            rejected.append(
-                item.rejected(
-                    f"duplicate tx_id with different content: {record.tx_id!r} was first "
-                    f"seen at partition {before.partition}, offset {before.offset}"
-                )
-            )
+            replays += reason.startswith("replay")
+            conflicts += not reason.startswith("replay")
+            rejected.append(item.rejected(reason))
     return kept, rejected, redelivered, replays, conflicts
 
 
@@ -227,6 +235,23 @@ def _features(
         card = {name: values[keep] for name, values in card.items()}
     computer = FeatureComputer(tables=tables.__getitem__)
     return computer.complete(batch, card), failed
+
+
+def late_after_seal(predictions: pd.DataFrame, sealed: np.datetime64 | None) -> int:
+    """Mark late (in place) the rows a sealed terminal table should have counted but did not;
+    returns how many. Possible only after the table of ``sealed`` was sealed with an idle
+    partition that later received older records (docs/adr/0006)."""
+    if sealed is None or not len(predictions):
+        return 0
+    days = predictions["event_time"].dt.tz_convert(None).to_numpy().astype("datetime64[D]")
+    missed = (days <= sealed - np.timedelta64(2, "D")) & ~predictions["late"].to_numpy(dtype=bool)
+    if missed.any():
+        log.warning(
+            "%d records older than the sealed terminal table of %s counted as late",
+            int(missed.sum()), sealed,
+        )  # fmt: skip
+        predictions.loc[missed, "late"] = True
+    return int(missed.sum())
 
 
 def _late(
