@@ -197,3 +197,20 @@ def run_two_engines(stream: Stream, stack_settings: Settings, models: Path, log:
     stop_engine(first, log)
     assert isinstance(first, subprocess.Popen)
     return outcome_from_database(settings, crashes=1)
+
+
+def run_spark(stream: Stream, stack_settings: Settings, models: Path, root: Path) -> Outcome:
+    """The Spark engine on ``local[2]`` in micro-batches of a few thousand records."""
+    from fraudstream.engines.spark import SparkEngine
+
+    settings = fresh_settings(stream, stack_settings, models)
+    spark = settings.spark.model_copy(
+        update={
+            "checkpoint_dir": root / "checkpoints",
+            "max_offsets_per_trigger": 4000,
+            "trigger_interval_s": 0.5,
+        }
+    )
+    settings = settings.model_copy(update={"spark": spark})
+    SparkEngine(settings, SystemClock(), master="local[2]").run(max_idle_s=8)
+    return outcome_from_database(settings)

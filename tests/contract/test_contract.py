@@ -27,6 +27,7 @@ from .runtimes import (
     run_local,
     run_local_killed,
     run_memory,
+    run_spark,
     run_two_engines,
 )
 
@@ -41,6 +42,9 @@ RUNTIMES: dict[str, Runner] = {
     ),
     "local (kill -9 three times)": lambda s, st, m, log: run_local_killed(s, st, m, log, kills=3),
     "local (two engines, one killed)": run_two_engines,
+    "spark (local[2], 4,000 offsets per micro-batch)": lambda s, st, m, log: run_spark(
+        s, st, m, log.parent
+    ),
 }
 
 _SEEN: dict[str, pd.DataFrame] = {}

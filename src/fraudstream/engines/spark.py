@@ -245,6 +245,7 @@ class SparkEngine:
         self.precomputed: dict[tuple[int, int], np.ndarray] = {}
         self._pending: list[Decoded] = []  # the micro-batch's records being driven
         self._deferred: list[Decoded] = []
+        self._driving = threading.Lock()  # micro-batches, and deferred records between them
         self._reporter = StatusReporter(
             engine_id=engine_id(settings), engine=self.name, group=settings.engine.group_id,
             started_at=clock.now(),
@@ -349,6 +350,10 @@ class SparkEngine:
             progress = running.lastProgress
             if (progress and progress.get("numInputRows", 0) > 0) or self._deferred:
                 idle_since = time.monotonic()
+            if self._deferred and not running.status.get("isTriggerActive"):
+                # Spark runs no micro-batch without new input: records waiting for a table
+                # would wait for the next transaction. Try them between micro-batches.
+                self._retry_deferred()
             if progress and progress["batchId"] != last_batch:
                 last_batch = progress["batchId"]
                 self._lag = _lag(progress, self.settings.kafka.partitions)
@@ -399,9 +404,22 @@ class SparkEngine:
     def _write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """Driver side, once per micro-batch (again after a crash: the sink is idempotent):
         the records deferred earlier, then this micro-batch's, through the shared step."""
-        started = time.perf_counter()
         frame = cast(pd.DataFrame, batch.toPandas())
+        with self._driving:
+            self._process(frame, f"batch {batch_id}")
+
+    def _retry_deferred(self) -> None:
+        try:
+            with self._driving:
+                self._process(None, "deferred records")
+        except (psycopg.OperationalError, psycopg.InterfaceError, DeadLetterError) as error:
+            log.warning("deferred records wait: %s", first_line(error))
+
+    def _process(self, frame: pd.DataFrame | None, what: str) -> None:
+        started = time.perf_counter()
         rejected_before = self.stats.rejected
+        if frame is None:
+            frame = pd.DataFrame({"reason": pd.Series([], dtype=object)})
         refused = frame[frame["reason"].notna()]
         if len(refused):
             letters = self.writer.dead_letter(
@@ -420,7 +438,7 @@ class SparkEngine:
             self.stats.rejected += len(letters)
             self.stats.replays += int(refused["reason"].str.startswith("replay").sum())
             self.stats.conflicts += int(refused["reason"].str.startswith("duplicate tx_id").sum())
-        items = self._items(frame[frame["reason"].isna()])
+        items = self._items(frame[frame["reason"].isna()]) if len(frame) else self._items(None)
         self._pending, self._deferred = items, []
         self._load_watermarks({item.partition for item in items})
         drive(items, self)
@@ -440,15 +458,17 @@ class SparkEngine:
         }
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
         self.models.refresh()
+        if frame.empty and len(self._deferred) == len(items):
+            return  # a retry that changed nothing
         if time.monotonic() - self._reported >= self.settings.engine.status_interval_s:
             self._report()
         log.info(
-            "batch %d: %d records, %d rejected, %d deferred in %.0f ms",
-            batch_id, len(frame), self.stats.rejected - rejected_before, len(self._deferred),
+            "%s: %d records, %d rejected, %d deferred in %.0f ms",
+            what, len(frame), self.stats.rejected - rejected_before, len(self._deferred),
             self.stats.batch_ms[-1],
         )  # fmt: skip
 
-    def _items(self, valid: pd.DataFrame) -> list[Decoded]:
+    def _items(self, valid: pd.DataFrame | None) -> list[Decoded]:
         """The records deferred earlier and this micro-batch's valid ones, once each, in log
         order per partition, with their card features from the executors."""
         by_position: dict[tuple[int, int], Decoded] = {}
@@ -458,6 +478,8 @@ class SparkEngine:
             by_position[position] = self._decoded(
                 row.partition, row.offset, row.key, row.value, row.kafka_time_ms
             )
+        if valid is None:
+            return [by_position[position] for position in sorted(by_position)]
         cards = valid[CARD_FEATURES].to_numpy(dtype=float)
         for i, (p, o, key, raw, stamp) in enumerate(
             zip(
