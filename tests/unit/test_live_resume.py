@@ -1,17 +1,20 @@
 """A live simulation stopped and started again continues its stream: no transaction id twice,
-time going on, and the labels the first run still owed are sent by the second."""
+time going on, and the labels the first run still owed are sent by the second. Any other run (a
+second simulator beside it, ``--from-start``, a history) sends ids of its own."""
 
 from __future__ import annotations
 
+import json
 import threading
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from fraudstream.clock import SystemClock
 from fraudstream.schema import Label, Transaction
-from fraudstream.simulator.generator import preset
+from fraudstream.simulator.generator import generate, preset
 from fraudstream.simulator.publish import ResumePoint, simulate_live
-from fraudstream.simulator.resume import ResumeFile
+from fraudstream.simulator.resume import ResumeFile, start_live
 
 PARAMS = preset("default", n_customers=300, n_terminals=600, seed=5)
 
@@ -40,14 +43,16 @@ class Recorder:
     def flush(self) -> None: ...
 
 
-def _run(limit: int, resume: ResumePoint | None, saved: list[ResumePoint]) -> Recorder:
+def _run(
+    limit: int, resume: ResumePoint | None, saved: list[ResumePoint], stream: str | None = None
+) -> Recorder:
     """An endless accelerated run (a month of simulated history, then live), stopped early."""
     stop = threading.Event()
     recorder = Recorder(limit, stop)
     simulate_live(
         recorder,  # type: ignore[arg-type]
         PARAMS, rate=100_000, clock=SystemClock(), accelerated=True, stop=stop,
-        resume=resume, checkpoint=saved.append,
+        resume=resume, checkpoint=saved.append, stream=stream,
     )  # fmt: skip
     return recorder
 
@@ -56,17 +61,19 @@ def test_a_resumed_run_continues_the_stream_instead_of_repeating_it(tmp_path: Pa
     saved: list[ResumePoint] = []
     first = _run(2_500, None, saved)
     assert saved[-1].sent == len(first.transactions) >= 2_500
+    stream = saved[-1].stream
     resume_file = ResumeFile(tmp_path, PARAMS, accelerated=True)
     resume_file.save(saved[-1])
     second = _run(3_500, resume_file.load(), saved)
     both = first.transactions + second.transactions
-    assert saved[-1].sent == len(both)
+    assert saved[-1].sent == len(both) and saved[-1].stream == stream
     # The same stream as one uninterrupted run. It may send more than len(both) (see Recorder),
     # so it is compared up to the len(both)-th transaction.
-    whole = _run(len(both), None, [])
+    whole = _run(len(both), None, [], stream=stream)
     prefix = whole.transactions[: len(both)]
     # Nothing twice, nothing skipped.
     assert [t.tx_id for t in both] == [t.tx_id for t in prefix]
+    assert all(t.tx_id.startswith(f"s5-{stream}-") for t in both)
     assert [(t.card_id, t.amount) for t in both] == [(t.card_id, t.amount) for t in prefix]
     # Simulated time goes on where the first run stopped.
     assert second.transactions[0].event_time >= first.transactions[-1].event_time
@@ -80,9 +87,58 @@ def test_a_resumed_run_continues_the_stream_instead_of_repeating_it(tmp_path: Pa
 
 def test_resume_files_belong_to_one_stream_definition(tmp_path: Path) -> None:
     start = datetime(2026, 11, 1, tzinfo=timezone.utc)
-    point = ResumePoint(10, start, start)
+    point = ResumePoint(10, start, start, "r0123456789")
     ResumeFile(tmp_path, PARAMS, accelerated=True).save(point)
     assert ResumeFile(tmp_path, PARAMS, accelerated=True).load() == point
     assert ResumeFile(tmp_path, PARAMS, accelerated=False).load() is None
     other = preset("default", n_customers=300, n_terminals=600, seed=6)
     assert ResumeFile(tmp_path, other, accelerated=True).load() is None
+
+
+def test_a_resume_point_saved_before_streams_goes_on_under_a_new_one(tmp_path: Path) -> None:
+    # Such a stream's ids (s5-000000123) were the same in every state directory.
+    resume_file = ResumeFile(tmp_path, PARAMS, accelerated=True)
+    resume_file.path.parent.mkdir(parents=True)
+    start = "2026-11-01T00:00:00+00:00"
+    resume_file.path.write_text(json.dumps({"sent": 10, "origin_wall": start, "origin_sim": start}))
+    point = resume_file.load()
+    assert point is not None and point.sent == 10 and point.stream.startswith("r")
+
+
+def test_two_runs_never_send_the_same_transaction_id(tmp_path: Path) -> None:
+    """The service's simulator, a second one beside it with the same settings and state
+    directory, one with other settings (not accelerated), ``--from-start``, the service
+    restarted, and a shell's simulator with a state directory of its own."""
+    service = start_live(tmp_path, PARAMS, True)
+    assert service.resume is None and service.checkpoint is not None
+    saved: list[ResumePoint] = []
+    sent = {"service": _run(1_000, None, saved, service.stream)}
+    service.checkpoint(saved[-1])
+    beside = start_live(tmp_path, PARAMS, True)  # the service still runs: its point is not free
+    assert beside.checkpoint is None and beside.resume is None
+    sent["beside"] = _run(1_000, None, [], beside.stream)
+    sent["service, going on"] = _run(1_000, saved[-1], saved)
+    service.checkpoint(saved[-1])
+    not_accelerated = start_live(tmp_path, PARAMS, False)  # another resume point, free
+    assert not_accelerated.checkpoint is not None and not_accelerated.resume is None
+    sent["not accelerated"] = _run(1_000, None, [], not_accelerated.stream)
+    not_accelerated.release()
+    elsewhere = start_live(tmp_path / "elsewhere", PARAMS, True)
+    sent["elsewhere"] = _run(1_000, None, [], elsewhere.stream)
+    service.release()
+    restarted = start_live(tmp_path, PARAMS, True)  # continues the service's stream
+    assert restarted.stream == service.stream and restarted.resume == saved[-1]
+    sent["restarted"] = _run(1_000, restarted.resume, [])
+    restarted.release()
+    from_start = start_live(tmp_path, PARAMS, True, from_start=True)
+    assert from_start.resume is None and from_start.stream != service.stream
+    sent["from start"] = _run(1_000, None, [], from_start.stream)
+    for start in (elsewhere, from_start):
+        start.release()
+    ids = [t.tx_id for run in sent.values() for t in run.transactions]
+    # The histories of the same seed: with these settings, and with others.
+    for history in (replace(PARAMS, days=3), replace(PARAMS, days=3, n_customers=301)):
+        ids += list(generate(history)["tx_id"])
+    assert len(ids) == len(set(ids)), "two runs sent the same transaction id"
+    # The same traffic, though: a new stream is the simulation from its beginning.
+    assert sent["beside"].transactions[0].card_id == sent["service"].transactions[0].card_id

@@ -56,8 +56,9 @@ def simulate(
     from_start: Annotated[
         bool,
         typer.Option(
-            help="Live: start the stream from its beginning instead of continuing where the "
-            "last run with the same settings stopped (which would repeat its transaction ids)."
+            help="Live: start a new stream (the traffic from its beginning, transaction ids in "
+            "a namespace of their own) instead of continuing where the last run with the same "
+            "settings stopped; later runs continue the new one."
         ),
     ] = False,
     preset: Annotated[
@@ -122,7 +123,7 @@ def _simulate_live(
 ) -> None:  # fmt: skip
     from fraudstream.clock import SystemClock
     from fraudstream.simulator.publish import Publisher, simulate_live
-    from fraudstream.simulator.resume import ResumeFile
+    from fraudstream.simulator.resume import start_live
 
     stop = stop_on_signals()
     publisher = Publisher(settings.kafka)
@@ -130,14 +131,23 @@ def _simulate_live(
     err.print(
         f"sending {rate:,.0f} tx/s to {settings.kafka.bootstrap} for {limit} (Ctrl-C stops cleanly)"
     )
-    resume_file = ResumeFile(settings.state_dir, params, accelerated)
-    resume = None if from_start else resume_file.load()
-    if resume is not None:
-        err.print(f"continuing the stream after its first {resume.sent:,} transactions")
+    start = start_live(settings.state_dir, params, accelerated, from_start=from_start)
+    ids = f"ids {params.live(start.stream).id_prefix}…"
+    if start.checkpoint is None:
+        err.print(
+            f"a simulator with the same settings is running: this run sends a new stream "
+            f"({ids}), which later runs will not continue"
+        )
+    elif start.resume is not None:
+        err.print(
+            f"continuing the stream after its first {start.resume.sent:,} transactions ({ids})"
+        )
+    else:
+        err.print(f"a new stream ({ids})")
     report = simulate_live(
         publisher, params, rate=rate, clock=SystemClock(), count=count,
-        duration_s=_duration_seconds(duration) if duration else None,
-        accelerated=accelerated, stop=stop, resume=resume, checkpoint=resume_file.save,
+        duration_s=_duration_seconds(duration) if duration else None, accelerated=accelerated,
+        stop=stop, resume=start.resume, checkpoint=start.checkpoint, stream=start.stream,
     )  # fmt: skip
     deviation = (report.achieved_rate - rate) / rate
     typer.echo(
@@ -160,7 +170,10 @@ def replay(
     ] = "auto",
     show_bad: Annotated[int, typer.Option(min=0, help="Bad rows to list.")] = 20,
 ) -> None:
-    """Stream a dataset into Kafka (card numbers tokenised on the way in)."""
+    """Stream a dataset into Kafka (card numbers tokenised on the way in), with its own
+    transaction ids. Replaying a file again sends the same transactions again: the engine
+    dead-letters each as a replay (reason "replay: tx_id … already processed with identical
+    content") and changes nothing."""
     from fraudstream.clock import SystemClock
     from fraudstream.simulator.adapters import DatasetError, load_configured_dataset
     from fraudstream.simulator.publish import Publisher

@@ -12,6 +12,10 @@ parameters give byte-identical output, and any block of days can be generated on
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -34,6 +38,8 @@ __all__ = [
     "SimulationParams",
     "generate",
     "generate_blocks",
+    "new_stream",
+    "params_json",
     "preset",
 ]
 
@@ -106,7 +112,37 @@ class SimulationParams:
 
     @property
     def id_prefix(self) -> str:
-        return self.tx_id_prefix if self.tx_id_prefix is not None else f"s{self.seed}-"
+        """What every transaction id starts with: ``tx_id_prefix`` when given, else
+        ``s<seed>-h<digest>-``, the digest (10 hex digits of SHA-256) taken over every parameter,
+        so that the same parameters give the same ids and any others never share one."""
+        if self.tx_id_prefix is not None:
+            return self.tx_id_prefix
+        digest = hashlib.sha256(params_json(self).encode()).hexdigest()[:10]
+        return f"s{self.seed}-h{digest}-"
+
+    def live(self, stream: str) -> SimulationParams:
+        """The endless live stream ``stream`` (see ``new_stream``) of these parameters: their
+        traffic going on without end, under ids ``s<seed>-<stream>-<serial>`` of its own."""
+        base = self.tx_id_prefix if self.tx_id_prefix is not None else f"s{self.seed}-"
+        return replace(self, days=0, tx_id_prefix=f"{base}{stream}-")
+
+
+def new_stream() -> str:
+    """A new live stream's id namespace: ``r`` and 10 random hex digits. Random rather than
+    counted, so that simulators with different state directories (the service's container and
+    a shell beside it) cannot draw the same one; a history's namespace starts with ``h``."""
+    return "r" + secrets.token_hex(5)
+
+
+def params_json(params: SimulationParams) -> str:
+    """The parameters as canonical JSON (a history file's metadata)."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(type(value))
+
+    return json.dumps(dataclasses.asdict(params), default=default, sort_keys=True)
 
 
 PRESETS: dict[str, SimulationParams] = {
@@ -410,6 +446,7 @@ def _names(prefix: str, count: int) -> np.ndarray:
 
 def _frame(params: SimulationParams, pop: Population, cols: _Columns, serial: int) -> pd.DataFrame:
     n = len(cols.customer)
+    prefix = params.id_prefix
     start = pd.Timestamp(params.start).as_unit("us")
     ids = np.arange(serial, serial + n)
     scenario_names = np.array([None, *SCENARIOS], dtype=object)
@@ -417,7 +454,7 @@ def _frame(params: SimulationParams, pop: Population, cols: _Columns, serial: in
     categories = np.array(MERCHANT_CATEGORIES, dtype=object)[pop.terminal_category[cols.terminal]]
     frame = pd.DataFrame(
         {
-            "tx_id": [f"{params.id_prefix}{i:09d}" for i in ids],
+            "tx_id": [f"{prefix}{i:09d}" for i in ids],
             "event_time": start + pd.to_timedelta(cols.seconds, unit="s"),
             "card_id": _names("C", pop.n_customers)[cols.customer],
             "terminal_id": _names("T", pop.n_terminals)[cols.terminal],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from fraudstream.simulator.generator import (
     HISTORY_COLUMNS,
     SimulationParams,
     generate_blocks,
+    params_json,
 )
 
 __all__ = [
@@ -58,15 +58,6 @@ _META_KEY = b"fraudstream.simulation"
 assert tuple(HISTORY_SCHEMA.names) == HISTORY_COLUMNS
 
 
-def _params_json(params: SimulationParams) -> str:
-    def default(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        raise TypeError(type(value))
-
-    return json.dumps(dataclasses.asdict(params), default=default, sort_keys=True)
-
-
 def write_history(
     blocks: Iterable[pd.DataFrame],
     path: Path,
@@ -74,7 +65,7 @@ def write_history(
     on_block: Callable[[pd.DataFrame], None] = lambda _block: None,
 ) -> int:
     """Stream blocks into one Parquet file (written to a temporary name, then renamed)."""
-    schema = HISTORY_SCHEMA.with_metadata({_META_KEY: _params_json(params).encode()})
+    schema = HISTORY_SCHEMA.with_metadata({_META_KEY: params_json(params).encode()})
     partial = path.with_name(path.name + ".partial")
     rows = 0
     # Fixed writer options and no wall-clock metadata: the same seed gives identical bytes.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -21,7 +21,7 @@ from fraudstream.clock import Clock
 from fraudstream.config import KafkaSettings
 from fraudstream.schema import Label, Transaction, encode
 from fraudstream.simulator.adapters import TRANSACTION_COLUMNS, Dataset
-from fraudstream.simulator.generator import SimulationParams, generate_blocks
+from fraudstream.simulator.generator import SimulationParams, generate_blocks, new_stream
 
 __all__ = [
     "LabelRows",
@@ -178,12 +178,13 @@ class LiveReport:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a live simulation stopped: how many transactions it had sent, and how its
-    simulated time maps onto the wall clock (accelerated runs)."""
+    """Where a live simulation stopped: how many transactions it had sent, how its simulated
+    time maps onto the wall clock (accelerated runs), and its stream (the ids' namespace)."""
 
     sent: int
     origin_wall: datetime
     origin_sim: datetime
+    stream: str
 
 
 _CHECKPOINT_EVERY_S = 5.0
@@ -201,19 +202,25 @@ def simulate_live(
     stop: threading.Event | None = None,
     resume: ResumePoint | None = None,
     checkpoint: Callable[[ResumePoint], None] | None = None,
+    stream: str | None = None,
 ) -> LiveReport:
     """Send simulated traffic at ``rate`` transactions/s until ``count``, ``duration_s`` or
     ``stop``. Event time is the send time (``clock.now()``); with ``accelerated`` it is the
     simulation's own time, started at now, so days pass in minutes and labels arrive.
 
-    ``resume`` continues an earlier run's stream after the transactions it sent (new ids, time
-    going on, its labels still due re-queued) instead of repeating it; ``checkpoint`` receives
-    the point to resume from every few seconds and at the end."""
+    Transaction ids are ``s<seed>-<stream>-<serial>``. Without ``resume`` the run starts the
+    stream ``stream`` from its beginning; left out, a new one (``new_stream``), so that no two
+    runs share an id. ``resume`` continues an earlier run's stream after the transactions it
+    sent (the next ids, time going on, its labels still due re-queued) instead of repeating it;
+    ``checkpoint`` receives the point to resume from every few seconds and at the end."""
     if count is None and duration_s is None and stop is None:
         raise ValueError("give a count, a duration or a stop event")
+    if resume is not None and stream is not None and stream != resume.stream:
+        raise ValueError(f"stream {stream!r} cannot resume stream {resume.stream!r}")
+    stream = resume.stream if resume is not None else stream or new_stream()
     stop = stop or threading.Event()
     report = LiveReport(target_rate=rate)
-    blocks = generate_blocks(replace(params, days=0))
+    blocks = generate_blocks(params.live(stream))
     buffer = _Buffer(blocks)
     pending: list[tuple[datetime, int, Label]] = []  # labels waiting for their report time
     if resume is not None:
@@ -230,7 +237,9 @@ def simulate_live(
 
     def save() -> None:
         if checkpoint is not None:
-            point = ResumePoint(already + report.sent, origin_wall, origin_sim.to_pydatetime())
+            point = ResumePoint(
+                already + report.sent, origin_wall, origin_sim.to_pydatetime(), stream
+            )
             checkpoint(point)
 
     saved = clock.monotonic()
