@@ -99,14 +99,14 @@ def _hostile(transactions: pd.DataFrame, start: pd.Timestamp) -> list[Hostile]:
             b"nul",
             json.dumps({**template, "tx_id": "nul\u0000id"}).encode(),
             "NUL character",
-        ),  # fmt: skip
+        ),
         Hostile(
             "wrong type",
             "transactions",
             b"type",
             json.dumps({**template, "tx_id": "typed", "amount": "12"}).encode(),
             "Expected `float`, got `str`",
-        ),  # fmt: skip
+        ),
         Hostile("not JSON", "transactions", b"junk", b"{not json", "not valid JSON"),
         Hostile(
             "identical replay", "transactions", first.card_id.encode(), encode(first), "replay"
@@ -117,7 +117,7 @@ def _hostile(transactions: pd.DataFrame, start: pd.Timestamp) -> list[Hostile]:
             second.card_id.encode(),
             json.dumps(conflicting).encode(),
             "duplicate tx_id with different content",
-        ),  # fmt: skip
+        ),
         Hostile("40 days late", "transactions", b"card-late", json.dumps(late).encode(), None),
         Hostile("label: not JSON", "labels", None, b"{broken", "not valid JSON"),
         Hostile(
@@ -126,14 +126,14 @@ def _hostile(transactions: pd.DataFrame, start: pd.Timestamp) -> list[Hostile]:
             None,
             json.dumps({**label, "tx_id": "a\u0000b"}).encode(),
             "NUL character",
-        ),  # fmt: skip
+        ),
         Hostile(
             "label: wrong type",
             "labels",
             None,
             json.dumps({**label, "is_fraud": "yes"}).encode(),
             "Expected `bool`",
-        ),  # fmt: skip
+        ),
     ]
 
 

@@ -37,6 +37,7 @@ class Outcome:
     dead_letters: list[tuple[str, str]]  # (source topic kind, reason)
     alerts: set[str]
     crashes: int = 0
+    settings: Settings | None = None  # where a runtime with a database stored them
 
     def __post_init__(self) -> None:
         self.rows = (
@@ -69,7 +70,7 @@ def outcome_from_database(settings: Settings, *, crashes: int = 0) -> Outcome:
         ).fetchall()
         letters = conn.execute("SELECT source_topic, reason FROM dlq_events").fetchall()
     frame = pd.DataFrame(
-        [list(features) + [score, decision, late] for _, features, score, decision, late in rows],
+        [[*features, score, decision, late] for _, features, score, decision, late in rows],
         columns=[*FEATURE_NAMES, "score", "decision", "late"],
         index=[tx for tx, *_ in rows],
     )
@@ -80,7 +81,7 @@ def outcome_from_database(settings: Settings, *, crashes: int = 0) -> Outcome:
         json.loads(m.value())["tx_id"]
         for m in drain(settings, settings.kafka.topics.alerts, flagged)
     }
-    return Outcome(frame.sort_index(), dead, alerts, crashes)
+    return Outcome(frame.sort_index(), dead, alerts, crashes, settings)
 
 
 def drain(settings: Settings, topic: str, expect: int, timeout_s: float = 60) -> list:

@@ -39,11 +39,14 @@ def _training_data(settings: Settings, history: Path | None, from_db: bool) -> T
 def _features_with_progress(data: TrainingData) -> Any:
     from fraudstream.features import history_features
 
+    if data.features is not None:
+        return data.features  # what the engines computed online, stored with each row
     with progress_bar() as progress:
         task = progress.add_task("computing features", total=len(data.frame))
         return history_features(
-            data.frame, data.frauds, progress=lambda rows: progress.advance(task, rows)
-        )
+            data.frame, data.frauds, counted=data.counted,
+            progress=lambda rows: progress.advance(task, rows),
+        )  # fmt: skip
 
 
 def _baseline_table(title: str, rows: dict[str, tuple[float, float, float]]) -> Table:

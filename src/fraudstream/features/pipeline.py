@@ -98,6 +98,7 @@ def history_features(
     transactions: pd.DataFrame,
     frauds: pd.DataFrame,
     *,
+    counted: np.ndarray | None = None,
     batch_rows: int = 20_000,
     progress: Callable[[int], None] = lambda _rows: None,
 ) -> pd.DataFrame:
@@ -105,9 +106,12 @@ def history_features(
 
     ``frauds`` has ``terminal_id``, ``event_time`` and ``reported_at`` of reported frauds; the
     terminal tables only use those reported by the start of each transaction's day.
+    ``counted`` masks the transactions terminal activity counts (the engines do not count late
+    ones: docs/adr/0004); all are counted by default.
     """
     activity = TerminalActivity()
-    activity.add_transactions(transactions["terminal_id"], transactions["event_time"])
+    kept = transactions if counted is None else transactions[counted]
+    activity.add_transactions(kept["terminal_id"], kept["event_time"])
     activity.add_frauds(frauds["terminal_id"], frauds["event_time"], frauds["reported_at"])
     computer = FeatureComputer(activity=activity)
     parts = []

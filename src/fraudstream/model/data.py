@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
+from fraudstream.features import FEATURE_NAMES
 from fraudstream.simulator.adapters import Dataset, load_configured_dataset
 
 if TYPE_CHECKING:
@@ -29,6 +31,8 @@ class TrainingData:
     frauds: pd.DataFrame  # reported frauds (``frauds_for_features``)
     source: str  # where they come from, for the model's metadata
     rows_skipped: int = 0  # bad rows of the file, left out
+    features: pd.DataFrame | None = None  # as stored by the engines, aligned with ``frame``
+    counted: np.ndarray | None = None  # rows terminal activity counts (late ones do not)
 
 
 def labelled_frame(transactions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -69,11 +73,26 @@ def training_data_from_file(settings: Settings, path: Path) -> TrainingData:
 
 
 def training_data_from_db(settings: Settings) -> TrainingData:
-    """The transactions and labels stored in the database."""
+    """The transactions and labels stored in the database, with the feature vectors the
+    engines stored for them: the model learns from exactly what it will be given. When some
+    rows have none (stored before features were kept), every row's features are replayed
+    under the engines' rule: late rows not counted, labels as of when they were known."""
     from fraudstream.store.db import connect
     from fraudstream.store.training import load_labels, load_transactions
 
     with connect(settings) as conn:
         transactions, labels = load_transactions(conn), load_labels(conn)
     frame = labelled_frame(transactions, labels)
-    return TrainingData(frame, frauds_for_features(frame, labels), "database")
+    known = labels.assign(reported_at=labels["known_at"])
+    counted = ~frame["late"].to_numpy(dtype=bool)
+    frauds = frauds_for_features(frame[counted], known)
+    stored = frame["features"]
+    features = None
+    if len(frame) and stored.notna().all():
+        features = pd.DataFrame(
+            np.vstack(stored.to_numpy()), columns=list(FEATURE_NAMES), index=frame.index
+        )
+    return TrainingData(
+        frame.drop(columns=["features", "late"]), frauds, "database",
+        features=features, counted=counted,
+    )  # fmt: skip
