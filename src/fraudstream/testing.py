@@ -123,6 +123,7 @@ class MemoryRuntime:
         self.labels_read = 0
         self.invalid_labels: list[str] = []
         self.steps = 0
+        self.applied: list[str] = []  # the markers met, in order
         self._restore()
 
     # --- the schedule ------------------------------------------------------------------
@@ -134,6 +135,7 @@ class MemoryRuntime:
         batch = 0
         while batch < max_steps:
             if markers.get(batch) in (ABORT, REBALANCE):
+                self.applied.append(markers[batch])
                 self._restore()
             batch += 1
             unread = [

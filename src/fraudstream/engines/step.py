@@ -240,7 +240,7 @@ def _features(
 def late_after_seal(predictions: pd.DataFrame, sealed: np.datetime64 | None) -> int:
     """Mark late (in place) the rows a sealed terminal table should have counted but did not;
     returns how many. Possible only after the table of ``sealed`` was sealed with an idle
-    partition that later received older records (docs/adr/0006)."""
+    partition that later received older records (docs/adr/0004)."""
     if sealed is None or not len(predictions):
         return 0
     days = predictions["event_time"].dt.tz_convert(None).to_numpy().astype("datetime64[D]")

@@ -1,5 +1,5 @@
 """Terminal tables for the engines: labels read into PostgreSQL, each day's table sealed once
-when the input logs allow it, and cached (docs/adr/0006-deterministic-terminal-tables.md)."""
+when the input logs allow it, and cached (docs/adr/0004-deterministic-terminal-tables.md)."""
 
 from __future__ import annotations
 

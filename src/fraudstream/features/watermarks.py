@@ -1,5 +1,5 @@
 """Event-time progress of the transactions topic, and the rule that makes terminal features a
-pure function of the input logs (docs/adr/0006-deterministic-terminal-tables.md).
+pure function of the input logs (docs/adr/0004-deterministic-terminal-tables.md).
 
 A partition's *watermark* is the newest event time among its records so far. A record more
 than the allowed lateness behind the watermark before it is *late*: it is scored like any

@@ -1,7 +1,7 @@
 """Labels in; terminal activity, sealed terminal tables and partition progress out.
 
 What the engines read and write besides predictions to make terminal features a pure function
-of the input logs (docs/adr/0006-deterministic-terminal-tables.md).
+of the input logs (docs/adr/0004-deterministic-terminal-tables.md).
 """
 
 from __future__ import annotations

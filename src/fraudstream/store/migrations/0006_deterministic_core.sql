@@ -1,4 +1,4 @@
--- Determinism and poison-proofing (docs/adr/0006-deterministic-terminal-tables.md).
+-- Determinism and poison-proofing (docs/adr/0004-deterministic-terminal-tables.md).
 --
 -- Every prediction keeps what it was computed from and under which rules: the digest of its
 -- canonical content (a reused tx_id with other content is refused, an identical one is a
