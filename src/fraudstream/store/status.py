@@ -47,20 +47,24 @@ class StatusReporter:
             conn.execute(
                 "INSERT INTO engine_status (engine_id, engine, consumer_group, model_version, "
                 "partitions, throughput_tps, lag, batch_ms_p50, batch_ms_p99, dlq_total, "
-                "started_at, heartbeat_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
+                "late_total, duplicates_total, started_at, heartbeat_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
                 "ON CONFLICT (engine_id) DO UPDATE SET model_version = excluded.model_version, "
                 "partitions = excluded.partitions, throughput_tps = excluded.throughput_tps, "
                 "lag = excluded.lag, batch_ms_p50 = excluded.batch_ms_p50, "
                 "batch_ms_p99 = excluded.batch_ms_p99, dlq_total = excluded.dlq_total, "
-                "heartbeat_at = now()",
+                "late_total = excluded.late_total, "
+                "duplicates_total = excluded.duplicates_total, heartbeat_at = now()",
                 (
                     self.engine_id, self.engine, self.group, model_version, partitions,
-                    throughput, lag, p50, p99, stats.rejected, self.started_at,
+                    throughput, lag, p50, p99, stats.rejected, stats.late,
+                    stats.replays + stats.conflicts, self.started_at,
                 ),
             )  # fmt: skip
         log.info(
-            "%.0f tx/s, lag %s, batch p50 %s ms; scored %d, stored %d, rejected %d, alerts %d",
+            "%.0f tx/s, lag %s, batch p50 %s ms; scored %d, stored %d, rejected %d "
+            "(duplicates %d), late %d, alerts %d",
             throughput, "?" if lag is None else lag, "-" if p50 is None else f"{p50:.1f}",
-            stats.scored, stats.stored, stats.rejected, stats.alerts,
+            stats.scored, stats.stored, stats.rejected, stats.replays + stats.conflicts,
+            stats.late, stats.alerts,
         )  # fmt: skip

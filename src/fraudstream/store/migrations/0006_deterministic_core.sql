@@ -65,3 +65,11 @@ CREATE TABLE deferred_rows (
     card_features   double precision[] NOT NULL,
     PRIMARY KEY (consumer_group, topic, partition, "offset")
 );
+
+-- What the status shows besides dead letters: records scored late, and reused tx_ids refused.
+ALTER TABLE engine_status
+    ADD COLUMN late_total       bigint NOT NULL DEFAULT 0,
+    ADD COLUMN duplicates_total bigint NOT NULL DEFAULT 0;
+
+-- Nothing ever wrote this table: the model registry lives in model.dir (CURRENT + metadata).
+DROP TABLE model_versions;
