@@ -118,7 +118,7 @@ def run_memory(stream: Stream, stack_settings: Settings, models: Path, *, seed: 
         lateness=timedelta_s(stack_settings.engine.allowed_lateness_s),
         batch_sizes=(1, 400), snapshot_every=4, seed=seed,
     )  # fmt: skip
-    markers = {n: ("abort" if n % 2 else "rebalance") for n in range(7, 400, 23)}
+    markers = {n: ("abort", "rebalance")[i % 2] for i, n in enumerate(range(3, 1000, 7))}
     runtime.run(markers)
     sink = runtime.sink
     frame = sink.frame()

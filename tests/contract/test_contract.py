@@ -97,7 +97,7 @@ def check(outcome: Outcome, stream: Stream) -> dict[str, object]:
         "feature cells equal": f"{cells - int(differing.sum()):,} of {cells:,}",
         "dead letters": len(outcome.dead_letters),
         "alerts": len(outcome.alerts),
-        "crashes survived": outcome.crashes,
+        "interruptions survived": outcome.crashes,
     }
 
 
