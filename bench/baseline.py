@@ -5,7 +5,9 @@ and its one row scored, decided and explained with this project's own code (the 
 card state, terminal tables, model and rules, so the numbers are the engine's), stored with one
 ``INSERT`` on an autocommit connection, and its alert (if any) produced; the consumer
 auto-commits offsets, as those tutorials leave it. It does less than the engine per message:
-no rollups, no snapshots, no exactly-once bookkeeping.
+no rollups, no snapshots, no exactly-once bookkeeping, no duplicate checks, no watermarks
+(nothing is flagged late; a day's terminal table is built from what is stored when the day's
+first transaction arrives, not sealed).
 
 Both run in one benchmark on the same private broker and database, on the same backlog (a fresh
 database and consumer group for each drain), alternately, so that the noise of a busy machine
@@ -18,7 +20,6 @@ import statistics
 import time
 from typing import Any
 
-import msgspec
 import numpy as np
 import pandas as pd
 from confluent_kafka import Consumer, Message
@@ -26,26 +27,26 @@ from psycopg.types.json import Jsonb
 
 from bench.engine import FULL, QUICK, EngineBench, Progress, Workload
 from bench.stages import Result
+from fraudstream.bus.alerts import publish_alerts
+from fraudstream.bus.clients import engine_producer, message_offset, message_partition
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings
-from fraudstream.engines.common import (
-    TerminalRisk,
-    decision_rules,
-    engine_producer,
-    predictions_frame,
-    publish_alerts,
-)
+from fraudstream.engines.base import decision_rules
+from fraudstream.engines.scoring import predictions_frame
+from fraudstream.engines.step import Decoded, frame_of
+from fraudstream.engines.terminals import LabelReader
 from fraudstream.features import CardState, FeatureComputer, TerminalTable
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
+from fraudstream.records import PREDICTION_COLUMNS as COLUMNS
 from fraudstream.schema import Invalid, decode_transaction
 from fraudstream.store.db import connect
-from fraudstream.store.sink import COLUMNS
+from fraudstream.store.outcomes import load_terminal_activity
 
 __all__ = ["PerMessage", "run"]
 
 _INSERT = (
-    f"INSERT INTO fraud_predictions ({', '.join(COLUMNS)}) "  # noqa: S608 (names from the sink)
+    f"INSERT INTO fraud_predictions ({', '.join(COLUMNS)}) "  # noqa: S608 (names from records)
     f"VALUES ({', '.join(['%s'] * len(COLUMNS))})"
 )
 # The engine's sink keeps per-terminal daily counts with every batch; one INSERT per message
@@ -55,6 +56,7 @@ _COUNT_TERMINALS = """
 DELETE FROM terminal_daily;
 INSERT INTO terminal_daily (terminal_id, day, tx_count)
 SELECT terminal_id, (event_time AT TIME ZONE 'UTC')::date, count(*) FROM fraud_predictions
+WHERE NOT late
 GROUP BY 1, 2
 """
 
@@ -81,9 +83,9 @@ class PerMessage:
         self.tables_conn = connect(settings)  # the terminal tables', as the engine has one
         self.scorer = Scorer(Registry(settings.models_dir).load())
         self.rules = decision_rules(settings)
-        self.terminals = TerminalRisk(settings, group)
+        self.producer = engine_producer(settings.kafka)
+        self.labels = LabelReader(settings, group, self.producer)
         self.features = FeatureComputer(state=CardState(), tables=self._table)
-        self.producer = engine_producer(settings)
         self.handled = 0
 
     def run(self, seconds: float, limit: int) -> int:
@@ -108,18 +110,22 @@ class PerMessage:
 
     def handle(self, message: Message) -> None:
         now = self.clock.now()
-        record = decode_transaction(message.value() or b"", now=now)
+        value = message.value() or b""
+        record = decode_transaction(value, now=now)
         if isinstance(record, Invalid):
             return  # (the simulator sends none)
-        row = pd.DataFrame([msgspec.structs.asdict(record)])
-        row["event_time"] = pd.to_datetime(row["event_time"], utc=True)
-        row["_partition"] = message.partition()
-        row["_offset"] = message.offset()
-        row["_kafka_time"] = pd.to_datetime(message.timestamp()[1], unit="ms", utc=True)
+        appended = message.timestamp()[1]
+        decoded = Decoded(
+            self.settings.kafka.topics.transactions, message_partition(message),
+            message_offset(message), message.key(), value, appended if appended > 0 else None,
+            record,
+        )  # fmt: skip
+        row = frame_of([decoded], late=np.zeros(1, dtype=bool))  # no watermark: never late
         features = self.features.compute(row)
-        prediction = predictions_frame(
-            row, features, self.scorer, self.rules, now, engine=self.name
-        )
+        scored = predictions_frame(row, features, self.scorer, self.rules, now, engine=self.name)
+        if scored.failed:
+            return  # (not with the simulator's transactions)
+        prediction = scored.predictions
         stored = prediction.iloc[0]
         self.conn.execute(_INSERT, _values(stored))
         if stored["decision"] != "approve":
@@ -128,18 +134,24 @@ class PerMessage:
 
     def close(self) -> None:
         self.consumer.close()
+        self.labels.close()
         self.producer.flush(30)
-        del self.producer  # now, not at a garbage collection after the broker has gone
-        self.terminals.close()
+        # The producer (the label reader holds it too) now, not at a garbage collection after
+        # the broker has gone.
+        del self.producer, self.labels
         self.conn.close()
         self.tables_conn.close()
 
     def _table(self, day: np.datetime64) -> TerminalTable:
-        return self.terminals.table(day, self.tables_conn, before_building=self._count_terminals)
-
-    def _count_terminals(self) -> None:
+        """The terminal table of ``day`` (``FeatureComputer`` asks once per day): counts from
+        the stored rows, the labels topic read to its end, then the engine's own activity
+        query and table."""
         with self.tables_conn.transaction():
             self.tables_conn.execute(_COUNT_TERMINALS)
+        self.labels.read(self.tables_conn, timeout_s=60)  # else built with what was read
+        activity = load_terminal_activity(self.tables_conn, day)
+        self.tables_conn.commit()
+        return activity.table(day)
 
 
 def _values(row: pd.Series[Any]) -> tuple[object, ...]:

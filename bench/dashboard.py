@@ -25,6 +25,7 @@ import pandas as pd
 import psycopg
 from psycopg.types.json import Jsonb
 
+from bench.rows import engine_columns
 from bench.stages import Result
 from fraudstream.config import Settings
 from fraudstream.dashboard import queries
@@ -104,6 +105,7 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
                     "engine": "local",
                     "scored_at": event + latency * 0.8,
                     "stored_at": event + latency,
+                    **engine_columns(rng, n, text=True),
                 }
             )
             with cursor.copy(
@@ -243,6 +245,7 @@ def _measure(
 def _freshness(settings: Settings, repeats: int) -> Result:
     """From the sink's commit of a new alert to the Live query returning it."""
     sink = PredictionSink(connect(settings), consumer_group="bench", features_version="1")
+    rng = np.random.default_rng(9)
     waits = []
     with psycopg.connect(conninfo(settings), autocommit=True) as reader:
         for i in range(repeats):
@@ -254,6 +257,7 @@ def _freshness(settings: Settings, repeats: int) -> Result:
                     "decision": ["decline"], "rule_hits": [[]], "reasons": [[]],
                     "model_version": ["m-bench"], "engine": ["local"], "kafka_partition": [0],
                     "kafka_offset": [i], "kafka_time": [now], "scored_at": [now],
+                    **engine_columns(rng, 1),
                 }
             )  # fmt: skip
             sink.write(row, [])

@@ -10,9 +10,9 @@ fresh topics, a fresh database and a fresh consumer group.
 - latency: Kafka append time to the row stored in PostgreSQL, at fixed open-loop rates.
 
 The traffic is the simulator's accelerated stream (simulated days pass in seconds, labels
-arrive, terminal tables are rebuilt as days turn), from a population large enough that days
-do not turn every batch. Latency is measured from the broker's append time rather than the
-event time, because accelerated event times are simulated, not wall-clock.
+arrive, each day's terminal table is sealed as the day turns), from a population large enough
+that days do not turn every batch. Latency is measured from the broker's append time rather
+than the event time, because accelerated event times are simulated, not wall-clock.
 """
 
 from __future__ import annotations
@@ -298,7 +298,11 @@ class EngineBench:
     ) -> Settings:
         run = uuid.uuid4().hex[:8]
         topics = topics or TopicSettings(
-            transactions=f"tx-{run}", labels=f"lb-{run}", alerts=f"al-{run}", dlq=f"dlq-{run}"
+            transactions=f"tx-{run}",
+            labels=f"lb-{run}",
+            alerts=f"al-{run}",
+            dlq=f"dlq-{run}",
+            labels_dlq=f"lbdlq-{run}",
         )
         kafka = self.settings.kafka.model_copy(
             update={"topics": topics, "partitions": partitions or self.settings.kafka.partitions}
@@ -427,6 +431,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "kafka.topics.labels": settings.kafka.topics.labels,
         "kafka.topics.alerts": settings.kafka.topics.alerts,
         "kafka.topics.dlq": settings.kafka.topics.dlq,
+        "kafka.topics.labels_dlq": settings.kafka.topics.labels_dlq,
         "database.port": settings.database.port,
         "database.name": settings.database.name,
         "engine.group_id": settings.engine.group_id,

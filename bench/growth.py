@@ -31,15 +31,17 @@ from confluent_kafka import Consumer, TopicPartition
 
 from bench import engine as engine_bench
 from bench.engine import EngineBench, Progress, Workload
+from bench.rows import engine_columns
 from bench.stages import Result
 from fraudstream.config import Settings
-from fraudstream.engines.common import empty_predictions
+from fraudstream.engines.scoring import empty_predictions
 from fraudstream.features import FEATURES_VERSION, CardState
 from fraudstream.features.card import card_features
+from fraudstream.records import PREDICTION_COLUMNS as COLUMNS
 from fraudstream.schema import Invalid, decode_transaction
 from fraudstream.simulator.generator import generate_blocks
 from fraudstream.store.db import connect
-from fraudstream.store.sink import COLUMNS, Checkpoint, PredictionSink
+from fraudstream.store.sink import Checkpoint, PredictionSink
 
 __all__ = ["GrowthSizes", "run"]
 
@@ -223,7 +225,7 @@ def _store_state(trial: Settings, snapshots: dict[int, bytes]) -> None:
             conn, consumer_group=trial.engine.group_id, features_version=FEATURES_VERSION
         )
         for partition, blob in snapshots.items():
-            sink.write(empty_predictions(), [Checkpoint(topic, partition, 0, blob)])
+            sink.write(empty_predictions(), [Checkpoint(topic, partition, 0, snapshot=blob)])
 
 
 def _seeded_share(trial: Settings, cards: int, partitions: int) -> list[float]:
@@ -300,7 +302,7 @@ def _fill(
         for start in range(first, first + rows, _FILL_CHUNK):
             n = min(_FILL_CHUNK, first + rows - start)
             progress(f"growth: storing predictions {start + n:,} / {first + rows:,}")
-            frame = _predictions(rng, start, n, _FILL_DAYS)
+            frame = _predictions(rng, start, n, _FILL_DAYS, text=True)
             frame["rule_hits"] = "{}"
             frame["reasons"] = [_REASONS_TEXT if r else "[]" for r in frame["reasons"]]
             frame["stored_at"] = frame["scored_at"] + pd.Timedelta(milliseconds=20)
@@ -329,9 +331,12 @@ _REASONS = [
 _REASONS_TEXT = json.dumps(_REASONS, ensure_ascii=False)
 
 
-def _predictions(rng: np.random.Generator, first: int, n: int, days: int | None) -> pd.DataFrame:
-    """``n`` prediction rows as the engine writes them (``sink.COLUMNS``): spread over the last
-    ``days`` days, or happening now."""
+def _predictions(
+    rng: np.random.Generator, first: int, n: int, days: int | None, *, text: bool = False
+) -> pd.DataFrame:
+    """``n`` prediction rows as the engine writes them (``PREDICTION_COLUMNS``): spread over
+    the last ``days`` days, or happening now; with ``text``, feature vectors as array literals
+    (for ``COPY``)."""
     now = pd.Timestamp.now(tz="UTC")
     if days is None:
         event = now - pd.to_timedelta(rng.gamma(2.0, 30.0, n), unit="ms")
@@ -358,6 +363,7 @@ def _predictions(rng: np.random.Generator, first: int, n: int, days: int | None)
             "kafka_offset": np.arange(first, first + n),
             "kafka_time": event + pd.Timedelta(milliseconds=2),
             "scored_at": event + pd.Timedelta(milliseconds=30),
+            **engine_columns(rng, n, text=text),
         }
     )
     return frame[list(COLUMNS)]
