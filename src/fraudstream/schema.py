@@ -111,9 +111,16 @@ def _unstorable_text(record: msgspec.Struct) -> str | None:
 
 
 def content_digest(record: Transaction) -> int:
-    """A signed 64-bit digest of a transaction's canonical encoding: equal for the same content
-    however the JSON was written, so a reused ``tx_id`` can be told from a replay."""
-    digest = hashlib.blake2b(_encoder.encode(record), digest_size=8).digest()
+    """A signed 64-bit digest of a transaction's content: equal for equal records however the
+    JSON was written (key order, spacing, the instant's UTC offset, -0.0), so that a reused
+    ``tx_id`` can be told from a replay."""
+    changes: dict[str, Any] = {"event_time": record.event_time.astimezone(timezone.utc)}
+    for name in record.__struct_fields__:
+        value = getattr(record, name)
+        if isinstance(value, float) and value == 0.0:
+            changes[name] = 0.0  # -0.0 == 0.0, and encodes otherwise
+    canonical = msgspec.structs.replace(record, **changes)
+    digest = hashlib.blake2b(_encoder.encode(canonical), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 
 

@@ -19,10 +19,12 @@ from streamlit.testing.v1 import AppTest
 
 from fraudstream.config import Settings
 from fraudstream.dashboard.queries import terminal_risk
+from fraudstream.features import FEATURE_NAMES
 from fraudstream.engines.base import EngineStats
 from fraudstream.model.metrics import auc_roc, average_precision
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.privacy import mask_token
+from fraudstream.records import Rejected
 from fraudstream.stack import Stack
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import connect, dashboard_conninfo
@@ -72,6 +74,10 @@ def _predictions(prefix: str, n: int, event_time: datetime, card: str) -> pd.Dat
             "kafka_offset": list(range(n)),
             "kafka_time": [event_time] * n,
             "scored_at": [event_time] * n,
+            "content_hash": list(range(n)),
+            "features": [[float(i)] * len(FEATURE_NAMES) for i in range(n)],
+            "rules_version": ["r-test"] * n,
+            "late": [False] * n,
         }
     )
 
@@ -121,7 +127,7 @@ def seeded(stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
     live = _predictions("live", 200, NOW, CARD)
     matured = _predictions("old", 300, NOW - timedelta(days=9), CARD)
     sink.write(live, [], observed=_observed(live))
-    sink.write(matured, [], [("transactions", 0, 7, "not valid JSON: truncated")])
+    sink.write(matured, [], [Rejected("transactions", 0, 7, "not valid JSON: truncated")])
     with connect(settings) as conn:
         frauds = matured["tx_id"][matured["decision"] != "approve"].head(20).tolist()
         conn.cursor().executemany(

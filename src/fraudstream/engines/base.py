@@ -81,6 +81,8 @@ def create_engine(
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] == "fraudstream":
+            raise  # our own code is broken: no extra would fix it
         hint = f": {install}" if install else ""
         raise RuntimeError(f"the {kind} engine needs {error.name}{hint}") from None
     engine: Engine = getattr(module, class_name)(settings, clock, stop, **options)

@@ -66,7 +66,7 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
     engine = PipelineService(
         settings,
         "engine",
-        ["score", "--engine", "local"],
+        ["score"],  # the engine of engine.kind
         f"group {settings.engine.group_id}",
         child_env,
     )
