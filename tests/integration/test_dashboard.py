@@ -19,8 +19,8 @@ from streamlit.testing.v1 import AppTest
 
 from fraudstream.config import Settings
 from fraudstream.dashboard.queries import terminal_risk
-from fraudstream.features import FEATURE_NAMES
 from fraudstream.engines.base import EngineStats
+from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.metrics import auc_roc, average_precision
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.privacy import mask_token

@@ -27,7 +27,7 @@ def load_deferred(conn: psycopg.Connection[Any], group: str, topic: str) -> list
     with conn.cursor(binary=True) as cursor:
         rows = cursor.execute(
             'SELECT partition, "offset", key, value, kafka_time_ms, card_features '
-            'FROM deferred_rows WHERE consumer_group = %s AND topic = %s ORDER BY 1, 2',
+            "FROM deferred_rows WHERE consumer_group = %s AND topic = %s ORDER BY 1, 2",
             (group, topic),
         ).fetchall()
     conn.commit()
