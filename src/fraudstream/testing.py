@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive
+from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive, earliest_day
 from fraudstream.features import CardState, TerminalActivity, TerminalTable
 from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress, sealable
 from fraudstream.model.scoring import Scorer
@@ -191,9 +191,12 @@ class MemoryRuntime:
         for tx_id in tx_ids:
             row = self.sink.predictions.get(tx_id)
             if row is not None:
-                found[tx_id] = StoredId(
-                    int(row["content_hash"]), int(row["kafka_partition"]), int(row["kafka_offset"])
+                digest, partition, offset = (
+                    row["content_hash"],
+                    row["kafka_partition"],
+                    row["kafka_offset"],
                 )
+                found[tx_id] = StoredId(int(digest), int(partition), int(offset))  # type: ignore[call-overload]
         return found
 
     def seal_for(self, waiting: dict[int, Decoded]) -> bool:
@@ -203,7 +206,7 @@ class MemoryRuntime:
             )
             stamp = int(pd.Timestamp(item.record.event_time).value // 1000)  # type: ignore[union-attr]
             self.sink.checkpoints[partition] = (offset, max(watermark, stamp))
-        day = min(item.day for item in waiting.values())  # type: ignore[type-var]
+        day = earliest_day(waiting)
         progress = {
             p: PartitionProgress(*self.sink.checkpoints.get(p, (0, int(NO_WATERMARK))), len(log))
             for p, log in self.log.items()

@@ -28,8 +28,8 @@ class DeadLetterError(Exception):
     """Dead letters were not acknowledged: the batch must not commit (it is processed again)."""
 
 
-def _headers(letter: Rejected, excerpt: bool) -> dict[str, bytes]:
-    headers = {
+def _headers(letter: Rejected, excerpt: bool) -> dict[str, str | bytes | None]:
+    headers: dict[str, str | bytes | None] = {
         "reason": letter.reason.encode()[:_REASON_BYTES],
         "source.topic": letter.topic.encode(),
         "source.partition": str(letter.partition).encode(),

@@ -27,6 +27,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,14 @@ from fraudstream.engines.base import (
     engine_id,
 )
 from fraudstream.engines.scoring import observed
-from fraudstream.engines.step import Decoded, PartitionState, StepResult, drive, late_after_seal
+from fraudstream.engines.step import (
+    Decoded,
+    PartitionState,
+    StepResult,
+    drive,
+    earliest_day,
+    late_after_seal,
+)
 from fraudstream.engines.terminals import LabelReader, TerminalTables
 from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
@@ -351,7 +359,7 @@ class LocalEngine:
         }
         with self.conn.transaction():
             promise_watermarks(self.conn, self.group, self.topic, promises)
-        day = min(item.day for item in waiting.values())  # type: ignore[type-var]
+        day = earliest_day(waiting)
         return self.tables.try_seal(self.conn, day, self._progress()) is not None
 
     def _progress(self) -> dict[int, PartitionProgress]:
@@ -363,8 +371,10 @@ class LocalEngine:
         progress = {}
         for partition in metadata.topics[self.topic].partitions:
             low, high = retry(
-                lambda p=partition: self.consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=10
+                partial(
+                    self.consumer.get_watermark_offsets,
+                    TopicPartition(self.topic, partition),
+                    timeout=10,
                 ),
                 "offsets",
             )

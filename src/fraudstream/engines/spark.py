@@ -27,6 +27,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -56,6 +57,7 @@ from fraudstream.engines.step import (
     StepResult,
     drive,
     duplicate_reason,
+    earliest_day,
     late_after_seal,
 )
 from fraudstream.engines.terminals import LabelReader, TerminalTables
@@ -531,7 +533,7 @@ class SparkEngine:
         }
         with self.conn.transaction():
             promise_watermarks(self.conn, self.group, self.topic, promises)
-        day = min(item.day for item in waiting.values())  # type: ignore[type-var]
+        day = earliest_day(waiting)
         return self.tables.try_seal(self.conn, day, self._progress()) is not None
 
     def _progress(self) -> dict[int, PartitionProgress]:
@@ -541,8 +543,10 @@ class SparkEngine:
         progress = {}
         for partition in metadata.topics[self.topic].partitions:
             low, high = retry(
-                lambda p=partition: self.offsets.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=10
+                partial(
+                    self.offsets.get_watermark_offsets,
+                    TopicPartition(self.topic, partition),
+                    timeout=10,
                 ),
                 "offsets",
             )
@@ -559,7 +563,7 @@ class SparkEngine:
         ]  # fmt: skip
         log.info(
             "partitions %s wait for the terminal table of %s", sorted(waiting),
-            min(item.day for item in waiting.values()),  # type: ignore[type-var]
+            earliest_day(waiting),
         )  # fmt: skip
 
     def commit(self, items: list[Decoded], result: StepResult) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "blocked_at",
     "drive",
     "duplicate_reason",
+    "earliest_day",
     "frame_of",
     "late_after_seal",
     "step",
@@ -335,11 +336,17 @@ class StepHost(Protocol):
     """What a runtime gives ``drive``: its I/O, done before or after the pure step."""
 
     partitions: dict[int, PartitionState]
-    scorer: Scorer
     rules: RuleSet
     name: str
     lateness: timedelta
-    precomputed: Mapping[tuple[int, int], np.ndarray] | None  # card features, when elsewhere
+
+    @property
+    def scorer(self) -> Scorer: ...
+
+    @property
+    def precomputed(self) -> Mapping[tuple[int, int], np.ndarray] | None:
+        """Card features by (partition, offset), when card state lives elsewhere."""
+        ...
 
     def now(self) -> datetime: ...
 
@@ -365,6 +372,13 @@ class StepHost(Protocol):
     def commit(self, items: list[Decoded], result: StepResult) -> None:
         """Dead-letter, store and checkpoint one step's outcome (its commit order)."""
         ...
+
+
+def earliest_day(waiting: Mapping[int, Decoded]) -> np.datetime64:
+    """The earliest day the waiting records need a table for."""
+    days = [item.day for item in waiting.values()]
+    assert None not in days  # only valid records wait for a table
+    return min(day for day in days if day is not None)
 
 
 def drive(items: list[Decoded], host: StepHost) -> None:

@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,7 @@ class LabelReader:
         for partition in committed:
             if partition.offset < 0:
                 low, _high = retry(
-                    lambda p=partition: self.consumer.get_watermark_offsets(p, timeout=10),
+                    partial(self.consumer.get_watermark_offsets, partition, timeout=10),
                     "label offsets",
                 )
                 partition.offset = low
@@ -94,7 +95,7 @@ class LabelReader:
         ends = {}
         for partition in self.consumer.assignment():
             _low, high = retry(
-                lambda p=partition: self.consumer.get_watermark_offsets(p, timeout=10),
+                partial(self.consumer.get_watermark_offsets, partition, timeout=10),
                 "label offsets",
             )
             ends[partition.partition] = high
@@ -213,7 +214,9 @@ class TerminalTables:
         ready, idle = sealable(day, progress, self.lateness)
         if not ready:
             return None
-        midnight = int(np.datetime64(day, "D").astype("datetime64[us]").astype(np.int64))
+        midnight = int(
+            np.asarray(day).astype("datetime64[D]").astype("datetime64[us]").astype(np.int64)
+        )
         if not self.labels.read(conn, midnight + int(self.lateness.total_seconds() * _US)):
             log.warning("labels topic not read up to %s; the table of that day waits", day)
             return None

@@ -101,7 +101,8 @@ def load_sealed_table(conn: psycopg.Connection[Any], day: np.datetime64) -> Term
         return None
     frame = pd.read_parquet(io.BytesIO(bytes(row[0])))
     frame.index.name = None
-    return TerminalTable(day=np.datetime64(_day(day), "D"), frame=frame)
+    first: Any = np.asarray(day).astype("datetime64[D]")[()]
+    return TerminalTable(day=first, frame=frame)
 
 
 def newest_sealed_day(conn: psycopg.Connection[Any]) -> np.datetime64 | None:
