@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from confluent_kafka import Consumer
 from fraudstream import bus
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings, TopicSettings
-from fraudstream.engines.base import decision_rules
+from fraudstream.engines.base import Engine, decision_rules
 from fraudstream.engines.local import LocalEngine
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.registry import Registry
@@ -144,8 +145,24 @@ def run_local(
     settings = fresh_settings(
         stream, stack_settings, models, batch_max_messages=batch, snapshot_interval_s=snapshot_s
     )
-    LocalEngine(settings, SystemClock()).run(max_idle_s=5)
+    run_until_done(LocalEngine(settings, SystemClock()), settings, stream)
     return outcome_from_database(settings)
+
+
+def run_until_done(engine: Engine, settings: Settings, stream: Stream) -> None:
+    """Run ``engine`` in a thread until the whole stream is stored (waiting on progress, not
+    on an idle time that a loaded machine could exceed), then stop it as SIGTERM would."""
+    running = threading.Thread(target=engine.run, name=f"{engine.name}-engine")
+    running.start()
+    try:
+        wait_for(
+            lambda: _done(settings, stream) or not running.is_alive(), 600, "the stream stored"
+        )
+    finally:
+        engine.stop.set()
+        running.join(180)
+    assert not running.is_alive(), "the engine did not stop within 180 s"
+    assert _done(settings, stream), "the engine stopped before the stream was stored"
 
 
 def _done(settings: Settings, stream: Stream) -> bool:
@@ -213,5 +230,6 @@ def run_spark(stream: Stream, stack_settings: Settings, models: Path, root: Path
         }
     )
     settings = settings.model_copy(update={"spark": spark})
-    SparkEngine(settings, SystemClock(), master="local[2]").run(max_idle_s=8)
+    engine = SparkEngine(settings, SystemClock(), master="local[2]")
+    run_until_done(engine, settings, stream)
     return outcome_from_database(settings)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,19 @@ def test_a_standalone_cluster_runs_the_engine(
     cluster = StandaloneCluster(settings, master_port=free_port(), root=tmp_path / "cluster")
     cluster.start()
     try:
-        SparkEngine(settings, SystemClock(), master=cluster.url).run(max_idle_s=15)
+        # Wait on progress (every row stored), never on wall time: a loaded machine starts
+        # the cluster's executors slowly.
+        stop = threading.Event()
+        engine = SparkEngine(settings, SystemClock(), stop, master=cluster.url)
+        running = threading.Thread(target=engine.run, name="spark-engine")
+        running.start()
+        wait_for(
+            lambda: stored_count(settings) >= len(scored.expected) or not running.is_alive(),
+            600, "every row stored by the cluster",
+        )  # fmt: skip
+        stop.set()
+        running.join(180)
+        assert not running.is_alive(), "the engine did not stop within 180 s"
         executors = (tmp_path / "cluster" / "work").rglob("stderr")
         assert any(executors), "no executor ran on the worker"
     finally:

@@ -350,7 +350,9 @@ class SparkEngine:
             if running.awaitTermination(1):
                 return
             progress = running.lastProgress
-            if (progress and progress.get("numInputRows", 0) > 0) or self._deferred:
+            # Idle means no input since the first micro-batch, not a slow start (a cluster's
+            # executors can take longer to come up than any idle bound).
+            if not progress or progress.get("numInputRows", 0) > 0 or self._deferred:
                 idle_since = time.monotonic()
             if self._deferred and not running.status.get("isTriggerActive"):
                 # Spark runs no micro-batch without new input: records waiting for a table
