@@ -33,8 +33,9 @@ from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
 from fraudstream.store.db import connect, conninfo  # (the private server has no dashboard user)
+from fraudstream.store.projections import rollup_ctes
 from fraudstream.store.quality import refresh_quality
-from fraudstream.store.sink import PredictionSink, rollup_ctes
+from fraudstream.store.sink import PredictionSink
 
 __all__ = ["run"]
 

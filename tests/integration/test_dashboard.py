@@ -28,9 +28,10 @@ from fraudstream.records import Rejected
 from fraudstream.stack import Stack
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import connect, dashboard_conninfo
+from fraudstream.store.projections import Observed
 from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
-from fraudstream.store.sink import Observed, PredictionSink
+from fraudstream.store.sink import PredictionSink
 from fraudstream.store.status import StatusReporter
 
 from ..conftest import overrides_env

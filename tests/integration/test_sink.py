@@ -13,7 +13,8 @@ import pytest
 from fraudstream.config import Settings
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store.db import connect
-from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, Unstorable
+from fraudstream.store.projections import Observed
+from fraudstream.store.sink import Checkpoint, PredictionSink, Unstorable
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 

@@ -7,7 +7,7 @@ import pytest
 from fraudstream.dashboard.format import reasons_text
 from fraudstream.dashboard.quality import budget, pr_curve, psi
 from fraudstream.dashboard.queries import percentile_ms
-from fraudstream.store.sink import LATENCY_BUCKETS_MS
+from fraudstream.store.projections import LATENCY_BUCKETS_MS
 
 
 def test_percentiles_interpolate_inside_the_bucket() -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import psycopg
 
 from fraudstream.model.profile import FeatureProfile
-from fraudstream.store.sink import LATENCY_BUCKETS_MS, SCORE_BINS
+from fraudstream.store.projections import LATENCY_BUCKETS_MS, SCORE_BINS
 
 __all__ = [
     "LiveSummary",

@@ -25,7 +25,8 @@ from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, default_rules, load_rules
 from fraudstream.records import Rejected
-from fraudstream.store.sink import Checkpoint, Observed, PredictionSink, StoredBatch, Unstorable
+from fraudstream.store.projections import Observed
+from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch, Unstorable
 
 __all__ = [
     "ENGINES",

@@ -17,7 +17,7 @@ from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
 from fraudstream.records import BATCH_SOURCE_COLUMNS, PREDICTION_COLUMNS
-from fraudstream.store.sink import Observed
+from fraudstream.store.projections import Observed
 
 __all__ = ["Scored", "empty_predictions", "observed", "predictions_frame"]
 

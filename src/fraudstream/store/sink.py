@@ -1,11 +1,12 @@
 """The exactly-once effect of a micro-batch in PostgreSQL.
 
 One transaction per batch: predictions are binary-COPYed into a session staging table and
-inserted with ``ON CONFLICT (tx_id) DO NOTHING``; only rows actually inserted feed the
-per-minute rollups and terminal counts (so a replayed batch changes nothing); the consumed
-offsets (and, periodically, the card state) are written in the same transaction. After a
-crash the engine resumes from what this transaction recorded, and replays are absorbed by the
-primary key.
+inserted with ``ON CONFLICT (tx_id) DO NOTHING``; only rows actually inserted (and not late)
+feed the daily terminal counts the next terminal tables read; the dead letters' records, the
+consumed offsets and watermarks (and, periodically, the card state) are written in the same
+transaction. The dashboard's projections (``projections.py``) are registered beside this core
+and fed in the same transaction from the rows actually inserted. After a crash the engine
+resumes from what this transaction recorded, and replays are absorbed by the primary key.
 """
 
 from __future__ import annotations
@@ -17,27 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
-from psycopg.types.json import Jsonb
 
-from fraudstream.model.profile import SCORE_BINS
 from fraudstream.records import PREDICTION_COLUMNS, Rejected, StoredId
+from fraudstream.store.projections import DASHBOARD_PROJECTIONS, Observed, Projection
 
-__all__ = [
-    "LATENCY_BUCKETS_MS",
-    "SCORE_BINS",
-    "Checkpoint",
-    "Observed",
-    "PredictionSink",
-    "StoredBatch",
-    "Unstorable",
-    "rollup_ctes",
-    "stored_ids",
-]
+__all__ = ["Checkpoint", "PredictionSink", "StoredBatch", "Unstorable", "stored_ids"]
 
-
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
-"""Latency histogram bounds (event time → stored): bucket 0 is under 1 ms, bucket i counts
-[bounds[i-1], bounds[i]) ms, and the last bucket everything from 30 s up."""
 
 COLUMNS = PREDICTION_COLUMNS
 _TIMES = ("event_time", "kafka_time", "scored_at")
@@ -63,80 +49,30 @@ _CONVERTED = {
     "reasons": "coalesce(reasons, '[]')",
 }
 
-_BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
 
-
-def _histogram(name: str, value: str, first: int, last: int) -> str:
-    """A CTE counting ``measured`` rows per minute, engine and ``value`` in [first, last]."""
-    return f"""{name} AS (
-    SELECT minute, engine, array_agg(n ORDER BY {value}) AS counts
-    FROM (
-        SELECT m.minute, m.engine, b.{value}, count(r.{value}) AS n
-        FROM (SELECT DISTINCT minute, engine FROM measured) m
-        CROSS JOIN generate_series({first}, {last}) AS b({value})
-        LEFT JOIN measured r
-          ON r.minute = m.minute AND r.engine = m.engine AND r.{value} = b.{value}
-        GROUP BY 1, 2, 3
-    ) per_value
-    GROUP BY 1, 2
-)"""  # noqa: S608 (names and numbers from this module)
-
-
-def rollup_ctes(source: str) -> str:
-    """The CTEs of a ``WITH`` clause that add the rows of ``source`` (a relation with
-    event_time, amount, score, decision, engine and stored_at; a name written in code, never
-    input) to ``rollup_minute``; the last one, ``rollup``, returns a row per minute touched."""
-    return f"""measured AS (
-    SELECT date_trunc('minute', stored_at) AS minute, engine, amount, decision,
-           width_bucket(extract(epoch FROM stored_at - event_time) * 1000,
-                        ARRAY[{_BOUNDS}]::numeric[]) AS bucket,
-           least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS score_bin
-    FROM {source}
-), {_histogram("histogram", "bucket", 0, len(LATENCY_BUCKETS_MS))},
-{_histogram("scores", "score_bin", 1, SCORE_BINS)}, rollup AS (
-    INSERT INTO rollup_minute AS r (minute, engine, tx_count, amount_sum, approve_count,
-        review_count, decline_count, amount_review, amount_decline, latency_ms_hist, score_hist)
-    SELECT m.minute, m.engine, count(*), sum(m.amount),
-        count(*) FILTER (WHERE m.decision = 'approve'),
-        count(*) FILTER (WHERE m.decision = 'review'),
-        count(*) FILTER (WHERE m.decision = 'decline'),
-        coalesce(sum(m.amount) FILTER (WHERE m.decision = 'review'), 0),
-        coalesce(sum(m.amount) FILTER (WHERE m.decision = 'decline'), 0),
-        h.counts, s.counts
-    FROM measured m JOIN histogram h USING (minute, engine) JOIN scores s USING (minute, engine)
-    GROUP BY m.minute, m.engine, h.counts, s.counts
-    ON CONFLICT (minute, engine) DO UPDATE SET
-        tx_count = r.tx_count + excluded.tx_count,
-        amount_sum = r.amount_sum + excluded.amount_sum,
-        approve_count = r.approve_count + excluded.approve_count,
-        review_count = r.review_count + excluded.review_count,
-        decline_count = r.decline_count + excluded.decline_count,
-        amount_review = r.amount_review + excluded.amount_review,
-        amount_decline = r.amount_decline + excluded.amount_decline,
-        latency_ms_hist = fs_histogram_add(r.latency_ms_hist, excluded.latency_ms_hist),
-        score_hist = fs_histogram_add(r.score_hist, excluded.score_hist)
-    RETURNING 1
-)"""  # noqa: S608
-
-
-# Built once from the constants above; no value from outside reaches the SQL text.
-_INSERT = f"""
-WITH inserted AS (
+def _insert_sql(projections: list[Projection]) -> str:
+    """The core statement — insert if absent, count terminals of rows not late — with the
+    projections' CTEs joined to it. Built from names and constants written in code: no value
+    from outside reaches the SQL text."""
+    ctes = [
+        f"""inserted AS (
     INSERT INTO fraud_predictions ({", ".join(COLUMNS)})
     SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
     FROM staging_predictions
     ON CONFLICT (tx_id) DO NOTHING
     RETURNING tx_id, event_time, terminal_id, amount, score, decision, engine, stored_at, late
-), {rollup_ctes("inserted")}, terminals AS (
+)""",  # noqa: S608
+        """terminals AS (
     INSERT INTO terminal_daily AS t (terminal_id, day, tx_count)
     SELECT terminal_id, (event_time AT TIME ZONE 'UTC')::date, count(*) FROM inserted
     WHERE NOT late
     GROUP BY 1, 2
     ON CONFLICT (terminal_id, day) DO UPDATE SET tx_count = t.tx_count + excluded.tx_count
     RETURNING 1
-)
-SELECT tx_id FROM inserted
-"""  # noqa: S608
+)""",
+    ]
+    ctes += [cte for cte in (p.ctes("inserted") for p in projections) if cte]
+    return f"WITH {', '.join(ctes)}\nSELECT tx_id FROM inserted"
 
 
 @dataclass(frozen=True)
@@ -149,19 +85,6 @@ class Checkpoint:
     next_offset: int
     watermark: int | None = None
     snapshot: bytes | None = None
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What a batch shows besides its predictions, for the dashboard: where its terminals are
-    (``terminal_id``, ``x``, ``y``, ``lat``, ``lon``) and how its features fall in the bins of
-    the scoring model's training profile (``model.profile``; none when the model has none)."""
-
-    terminals: pd.DataFrame
-    engine: str
-    model_version: str
-    profile: dict[str, Any] | None = None
-    feature_counts: Mapping[str, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -190,12 +113,13 @@ class PredictionSink:
         *,
         consumer_group: str,
         features_version: str,
+        projections: list[Projection] | None = None,
     ) -> None:
         self.conn = conn
         self.group = consumer_group
         self.features_version = features_version
-        self._located: set[str] = set()  # terminals whose location is stored
-        self._profiled: set[str] = set()  # model versions whose profile is stored
+        self.projections = DASHBOARD_PROJECTIONS() if projections is None else projections
+        self._insert = _insert_sql(self.projections)
         conn.execute(_STAGING)
         conn.commit()
 
@@ -214,12 +138,11 @@ class PredictionSink:
         and so does what was ``observed``: feature counts only when every row was new, so
         that a replayed batch adds nothing.
         """
-        located: list[str] = []
         try:
             with self.conn.transaction():
                 with self.conn.cursor() as cursor:
                     self._stage(cursor, predictions)
-                    inserted = {row[0] for row in cursor.execute(_INSERT).fetchall()}
+                    inserted = {row[0] for row in cursor.execute(self._insert).fetchall()}
                     if rejected:
                         cursor.executemany(
                             "INSERT INTO dlq_events (source_topic, source_partition, "
@@ -229,18 +152,16 @@ class PredictionSink:
                                 for r in rejected
                             ],
                         )
-                    if observed is not None:
-                        located = self._observe(
-                            cursor, observed, all_new=len(inserted) == len(predictions)
-                        )
+                    all_new = len(inserted) == len(predictions)
+                    for projection in self.projections:
+                        projection.write(cursor, observed, all_new)
                 self._checkpoint(checkpoints)
         except _CONTENT_ERRORS:
             # A row's content, not the connection: find which rows, so that the caller can
             # dead-letter them and store the rest.
             raise Unstorable(self._unstorable(predictions)) from None
-        self._located.update(located)
-        if observed is not None and observed.profile is not None:
-            self._profiled.add(observed.model_version)
+        for projection in self.projections:
+            projection.committed()
         return StoredBatch(rows=len(predictions), inserted_ids=frozenset(inserted))
 
     @staticmethod
@@ -261,7 +182,7 @@ class PredictionSink:
             try:
                 with self.conn.transaction(force_rollback=True), self.conn.cursor() as cursor:
                     self._stage(cursor, predictions.iloc[start:end])
-                    cursor.execute(_INSERT)
+                    cursor.execute(self._insert)
             except _CONTENT_ERRORS as error:
                 if end - start == 1:
                     found.append((start, f"PostgreSQL cannot store the row: {error}"))
@@ -269,40 +190,6 @@ class PredictionSink:
                     middle = (start + end) // 2
                     ranges += [(middle, end), (start, middle)]
         return sorted(found)
-
-    def _observe(self, cursor: psycopg.Cursor[Any], observed: Observed, all_new: bool) -> list[str]:
-        """Store new terminals' locations and the batch's feature counts; returns the
-        terminals located."""
-        terminals = observed.terminals
-        # A set lookup per terminal of the batch: Series.isin would convert the whole set.
-        unseen = [terminal not in self._located for terminal in terminals["terminal_id"]]
-        new = terminals[np.array(unseen, dtype=bool)]
-        if len(new):
-            cursor.execute(  # one statement, the columns as arrays (not a row at a time)
-                "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
-                "SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], "
-                "%s::float8[]) ON CONFLICT (terminal_id) DO NOTHING",
-                [[str(t) for t in new["terminal_id"]]]
-                + [_floats(new[axis]) for axis in ("x", "y", "lat", "lon")],
-            )
-        if observed.profile is not None and observed.model_version not in self._profiled:
-            cursor.execute(
-                "INSERT INTO model_profiles (model_version, profile) VALUES (%s, %s) "
-                "ON CONFLICT (model_version) DO NOTHING",
-                (observed.model_version, Jsonb(observed.profile)),
-            )
-        if all_new and observed.feature_counts:
-            cursor.executemany(
-                "INSERT INTO feature_hour AS f (hour, engine, model_version, feature, counts) "
-                "VALUES (date_trunc('hour', clock_timestamp()), %s, %s, %s, %s) "
-                "ON CONFLICT (hour, engine, model_version, feature) DO UPDATE SET "
-                "counts = fs_histogram_add(f.counts, excluded.counts)",
-                [
-                    (observed.engine, observed.model_version, name, counts.tolist())
-                    for name, counts in observed.feature_counts.items()
-                ],
-            )
-        return [str(terminal) for terminal in new["terminal_id"]]
 
     def _checkpoint(self, checkpoints: list[Checkpoint]) -> None:
         if not checkpoints:
@@ -392,11 +279,6 @@ def stored_ids(conn: psycopg.Connection[Any], tx_ids: list[str]) -> dict[str, St
     ).fetchall()
     conn.commit()
     return {str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows}
-
-
-def _floats(column: pd.Series) -> list[float | None]:
-    values = pd.to_numeric(column, errors="coerce").astype(float).to_numpy()
-    return [None if np.isnan(v) else float(v) for v in values]
 
 
 def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:

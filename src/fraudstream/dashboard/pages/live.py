@@ -10,7 +10,7 @@ import streamlit as st
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, masked, now, read, settings, show_empty
 from fraudstream.dashboard.format import reasons_text
-from fraudstream.store.sink import LATENCY_BUCKETS_MS
+from fraudstream.store.projections import LATENCY_BUCKETS_MS
 
 WINDOW = timedelta(minutes=5)
 

@@ -1,0 +1,221 @@
+"""The dashboard's read models, kept beside the predictions: per-minute rollups, terminal
+locations, drift counts. Each is a ``Projection`` the sink registers: written in the batch's
+transaction from the rows actually inserted (a replayed batch adds nothing), never read by the
+engines, never deciding what is stored. The exactly-once core (``sink.py``) knows none of
+their tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg.types.json import Jsonb
+
+from fraudstream.model.profile import SCORE_BINS
+
+__all__ = [
+    "DASHBOARD_PROJECTIONS",
+    "LATENCY_BUCKETS_MS",
+    "SCORE_BINS",
+    "FeatureDrift",
+    "MinuteRollups",
+    "Observed",
+    "Projection",
+    "TerminalLocations",
+    "rollup_ctes",
+]
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000)
+"""Latency histogram bounds (event time → stored): bucket 0 is under 1 ms, bucket i counts
+[bounds[i-1], bounds[i]) ms, and the last bucket everything from 30 s up."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a batch shows besides its predictions, for the dashboard: where its terminals are
+    (``terminal_id``, ``x``, ``y``, ``lat``, ``lon``) and how its features fall in the bins of
+    the scoring model's training profile (``model.profile``; none when the model has none)."""
+
+    terminals: pd.DataFrame
+    engine: str
+    model_version: str
+    profile: dict[str, Any] | None = None
+    feature_counts: Mapping[str, np.ndarray] | None = None
+
+
+class Projection(Protocol):
+    """A read model fed in the batch's transaction."""
+
+    def ctes(self, inserted: str) -> str | None:
+        """CTEs (SQL, no leading comma) fed by ``inserted`` — the rows the core statement
+        inserted: tx_id, event_time, terminal_id, amount, score, decision, engine, stored_at,
+        late — joined to the core statement; None for none."""
+        ...
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        """Statements after the insert, from what the batch ``observed`` (``all_new``: every
+        row of the batch was inserted now)."""
+        ...
+
+    def committed(self) -> None:
+        """The batch's transaction committed (remember what is now stored)."""
+        ...
+
+
+_BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
+
+
+def _histogram(name: str, value: str, first: int, last: int) -> str:
+    """A CTE counting ``measured`` rows per minute, engine and ``value`` in [first, last]."""
+    return f"""{name} AS (
+    SELECT minute, engine, array_agg(n ORDER BY {value}) AS counts
+    FROM (
+        SELECT m.minute, m.engine, b.{value}, count(r.{value}) AS n
+        FROM (SELECT DISTINCT minute, engine FROM measured) m
+        CROSS JOIN generate_series({first}, {last}) AS b({value})
+        LEFT JOIN measured r
+          ON r.minute = m.minute AND r.engine = m.engine AND r.{value} = b.{value}
+        GROUP BY 1, 2, 3
+    ) per_value
+    GROUP BY 1, 2
+)"""  # noqa: S608 (names and numbers from this module)
+
+
+def rollup_ctes(source: str) -> str:
+    """The CTEs of a ``WITH`` clause that add the rows of ``source`` (a relation with
+    event_time, amount, score, decision, engine and stored_at; a name written in code, never
+    input) to ``rollup_minute``; the last one, ``rollup``, returns a row per minute touched."""
+    return f"""measured AS (
+    SELECT date_trunc('minute', stored_at) AS minute, engine, amount, decision,
+           width_bucket(extract(epoch FROM stored_at - event_time) * 1000,
+                        ARRAY[{_BOUNDS}]::numeric[]) AS bucket,
+           least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS score_bin
+    FROM {source}
+), {_histogram("histogram", "bucket", 0, len(LATENCY_BUCKETS_MS))},
+{_histogram("scores", "score_bin", 1, SCORE_BINS)}, rollup AS (
+    INSERT INTO rollup_minute AS r (minute, engine, tx_count, amount_sum, approve_count,
+        review_count, decline_count, amount_review, amount_decline, latency_ms_hist, score_hist)
+    SELECT m.minute, m.engine, count(*), sum(m.amount),
+        count(*) FILTER (WHERE m.decision = 'approve'),
+        count(*) FILTER (WHERE m.decision = 'review'),
+        count(*) FILTER (WHERE m.decision = 'decline'),
+        coalesce(sum(m.amount) FILTER (WHERE m.decision = 'review'), 0),
+        coalesce(sum(m.amount) FILTER (WHERE m.decision = 'decline'), 0),
+        h.counts, s.counts
+    FROM measured m JOIN histogram h USING (minute, engine) JOIN scores s USING (minute, engine)
+    GROUP BY m.minute, m.engine, h.counts, s.counts
+    ON CONFLICT (minute, engine) DO UPDATE SET
+        tx_count = r.tx_count + excluded.tx_count,
+        amount_sum = r.amount_sum + excluded.amount_sum,
+        approve_count = r.approve_count + excluded.approve_count,
+        review_count = r.review_count + excluded.review_count,
+        decline_count = r.decline_count + excluded.decline_count,
+        amount_review = r.amount_review + excluded.amount_review,
+        amount_decline = r.amount_decline + excluded.amount_decline,
+        latency_ms_hist = fs_histogram_add(r.latency_ms_hist, excluded.latency_ms_hist),
+        score_hist = fs_histogram_add(r.score_hist, excluded.score_hist)
+    RETURNING 1
+)"""  # noqa: S608
+
+
+class MinuteRollups:
+    """``rollup_minute``: per minute and engine, counts, amounts, decisions, latency and score
+    histograms (the Live page reads minutes, never the predictions)."""
+
+    def ctes(self, inserted: str) -> str:
+        return rollup_ctes(inserted)
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        return None
+
+    def committed(self) -> None:
+        return None
+
+
+class TerminalLocations:
+    """``terminal_locations``: where each terminal is, once per terminal (the map)."""
+
+    def __init__(self) -> None:
+        self._located: set[str] = set()
+        self._pending: list[str] = []
+
+    def ctes(self, inserted: str) -> None:
+        return None
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        self._pending = []
+        if observed is None:
+            return
+        terminals = observed.terminals
+        # A set lookup per terminal of the batch: Series.isin would convert the whole set.
+        unseen = [terminal not in self._located for terminal in terminals["terminal_id"]]
+        new = terminals[np.array(unseen, dtype=bool)]
+        if len(new):
+            cursor.execute(  # one statement, the columns as arrays (not a row at a time)
+                "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
+                "SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], "
+                "%s::float8[]) ON CONFLICT (terminal_id) DO NOTHING",
+                [[str(t) for t in new["terminal_id"]]]
+                + [_floats(new[axis]) for axis in ("x", "y", "lat", "lon")],
+            )
+        self._pending = [str(terminal) for terminal in new["terminal_id"]]
+
+    def committed(self) -> None:
+        self._located.update(self._pending)
+        self._pending = []
+
+
+class FeatureDrift:
+    """``model_profiles`` once per model and ``feature_hour``: the batch's feature values
+    counted into the training profile's bins, only when every row of the batch was new."""
+
+    def __init__(self) -> None:
+        self._profiled: set[str] = set()
+        self._pending: str | None = None
+
+    def ctes(self, inserted: str) -> None:
+        return None
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        self._pending = None
+        if observed is None:
+            return
+        if observed.profile is not None and observed.model_version not in self._profiled:
+            cursor.execute(
+                "INSERT INTO model_profiles (model_version, profile) VALUES (%s, %s) "
+                "ON CONFLICT (model_version) DO NOTHING",
+                (observed.model_version, Jsonb(observed.profile)),
+            )
+            self._pending = observed.model_version
+        if all_new and observed.feature_counts:
+            cursor.executemany(
+                "INSERT INTO feature_hour AS f (hour, engine, model_version, feature, counts) "
+                "VALUES (date_trunc('hour', clock_timestamp()), %s, %s, %s, %s) "
+                "ON CONFLICT (hour, engine, model_version, feature) DO UPDATE SET "
+                "counts = fs_histogram_add(f.counts, excluded.counts)",
+                [
+                    (observed.engine, observed.model_version, name, counts.tolist())
+                    for name, counts in observed.feature_counts.items()
+                ],
+            )
+
+    def committed(self) -> None:
+        if self._pending is not None:
+            self._profiled.add(self._pending)
+        self._pending = None
+
+
+def DASHBOARD_PROJECTIONS() -> list[Projection]:
+    """A fresh set of the dashboard's projections (each sink keeps its own memory of what
+    it stored)."""
+    return [MinuteRollups(), TerminalLocations(), FeatureDrift()]
+
+
+def _floats(column: pd.Series) -> list[float | None]:
+    values = pd.to_numeric(column, errors="coerce").astype(float).to_numpy()
+    return [None if np.isnan(v) else float(v) for v in values]
