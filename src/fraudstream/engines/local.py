@@ -27,7 +27,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
-from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -46,7 +45,6 @@ from fraudstream.bus.clients import (
     first_line,
     message_offset,
     message_partition,
-    retry,
     transient,
 )
 from fraudstream.bus.deadletter import DeadLetterError
@@ -66,19 +64,17 @@ from fraudstream.engines.step import (
     PartitionState,
     StepResult,
     drive,
-    earliest_day,
     late_after_seal,
 )
 from fraudstream.engines.terminals import LabelReader, TerminalTables
 from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
-from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress
+from fraudstream.features.watermarks import NO_WATERMARK
 from fraudstream.model.registry import Registry
 from fraudstream.policy import RuleSet
 from fraudstream.records import StoredId
 from fraudstream.schema import Transaction, decode_transaction
 from fraudstream.store.db import connect
-from fraudstream.store.outcomes import promise_watermarks, stored_progress
 from fraudstream.store.quality import refresh_quality
 from fraudstream.store.sink import (
     Checkpoint,
@@ -148,7 +144,10 @@ class LocalEngine:
         self.producer = engine_producer(settings.kafka)
         self.writer = StepWriter(settings, self.producer, self.stats)
         self.labels = LabelReader(settings, self.group, self.producer)
-        self.tables = TerminalTables(self.labels, lateness=self.lateness, built_by=self.engine_id)
+        self.tables = TerminalTables(
+            self.labels, lateness=self.lateness, built_by=self.engine_id, group=self.group,
+            topic=self.topic, log_ends=self.consumer,
+        )  # fmt: skip
         self._model_checked = 0.0
         self._status_written = 0.0
         self._quality_checked = time.monotonic()  # not in the first minutes of a (re)start
@@ -349,38 +348,10 @@ class LocalEngine:
     # --- terminal tables -----------------------------------------------------------------
 
     def seal_for(self, waiting: dict[int, Decoded]) -> bool:
-        """Try to seal the table the earliest waiting record needs. Every waiting partition
-        first promises its next record's event time, so that engines owning the other
-        partitions can seal too."""
+        """Store what is in flight, then seal the table the earliest waiting record needs if
+        the logs allow it."""
         self._wait_written()
-        promises = {
-            p: (item.offset, int(pd.Timestamp(item.record.event_time).value // 1000))  # type: ignore[union-attr]
-            for p, item in waiting.items()
-        }
-        with self.conn.transaction():
-            promise_watermarks(self.conn, self.group, self.topic, promises)
-        day = earliest_day(waiting)
-        return self.tables.try_seal(self.conn, day, self._progress()) is not None
-
-    def _progress(self) -> dict[int, PartitionProgress]:
-        """Every transactions partition: how far the group's stored work goes, and the log's
-        end now."""
-        stored = stored_progress(self.conn, self.group, self.topic)
-        self.conn.commit()
-        metadata = retry(lambda: self.consumer.list_topics(self.topic, timeout=10), "metadata")
-        progress = {}
-        for partition in metadata.topics[self.topic].partitions:
-            low, high = retry(
-                partial(
-                    self.consumer.get_watermark_offsets,
-                    TopicPartition(self.topic, partition),
-                    timeout=10,
-                ),
-                "offsets",
-            )
-            next_offset, watermark = stored.get(partition, (low, int(NO_WATERMARK)))
-            progress[partition] = PartitionProgress(max(next_offset, low), watermark, high)
-        return progress
+        return self.tables.seal_for(self.conn, waiting)
 
     def hold(self, waiting: dict[int, Decoded]) -> None:
         """Pause the waiting partitions at their first unprocessed record."""
@@ -400,7 +371,7 @@ class LocalEngine:
         if not self.blocked or time.monotonic() < self._blocked_retry:
             return
         day = min(self.blocked.values())
-        if self.tables.try_seal(self.conn, day, self._progress()) is None:
+        if self.tables.try_seal(self.conn, day) is None:
             self._blocked_retry = time.monotonic() + _BLOCKED_RETRY_S
             return
         waiting, self.blocked = self.blocked, {}

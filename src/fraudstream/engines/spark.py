@@ -27,7 +27,6 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -35,9 +34,9 @@ import msgspec
 import numpy as np
 import pandas as pd
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 
-from fraudstream.bus.clients import engine_producer, first_line, retry
+from fraudstream.bus.clients import engine_producer, first_line
 from fraudstream.bus.deadletter import DeadLetterError
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
@@ -63,7 +62,7 @@ from fraudstream.engines.step import (
 from fraudstream.engines.terminals import LabelReader, TerminalTables
 from fraudstream.features import TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
-from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress
+from fraudstream.features.watermarks import NO_WATERMARK
 from fraudstream.model.registry import Registry
 from fraudstream.policy import RuleSet
 from fraudstream.records import Rejected, StoredId
@@ -71,7 +70,7 @@ from fraudstream.schema import Invalid, Transaction, content_digest, decode_tran
 from fraudstream.stack.spark import spark_session
 from fraudstream.store.db import connect
 from fraudstream.store.deferred import DeferredRow, load_deferred, replace_deferred
-from fraudstream.store.outcomes import promise_watermarks, stored_progress
+from fraudstream.store.outcomes import stored_progress
 from fraudstream.store.sink import Checkpoint, PredictionSink, stored_ids
 from fraudstream.store.status import StatusReporter
 
@@ -237,12 +236,13 @@ class SparkEngine:
         self.stats = EngineStats()
         self.writer = StepWriter(settings, self.producer, self.stats)
         self.labels = LabelReader(settings, f"spark-{settings.engine.group_id}", self.producer)
-        self.tables = TerminalTables(
-            self.labels, lateness=self.lateness, built_by=engine_id(settings)
-        )
         self.offsets = Consumer(  # only asks where each partition's log ends
             {**settings.kafka.client_config(), "group.id": self.group, "log_level": 3}
         )
+        self.tables = TerminalTables(
+            self.labels, lateness=self.lateness, built_by=engine_id(settings),
+            group=self.group, topic=self.topic, log_ends=self.offsets,
+        )  # fmt: skip
         self.partitions: dict[int, PartitionState] = {}  # watermarks (cards live in Spark)
         self.precomputed: dict[tuple[int, int], np.ndarray] = {}
         self._pending: list[Decoded] = []  # the micro-batch's records being driven
@@ -529,32 +529,7 @@ class SparkEngine:
         return stored_ids(self.conn, tx_ids)
 
     def seal_for(self, waiting: dict[int, Decoded]) -> bool:
-        promises = {
-            p: (item.offset, int(pd.Timestamp(item.record.event_time).value // 1000))  # type: ignore[union-attr]
-            for p, item in waiting.items()
-        }
-        with self.conn.transaction():
-            promise_watermarks(self.conn, self.group, self.topic, promises)
-        day = earliest_day(waiting)
-        return self.tables.try_seal(self.conn, day, self._progress()) is not None
-
-    def _progress(self) -> dict[int, PartitionProgress]:
-        stored = stored_progress(self.conn, self.group, self.topic)
-        self.conn.commit()
-        metadata = retry(lambda: self.offsets.list_topics(self.topic, timeout=10), "metadata")
-        progress = {}
-        for partition in metadata.topics[self.topic].partitions:
-            low, high = retry(
-                partial(
-                    self.offsets.get_watermark_offsets,
-                    TopicPartition(self.topic, partition),
-                    timeout=10,
-                ),
-                "offsets",
-            )
-            next_offset, watermark = stored.get(partition, (low, int(NO_WATERMARK)))
-            progress[partition] = PartitionProgress(max(next_offset, low), watermark, high)
-        return progress
+        return self.tables.seal_for(self.conn, waiting)
 
     def hold(self, waiting: dict[int, Decoded]) -> None:
         """Keep the waiting records (and their partitions' later ones) for a later

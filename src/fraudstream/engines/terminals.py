@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from fraudstream.bus.clients import message_offset, message_partition, retry
 from fraudstream.bus.deadletter import dead_letter
 from fraudstream.config import Settings
+from fraudstream.engines.step import Decoded, earliest_day
 from fraudstream.features import FEATURES_VERSION, TerminalTable
 from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress, sealable
 from fraudstream.records import Rejected
@@ -27,8 +28,10 @@ from fraudstream.store.outcomes import (
     load_sealed_table,
     load_terminal_activity,
     newest_sealed_day,
+    promise_watermarks,
     seal_table,
     store_labels,
+    stored_progress,
 )
 
 __all__ = ["LabelReader", "TerminalTables"]
@@ -165,12 +168,24 @@ class LabelReader:
 
 class TerminalTables:
     """Each UTC day's terminal table: read from PostgreSQL once sealed, else sealed here when
-    ``sealable`` allows it and the labels reported by its midnight are stored."""
+    ``sealable`` allows it and the labels reported by its midnight are stored. ``group`` and
+    ``topic`` name the transactions whose progress is stored; ``log_ends`` is a Kafka client
+    that can tell where each partition's log ends."""
 
-    def __init__(self, labels: LabelReader, *, lateness: timedelta, built_by: str) -> None:
+    def __init__(
+        self,
+        labels: LabelReader,
+        *,
+        lateness: timedelta,
+        built_by: str,
+        group: str,
+        topic: str,
+        log_ends: Consumer,
+    ) -> None:
         self.labels = labels
         self.lateness = lateness
         self.built_by = built_by
+        self.group, self.topic, self.log_ends = group, topic, log_ends
         self._cache: OrderedDict[np.datetime64, TerminalTable] = OrderedDict()
         self.sealed_here = 0
 
@@ -200,18 +215,45 @@ class TerminalTables:
         conn.commit()
         return day
 
-    def try_seal(
-        self,
-        conn: psycopg.Connection[Any],
-        day: np.datetime64,
-        progress: Mapping[int, PartitionProgress],
-    ) -> TerminalTable | None:
+    def progress(self, conn: psycopg.Connection[Any]) -> dict[int, PartitionProgress]:
+        """Every transactions partition: how far the group's stored work goes (offset and
+        watermark), and where its log ends now."""
+        stored = stored_progress(conn, self.group, self.topic)
+        conn.commit()
+        metadata = retry(partial(self.log_ends.list_topics, self.topic, timeout=10), "metadata")
+        progress = {}
+        for partition in metadata.topics[self.topic].partitions:
+            low, high = retry(
+                partial(
+                    self.log_ends.get_watermark_offsets,
+                    TopicPartition(self.topic, partition),
+                    timeout=10,
+                ),
+                "offsets",
+            )
+            next_offset, watermark = stored.get(partition, (low, int(NO_WATERMARK)))
+            progress[partition] = PartitionProgress(max(next_offset, low), watermark, high)
+        return progress
+
+    def seal_for(self, conn: psycopg.Connection[Any], waiting: Mapping[int, Decoded]) -> bool:
+        """Seal the table the earliest waiting record needs, if the logs allow it. Every
+        waiting partition first promises its record's event time as its watermark, so that
+        engines owning the other partitions can seal too."""
+        promises = {
+            p: (item.offset, int(pd.Timestamp(item.record.event_time).value // 1000))  # type: ignore[union-attr]
+            for p, item in waiting.items()
+        }
+        with conn.transaction():
+            promise_watermarks(conn, self.group, self.topic, promises)
+        return self.try_seal(conn, earliest_day(waiting)) is not None
+
+    def try_seal(self, conn: psycopg.Connection[Any], day: np.datetime64) -> TerminalTable | None:
         """Seal (or fetch) the table of ``day`` if the transactions and labels read so far
         allow it; None when they do not yet."""
         table = self.get(conn, day)
         if table is not None:
             return table
-        ready, idle = sealable(day, progress, self.lateness)
+        ready, idle = sealable(day, self.progress(conn), self.lateness)
         if not ready:
             return None
         midnight = int(
