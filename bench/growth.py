@@ -41,7 +41,7 @@ from fraudstream.records import PREDICTION_COLUMNS as COLUMNS
 from fraudstream.schema import Invalid, decode_transaction
 from fraudstream.simulator.generator import generate_blocks
 from fraudstream.store.db import connect
-from fraudstream.store.sink import Checkpoint, PredictionSink
+from fraudstream.store.sink import Checkpoint, PredictionSink, Snapshot
 
 __all__ = ["GrowthSizes", "run"]
 
@@ -225,7 +225,10 @@ def _store_state(trial: Settings, snapshots: dict[int, bytes]) -> None:
             conn, consumer_group=trial.engine.group_id, features_version=FEATURES_VERSION
         )
         for partition, blob in snapshots.items():
-            sink.write(empty_predictions(), [Checkpoint(topic, partition, 0, snapshot=blob)])
+            sink.write(
+                empty_predictions(),
+                [Checkpoint(topic, partition, 0, snapshot=Snapshot(0, None, blob))],
+            )
 
 
 def _seeded_share(trial: Settings, cards: int, partitions: int) -> list[float]:

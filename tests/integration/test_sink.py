@@ -14,7 +14,7 @@ from fraudstream.config import Settings
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store.db import connect
 from fraudstream.store.projections import Observed
-from fraudstream.store.sink import Checkpoint, PredictionSink, Unstorable
+from fraudstream.store.sink import Checkpoint, PredictionSink, Snapshot, Unstorable
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -57,7 +57,8 @@ def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
 ) -> None:
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 40, engine)
-    first = sink.write(batch, [Checkpoint("transactions", 0, 40, snapshot=b"state-at-40")])
+    snapshot = Snapshot(38, None, b"state-at-38")  # a snapshot may stand before the offsets
+    first = sink.write(batch, [Checkpoint("transactions", 0, 40, snapshot=snapshot)])
     assert (first.rows, first.inserted) == (40, 40)
     stored = db.execute(
         "SELECT count(*), sum(amount), min(rule_hits[1]), max(reasons->0->>'text') "
@@ -81,7 +82,7 @@ def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
         "SELECT sum(tx_count) FROM rollup_minute WHERE engine = %s", (engine,)
     ).fetchone() == (40,)
     assert sink.offsets("transactions") == {0: 40}
-    assert sink.snapshots("transactions") == {0: (40, b"state-at-40", None)}
+    assert sink.snapshots("transactions") == {0: (38, b"state-at-38", None)}
     kept = db.execute(
         "SELECT content_hash, features[1], features[2] = 'NaN', rules_version, late "
         "FROM fraud_predictions WHERE tx_id = %s",

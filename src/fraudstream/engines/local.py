@@ -79,6 +79,7 @@ from fraudstream.store.quality import refresh_quality
 from fraudstream.store.sink import (
     Checkpoint,
     PredictionSink,
+    Snapshot,
     StoredBatch,
     stored_ids,
 )
@@ -92,6 +93,7 @@ _BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
 _EXPIRE_EVERY_S = 300.0  # how often idle cards are forgotten (a pass over every card)
 _BLOCKED_RETRY_S = 0.2  # how often a waiting partition asks whether its table can be sealed
 _LABELS_EVERY_S = 5.0  # how often labels are read into PostgreSQL besides sealing tables
+_REALIGN_EVERY_S = 1.0  # how often consumer positions are checked against the state
 
 
 class Unavailable(Exception):
@@ -122,6 +124,7 @@ class LocalEngine:
         self.partitions: dict[int, PartitionState] = {}  # restored and being scored
         self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
+        self._taken: dict[int, Snapshot] = {}  # snapshots taken, written with the next step
         self.blocked: dict[int, np.datetime64] = {}  # partition → day whose table it waits for
         self.stats = EngineStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
@@ -153,6 +156,7 @@ class LocalEngine:
         self._quality_checked = time.monotonic()  # not in the first minutes of a (re)start
         self._expired_at = time.monotonic()
         self._labels_read = 0.0
+        self._realigned = time.monotonic()
         self._blocked_retry = 0.0
         self._newest = pd.Timestamp(0, tz="UTC")  # the newest event time scored
         self._reporter = StatusReporter(
@@ -191,7 +195,7 @@ class LocalEngine:
         except Exception as error:  # not committed: the next owner scores the batch again
             log.warning("batch in flight at revocation not stored: %s", error)
         self.owned, self.partitions, self.expected, self.snapshot_due = [], {}, {}, {}
-        self.blocked = {}
+        self.blocked, self._taken = {}, {}
         consumer.unassign()
 
     def _restore(self) -> dict[int, int]:
@@ -199,6 +203,7 @@ class LocalEngine:
         snapshots = self.sink.snapshots(self.topic)
         offsets = {}
         self.partitions, self.expected, self.snapshot_due, self.blocked = {}, {}, {}, {}
+        self._taken = {}
         for partition in self.owned:
             stored = snapshots.get(partition)
             if stored is None:
@@ -375,11 +380,35 @@ class LocalEngine:
             self._blocked_retry = time.monotonic() + _BLOCKED_RETRY_S
             return
         waiting, self.blocked = self.blocked, {}
+        # Resume, then seek: a seek on a paused partition is not reliably kept by librdkafka,
+        # and the messages fetched while it waited were dropped.
+        self.consumer.resume([TopicPartition(self.topic, p) for p in waiting])
         for partition in waiting:
             offset = self.expected[partition]
             assert offset is not None
             self.consumer.seek(TopicPartition(self.topic, partition, offset))
-        self.consumer.resume([TopicPartition(self.topic, p) for p in waiting])
+
+    def _realign(self) -> None:
+        """Seek back any partition the consumer has read past where its state stands (its
+        messages were dropped: fetched while it waited, or around a broker restart), so that
+        no gap can wait for a message that will never come."""
+        behind = {p: o for p, o in self.expected.items() if o is not None and p not in self.blocked}
+        if not behind:
+            return
+        try:
+            positions = self.consumer.position(
+                [TopicPartition(self.topic, p) for p in sorted(behind)]
+            )
+        except KafkaException:
+            return  # mid-rebalance: the assignment seeks
+        for position in positions:
+            expected = behind[position.partition]
+            if position.offset >= 0 and position.offset > expected:
+                log.warning(
+                    "partition %d read to %d while its state stands at %d: reading again",
+                    position.partition, position.offset, expected,
+                )  # fmt: skip
+                self.consumer.seek(TopicPartition(self.topic, position.partition, expected))
 
     # --- the writer thread ----------------------------------------------------------------
 
@@ -482,26 +511,35 @@ class LocalEngine:
         return kept
 
     def _checkpoints(self, next_offsets: dict[int, int]) -> tuple[list[Checkpoint], bool]:
-        """Where each partition of the step now stands, with the card state where a snapshot
-        is due; and whether any snapshot is taken."""
+        """Where each partition of the step now stands, and whether a snapshot goes with it.
+
+        A snapshot is stored one step late: taken when due, it is written with the
+        partition's next step, after every alert before it has been flushed. A crash can then
+        only lose alerts of rows after the stored snapshot, which a restart replays (and
+        alerts again), never alerts of rows before it."""
         now = time.monotonic()
         checkpoints = []
         snapshotting = False
         for partition, next_offset in sorted(next_offsets.items()):
             state = self.partitions[partition]
-            snapshot = None
-            if now >= self.snapshot_due.get(partition, 0.0):
-                snapshot = state.cards.to_bytes()
-                self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
-                snapshotting = True
+            ready = self._taken.pop(partition, None)
+            snapshotting = snapshotting or ready is not None
             checkpoints.append(
-                Checkpoint(self.topic, partition, next_offset, state.watermark, snapshot)
+                Checkpoint(self.topic, partition, next_offset, state.watermark, ready)
             )
+            if now >= self.snapshot_due.get(partition, 0.0):
+                self._taken[partition] = Snapshot(
+                    next_offset, state.watermark, state.cards.to_bytes()
+                )
+                self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
         return checkpoints, snapshotting
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
         self._unblock()
+        if now - self._realigned >= _REALIGN_EVERY_S:
+            self._realigned = now
+            self._realign()
         if now - self._labels_read >= _LABELS_EVERY_S:
             self._labels_read = now
             self.labels.read(self.conn, timeout_s=1.0)  # for the dashboard; tables read their own

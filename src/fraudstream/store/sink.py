@@ -22,7 +22,7 @@ import psycopg
 from fraudstream.records import PREDICTION_COLUMNS, Rejected, StoredId
 from fraudstream.store.projections import DASHBOARD_PROJECTIONS, Observed, Projection
 
-__all__ = ["Checkpoint", "PredictionSink", "StoredBatch", "Unstorable", "stored_ids"]
+__all__ = ["Checkpoint", "PredictionSink", "Snapshot", "StoredBatch", "Unstorable", "stored_ids"]
 
 
 COLUMNS = PREDICTION_COLUMNS
@@ -76,15 +76,24 @@ def _insert_sql(projections: list[Projection]) -> str:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A partition's card state, the offset it is valid at and the watermark there (µs)."""
+
+    next_offset: int
+    watermark: int | None
+    cards: bytes
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """Where a consumer group stands on a partition (next offset, watermark in µs since the
-    epoch), and the card state there (optional)."""
+    epoch), and a card-state snapshot to keep (optional; it may stand earlier)."""
 
     topic: str
     partition: int
     next_offset: int
     watermark: int | None = None
-    snapshot: bytes | None = None
+    snapshot: Snapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -220,12 +229,13 @@ class PredictionSink:
                             self.group,
                             c.topic,
                             c.partition,
-                            c.next_offset,
-                            c.snapshot,
+                            c.snapshot.next_offset,
+                            c.snapshot.cards,
                             self.features_version,
-                            _stamp(c.watermark),
+                            _stamp(c.snapshot.watermark),
                         )
                         for c in snapshots
+                        if c.snapshot is not None
                     ],
                 )
 
