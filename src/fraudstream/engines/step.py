@@ -118,8 +118,11 @@ def blocked_at(
     return ready, first_blocked
 
 
-def frame_of(items: list[Decoded], late: np.ndarray) -> pd.DataFrame:
-    """Valid records as one frame: the canonical columns plus ``BATCH_SOURCE_COLUMNS``."""
+def frame_of(
+    items: list[Decoded], late: np.ndarray, digests: list[int] | None = None
+) -> pd.DataFrame:
+    """Valid records as one frame: the canonical columns plus ``BATCH_SOURCE_COLUMNS``
+    (``digests``: their content digests, when already computed)."""
     records = [item.record for item in items]
     # A list per field (about twice as fast as transposing each record's tuple).
     frame = pd.DataFrame({name: [getattr(r, name) for r in records] for name in _FIELDS})
@@ -130,11 +133,9 @@ def frame_of(items: list[Decoded], late: np.ndarray) -> pd.DataFrame:
     stamps = np.fromiter((i.kafka_time_ms or 0 for i in items), np.int64, n)
     appended = pd.Series(pd.to_datetime(stamps, unit="ms", utc=True))
     frame["kafka_time"] = appended.where(stamps > 0)  # no broker time: unknown
-    frame["content_hash"] = np.fromiter(
-        (content_digest(r) for r in records),  # type: ignore[arg-type]
-        np.int64,
-        n,
-    )
+    if digests is None:
+        digests = [content_digest(r) for r in records]  # type: ignore[arg-type]
+    frame["content_hash"] = np.array(digests, dtype=np.int64).reshape(n)
     frame["late"] = late
     return frame
 
@@ -160,10 +161,12 @@ def duplicate_reason(
 
 def _deduplicate(
     items: list[Decoded], stored: Mapping[str, StoredId]
-) -> tuple[list[Decoded], list[Rejected], set[str], int, int]:
-    """Records whose tx_id is new (or stored from this very message), the duplicates rejected,
-    the redelivered tx_ids, and how many replays and conflicts there were."""
+) -> tuple[list[Decoded], list[int], list[Rejected], set[str], int, int]:
+    """Records whose tx_id is new (or stored from this very message) with their content
+    digests, the duplicates rejected, the redelivered tx_ids, and how many replays and
+    conflicts there were."""
     kept: list[Decoded] = []
+    digests: list[int] = []
     rejected: list[Rejected] = []
     redelivered: set[str] = set()
     seen: dict[str, StoredId] = {}
@@ -179,11 +182,12 @@ def _deduplicate(
                 redelivered.add(record.tx_id)  # processed before a crash: process it again
             seen[record.tx_id] = before or StoredId(digest, item.partition, item.offset)
             kept.append(item)
+            digests.append(digest)
         else:
             replays += reason.startswith("replay")
             conflicts += not reason.startswith("replay")
             rejected.append(item.rejected(reason))
-    return kept, rejected, redelivered, replays, conflicts
+    return kept, digests, rejected, redelivered, replays, conflicts
 
 
 def _card_features(
@@ -297,7 +301,7 @@ def step(
     # Every valid record moves its partition's watermark, duplicates too: the watermark is a
     # property of the log, whatever is later made of each record.
     late = _late(valid, states, lateness)
-    kept, duplicates, redelivered, replays, conflicts = _deduplicate(valid, stored)
+    kept, digests, duplicates, redelivered, replays, conflicts = _deduplicate(valid, stored)
     rejected += duplicates
     empty = StepResult(
         empty_predictions(), pd.DataFrame(), pd.DataFrame(), rejected, frozenset(), 0,
@@ -306,7 +310,7 @@ def step(
     if not kept:
         return empty
     kept_late = np.array([late[(i.partition, i.offset)] for i in kept], dtype=bool)
-    batch = frame_of(kept, kept_late)
+    batch = frame_of(kept, kept_late, digests)
     features, failed = _features(batch, states, tables, precomputed)
     if failed:
         rejected += [kept[row].rejected(reason) for row, reason in sorted(failed.items())]
