@@ -34,6 +34,7 @@ def isolated(stack_settings: Settings, models: Path, **engine: object) -> Settin
         alerts=f"al-{run}",
         dlq=f"dlq-{run}",
         labels_dlq=f"lbdlq-{run}",
+        decisions=f"dec-{run}",
     )
     kafka = stack_settings.kafka.model_copy(update={"topics": topics})
     bus.ensure_topics(kafka)
@@ -87,6 +88,7 @@ def engine_env(settings: Settings) -> dict[str, str]:
             "kafka.topics.alerts": settings.kafka.topics.alerts,
             "kafka.topics.dlq": settings.kafka.topics.dlq,
             "kafka.topics.labels_dlq": settings.kafka.topics.labels_dlq,
+            "kafka.topics.decisions": settings.kafka.topics.decisions,
             "database.port": str(settings.database.port),
             "database.name": settings.database.name,
             "engine.group_id": settings.engine.group_id,
@@ -94,6 +96,8 @@ def engine_env(settings: Settings) -> dict[str, str]:
             "engine.snapshot_interval_s": str(settings.engine.snapshot_interval_s),
             "engine.status_interval_s": str(settings.engine.status_interval_s),
             "model.dir": str(settings.model.dir),
+            "api.port": str(settings.api.port),
+            "api.budget_ms": str(settings.api.budget_ms),
         }
     )
 

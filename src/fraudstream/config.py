@@ -16,7 +16,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -31,6 +39,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 __all__ = [
     "ENV_PREFIX",
+    "ApiSettings",
     "DatabaseSettings",
     "EngineSettings",
     "KafkaSettings",
@@ -84,9 +93,13 @@ class TopicSettings(_Section):
     alerts: str = "alerts"
     dlq: str = "transactions.dlq"
     labels_dlq: str = "labels.dlq"
+    decisions: str = "decisions"  # the engines' answers to the decision API (docs/adr/0007)
 
     def all(self) -> list[str]:
-        return [self.transactions, self.labels, self.alerts, self.dlq, self.labels_dlq]
+        return [
+            self.transactions, self.labels, self.alerts, self.dlq, self.labels_dlq,
+            self.decisions,
+        ]  # fmt: skip
 
 
 class KafkaSettings(_Section):
@@ -228,7 +241,12 @@ class EngineSettings(_Section):
     group_id: str = Field(default="fraudstream-engine", min_length=1, max_length=200)
     batch_max_messages: int = Field(default=5000, ge=1, le=1_000_000)
     batch_max_ms: int = Field(
-        default=10, ge=1, le=60_000, description="Longest wait to fill a batch (latency)."
+        default=50,
+        ge=1,
+        le=60_000,
+        description="Longest wait for a first message when none is there; a batch is what "
+        "arrived meanwhile (no wait to fill it: small when traffic is light, larger under a "
+        "backlog).",
     )
     snapshot_interval_s: float = Field(default=30.0, gt=0, le=3600)
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)
@@ -296,6 +314,64 @@ class DashboardSettings(_Section):
         return self.host in ("127.0.0.1", "localhost", "::1")
 
 
+class ApiSettings(_Section):
+    """The decision API (`fraudstream api`, and the `api` service of `up`): docs/api.md."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address to serve on; anything but loopback requires api.tls_certfile and "
+        "api.tls_keyfile, or api.insecure_beyond_loopback.",
+    )
+    port: Port = Field(default=8000, ge=1, le=65535)
+    budget_ms: float = Field(
+        default=50.0,
+        ge=5,
+        le=10_000,
+        description="Time a request may take; past it the answer is the fallback decision, "
+        "marked degraded.",
+    )
+    fallback_floor_amount: float = Field(
+        default=100.0,
+        ge=0,
+        description="Degraded answers approve up to this amount (unless a rule fires) and send "
+        "larger ones to review.",
+    )
+    rate_per_key: float = Field(
+        default=2000.0, gt=0, le=1_000_000, description="Requests per second allowed per API key."
+    )
+    burst_per_key: int = Field(
+        default=4000, ge=1, le=10_000_000, description="Requests a key may send at once."
+    )
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    insecure_beyond_loopback: bool = Field(
+        default=False,
+        description="Serve plain HTTP on a non-loopback address (behind a TLS-terminating "
+        "proxy only).",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The API's own PostgreSQL user (reads decisions and keys, records degraded "
+        "answers); the managed server provides one.",
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="Server processes.")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None and self.tls_keyfile is not None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("api.tls_certfile and api.tls_keyfile go together: give both")
+        return self
+
+
 class PolicySettings(_Section):
     rules_file: Path | None = Field(
         default=None, description="Decision rules (TOML); default built in."
@@ -336,6 +412,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property
     def models_dir(self) -> Path:

@@ -8,6 +8,7 @@ the engines make of it. Table columns and Spark schemas are derived from these d
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 import msgspec
 
@@ -21,6 +22,7 @@ __all__ = [
     "Prediction",
     "Rejected",
     "StoredId",
+    "Verdict",
 ]
 
 
@@ -93,3 +95,29 @@ class StoredId(msgspec.Struct, frozen=True):
     content_hash: int | None
     partition: int | None
     offset: int | None
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An engine's answer to a transaction that asked for one (the decision API's request
+    header ``fs-reply-to``), on the decisions topic keyed by the asking API process.
+
+    ``decided``: stored in ``fraud_predictions`` with exactly these values (sent after the
+    commit). ``replay``: the tx_id was stored before with identical content (the stored row
+    is the answer); ``conflict``: stored before with other content; ``rejected``: the record
+    was dead-lettered (``detail`` says why)."""
+
+    tx_id: str
+    status: Literal["decided", "replay", "conflict", "rejected"]
+    card_id: str | None = None
+    decision: str | None = None
+    score: float | None = None
+    rule_hits: list[str] = []
+    reasons: list[dict[str, object]] = []
+    model_version: str | None = None
+    rules_version: str | None = None
+    event_time: datetime | None = None
+    scored_at: datetime | None = None
+    features: list[float | None] = []  # FEATURE_NAMES order, None for NaN: a degraded
+    # answer's stale card state
+    late: bool = False
+    detail: str | None = None

@@ -58,6 +58,7 @@ def fresh_settings(
         transactions=stream.settings.kafka.topics.transactions,
         labels=stream.settings.kafka.topics.labels,
         alerts=f"al-{run}", dlq=f"dlq-{run}", labels_dlq=f"lbdlq-{run}",
+        decisions=f"dec-{run}",
     )  # fmt: skip
     kafka = own.kafka.model_copy(update={"topics": topics})
     bus.ensure_topics(kafka)

@@ -15,7 +15,7 @@ import typer
 
 from fraudstream import __version__
 from fraudstream.bus import BusError, DeliveryError
-from fraudstream.cli import bench, dashboard, data, engine, model, stack
+from fraudstream.cli import api, bench, dashboard, data, engine, model, stack
 from fraudstream.cli._options import Options, out, parse_overrides, print_error
 from fraudstream.cli.config import show_config
 from fraudstream.config import CONFIG_FILE_ENV, SettingsError, env_name
@@ -80,9 +80,10 @@ _register(
 app.command("config")(show_config)
 _register(
     data.simulate, data.replay, data.schema, model.train, model.evaluate, engine.score,
-    model.quality, dashboard.dashboard, bench.bench,
+    model.quality, dashboard.dashboard, api.api, bench.bench,
 )  # fmt: skip
 app.add_typer(model.models_app, name="models")
+app.add_typer(api.keys_app, name="api-keys")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from confluent_kafka import Producer
 
 from fraudstream.bus.alerts import publish_alerts
 from fraudstream.bus.deadletter import dead_letter
+from fraudstream.bus.replies import publish_rejections, publish_verdicts, reply_producer
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.step import Decoded
@@ -128,15 +129,29 @@ class StepOutput:
     redelivered: frozenset[str] = frozenset()
     sources: dict[str, Decoded] = field(default_factory=dict)  # tx_id → its message
 
+    @property
+    def asked(self) -> dict[str, str]:
+        """tx_id → the API process waiting for its decision."""
+        return {tx: item.reply_to for tx, item in self.sources.items() if item.reply_to}
+
 
 class StepWriter:
     """The sink contract, in order: (1) dead letters acknowledged by Kafka; (2) one PostgreSQL
     transaction with the predictions, their dashboard projections, the dead letters' records,
     the offsets, watermarks and card state; (3) alerts, for the rows stored by their own
-    message (inserted now, or before a crash), never for an absorbed duplicate."""
+    message (inserted now, or before a crash), never for an absorbed duplicate, and the
+    verdicts the decision API waits for (the stored values: docs/adr/0007)."""
 
     def __init__(self, settings: Settings, producer: Producer, stats: EngineStats) -> None:
         self.settings, self.producer, self.stats = settings, producer, stats
+        self.replies = reply_producer(settings.kafka)
+
+    def answer_rejected(self, rejected: list[Rejected], items: list[Decoded]) -> None:
+        """Tell the API processes waiting for dead-lettered records why (after the letters
+        are acknowledged: a replay or a conflict is final)."""
+        asked = {(i.partition, i.offset): i.reply_to for i in items if i.reply_to}
+        if asked and rejected:
+            publish_rejections(self.replies, self.settings.kafka.topics.decisions, rejected, asked)
 
     def dead_letter(self, rejected: list[Rejected]) -> list[Rejected]:
         """Send ``rejected`` to the dead-letter topic; returns them as ``dlq_events`` keeps
@@ -163,6 +178,7 @@ class StepWriter:
         self.stats.alerts += publish_alerts(
             self.producer, self.settings.kafka.topics.alerts, alerted
         )
+        publish_verdicts(self.replies, self.settings.kafka.topics.decisions, alerted, output.asked)
         return result
 
     def _write_storable(
@@ -179,6 +195,9 @@ class StepWriter:
             for row, reason in rows
         ]
         kept = self.dead_letter(letters)
+        self.answer_rejected(
+            kept, [output.sources[str(predictions["tx_id"].iat[r])] for r, _ in rows]
+        )
         self.stats.rejected += len(letters)
         keep = np.setdiff1d(np.arange(len(predictions)), [row for row, _ in rows])
         output.predictions = predictions.iloc[keep].reset_index(drop=True)

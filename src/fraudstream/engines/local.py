@@ -48,6 +48,7 @@ from fraudstream.bus.clients import (
     transient,
 )
 from fraudstream.bus.deadletter import DeadLetterError
+from fraudstream.bus.replies import reply_to
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.base import (
@@ -234,10 +235,7 @@ class LocalEngine:
                     if self._broken:
                         self._recover()
                         continue
-                    messages = self.consumer.consume(
-                        self.settings.engine.batch_max_messages,
-                        self.settings.engine.batch_max_ms / 1000,
-                    )
+                    messages = self._fetch()
                     usable = [m for m in messages if not m.error()]
                     for message in messages:
                         error = message.error()
@@ -267,6 +265,20 @@ class LocalEngine:
             self.close()
         return self.stats
 
+    def _fetch(self) -> list[Message]:
+        """What has arrived, at once: a batch is whatever accumulated while the previous one
+        was processed, so it is small when traffic is light (low latency) and grows up to
+        ``engine.batch_max_messages`` under a backlog (throughput). Only when nothing is
+        there does the engine wait, up to ``engine.batch_max_ms``, for the first message."""
+        limit = self.settings.engine.batch_max_messages
+        messages = self.consumer.consume(limit, 0)
+        if messages:
+            return messages
+        messages = self.consumer.consume(1, self.settings.engine.batch_max_ms / 1000)
+        if messages and limit > 1:
+            messages += self.consumer.consume(limit - 1, 0)
+        return messages
+
     def close(self) -> None:
         """Finish the batch in flight (it commits whole or not at all), then let go."""
         try:
@@ -276,6 +288,7 @@ class LocalEngine:
             log.warning("last batch not stored (it will be scored again): %s", error)
         self._writer.shutdown(wait=True)
         self.producer.flush(10)
+        self.writer.replies.flush(1)
         try:
             self.consumer.close()
             self.labels.close()
@@ -296,7 +309,7 @@ class LocalEngine:
             Decoded(
                 self.topic, partition, offset, message.key(), message.value() or b"",
                 message.timestamp()[1] if message.timestamp()[1] > 0 else None,
-                decode_transaction(message.value() or b"", now=now),
+                decode_transaction(message.value() or b"", now=now), reply_to(message),
             )
             for partition, offset, message in kept
         ]  # fmt: skip
@@ -317,6 +330,7 @@ class LocalEngine:
         watermarks and card state handed to the writer (one transaction), alerts after."""
         self.stats.late += late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
         rejected = self.writer.dead_letter(result.rejected)
+        self.writer.answer_rejected(rejected, items)
         seen = None
         if len(result.predictions):
             self._newest = max(self._newest, result.predictions["event_time"].max())

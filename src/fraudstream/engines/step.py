@@ -67,6 +67,7 @@ class Decoded:
     value: bytes
     kafka_time_ms: int | None  # the broker's append time, when it gave one
     record: Transaction | Invalid
+    reply_to: str | None = None  # the API process waiting for this record's decision
 
     def rejected(self, reason: str) -> Rejected:
         return Rejected(self.topic, self.partition, self.offset, reason, self.key, self.value)

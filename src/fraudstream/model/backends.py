@@ -103,7 +103,9 @@ class XGBoost:
         xgb = _require("xgboost", "xgboost")
         # Saabas path attributions: ~30x faster than exact TreeSHAP, and they also sum to the
         # log-odds of the prediction; reason codes are computed on the hot path.
-        matrix = xgb.DMatrix(x)
+        # One thread, like the booster: with OpenMP's default a batch of a few rows waits for
+        # a second thread the other busy core may not give it for a scheduler tick (~10 ms).
+        matrix = xgb.DMatrix(x, nthread=1)
         return np.asarray(
             model.predict(matrix, pred_contribs=True, approx_contribs=True), dtype=float
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +11,7 @@ import pandas as pd
 
 from fraudstream.policy.rules import RuleSet
 
-__all__ = ["DECISIONS", "Decisions", "decide"]
+__all__ = ["DECISIONS", "Decisions", "decide", "rules_fired"]
 
 DECISIONS = np.array(["approve", "review", "decline"], dtype=object)
 _SEVERITY = {"review": 1, "decline": 2}
@@ -52,3 +54,24 @@ def decide(
             hits[row].append(rule.name)
         severity = np.where(fired, np.maximum(severity, _SEVERITY[rule.action]), severity)
     return Decisions(decision=DECISIONS[severity], rule_hits=hits, rules_version=rules.version)
+
+
+def rules_fired(
+    rules: RuleSet, values: Mapping[str, float], terminal_id: str, card_id: str
+) -> list[tuple[str, str]]:
+    """(name, action) of each active rule that fires on one row: ``decide``'s rules without
+    pandas, for a single answer that must be fast (a missing or NaN value never fires)."""
+    fired = []
+    for rule in rules.active:
+        if rule.when is not None:
+            value = values.get(rule.when.feature, math.nan)
+            hit = (
+                value > rule.when.above if rule.when.above is not None else value < rule.when.below  # type: ignore[operator]
+            )
+        elif rule.terminals:
+            hit = terminal_id in rule.terminals
+        else:
+            hit = card_id in rule.cards
+        if hit:
+            fired.append((rule.name, rule.action))
+    return fired

@@ -6,7 +6,7 @@ import psycopg
 
 from fraudstream.config import Settings
 
-__all__ = ["connect", "conninfo", "dashboard_conninfo"]
+__all__ = ["api_conninfo", "connect", "conninfo", "dashboard_conninfo"]
 
 
 def conninfo(settings: Settings) -> str:
@@ -29,6 +29,14 @@ def dashboard_conninfo(settings: Settings) -> str:
     from fraudstream.stack.postgres import EmbeddedPostgres
 
     return EmbeddedPostgres(settings).dashboard_conninfo()
+
+
+def api_conninfo(settings: Settings) -> str:
+    """The decision API's connection: ``api.database_url`` when set, else the configured
+    database's."""
+    if settings.api.database_url is not None:
+        return settings.api.database_url.get_secret_value()
+    return conninfo(settings)
 
 
 def connect(

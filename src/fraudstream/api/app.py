@@ -1,0 +1,213 @@
+"""The decision API as an ASGI application (FastAPI: docs/adr/0007 says why).
+
+``POST /v1/decisions`` (a key in ``Authorization: Bearer …``) and ``GET /v1/health``. The
+body is read raw and decoded with the same decoder as the stream (``schema.py``), so the API
+refuses exactly what the engine would dead-letter, with the field and the rule named.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import psycopg
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.security import HTTPBearer
+from psycopg.rows import dict_row
+
+from fraudstream import __version__
+from fraudstream.api.bridge import DecisionBridge
+from fraudstream.api.decisions import Conflict, Decider, Unprocessable
+from fraudstream.api.keys import KeyRing
+from fraudstream.api.limits import RateLimiter
+from fraudstream.api.recorder import DegradedRecorder
+from fraudstream.api.schemas import ERROR_RESPONSES, DecisionResponse
+from fraudstream.clock import Clock, SystemClock
+from fraudstream.config import Settings
+from fraudstream.engines.base import decision_rules
+from fraudstream.schema import MAX_MESSAGE_BYTES, Transaction
+from fraudstream.store.db import api_conninfo
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("fraudstream.api")
+
+_MAX_BODY = 4 * MAX_MESSAGE_BYTES  # read no further: the decoder refuses anything over the limit
+_STORED = """
+SELECT tx_id, decision, score, rule_hits, reasons, model_version, rules_version, content_hash,
+       scored_at
+FROM fraud_predictions WHERE tx_id = %s
+"""
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> Response:
+    headers = extra.pop("headers", None)
+    body = msgspec.json.encode({"error": error, "message": message, **extra})
+    return Response(body, status, headers=headers, media_type="application/json")
+
+
+class _Database:
+    """One connection for the API's rare reads (stored decisions of replays, keys), used
+    from worker threads one at a time."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(
+            api_conninfo(self.settings), autocommit=True, application_name="fraudstream-api",
+            connect_timeout=max(1, int(self.settings.database.connect_timeout_s)),
+        )  # fmt: skip
+
+    def stored(self, tx_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = self.connect()
+                with self._conn.cursor(row_factory=dict_row) as cursor:
+                    return cursor.execute(_STORED, (tx_id,)).fetchone()
+            except psycopg.OperationalError as error:
+                log.warning("reading a stored decision: %s", error)
+                self._conn = None
+                return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+async def _read_body(request: Request) -> bytes | None:
+    """The body, or None when it is larger than any transaction can be."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > _MAX_BODY:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > _MAX_BODY:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
+    clock = clock or SystemClock()
+    state: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        database = _Database(settings)
+        keys = KeyRing(database.connect)
+        await asyncio.to_thread(keys.reload)
+        bridge = DecisionBridge(settings.kafka, asyncio.get_running_loop())
+        await asyncio.to_thread(bridge.start)
+        recorder = DegradedRecorder(database.connect)
+        recorder.start()
+        state.update(
+            keys=keys,
+            bridge=bridge,
+            limiter=RateLimiter(settings.api.rate_per_key, settings.api.burst_per_key),
+            decider=Decider(
+                bridge=bridge, rules=decision_rules(settings), clock=clock,
+                budget_ms=settings.api.budget_ms, floor_amount=settings.api.fallback_floor_amount,
+                stored=database.stored, recorder=recorder,
+            ),
+        )  # fmt: skip
+        log.info("decision API ready (replies to %s)", bridge.name)
+        try:
+            yield
+        finally:
+            recorder.close()
+            bridge.close()
+            database.close()
+
+    app = FastAPI(
+        title="fraudstream decision API",
+        version=__version__,
+        description="Approve, review or decline a card transaction before it is paid.",
+        lifespan=lifespan,
+    )
+    bearer = HTTPBearer(auto_error=False, description="An API key from `fraudstream api-keys`.")
+
+    @app.post(
+        "/v1/decisions",
+        summary="Decide on one transaction",
+        response_model=DecisionResponse,
+        responses=ERROR_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Transaction"}}
+                },
+            },
+            "security": [{"HTTPBearer": []}],
+        },
+    )
+    async def decisions(request: Request) -> Response:
+        keys: KeyRing = state["keys"]
+        keys.reload_if_due()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key_name = keys.name_of(token.strip()) if scheme.lower() == "bearer" else None
+        if key_name is None:
+            return _error(
+                401, "unauthorized", "a valid API key is required: Authorization: Bearer fsk_…",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        wait = state["limiter"].allow(key_name)
+        if wait:
+            return _error(
+                429, "rate_limited", f"key {key_name!r} is over {settings.api.rate_per_key:g} "
+                "requests/s", headers={"Retry-After": str(max(1, round(wait)))},
+            )  # fmt: skip
+        body = await _read_body(request)
+        if body is None:
+            return _error(413, "too_large", f"a transaction is at most {MAX_MESSAGE_BYTES} bytes")
+        try:
+            answer = await state["decider"].decide(body, key_name)
+        except Unprocessable as invalid:
+            return _error(
+                422, "invalid_transaction", invalid.message, field=invalid.field,
+                rule=invalid.rule,
+            )  # fmt: skip
+        except Conflict as conflict:
+            return _error(409, "conflict", str(conflict))
+        return Response(answer, media_type="application/json")
+
+    @app.get("/v1/health", summary="Liveness and what the process sees")
+    async def health() -> dict[str, Any]:
+        bridge: DecisionBridge | None = state.get("bridge")
+        decider: Decider | None = state.get("decider")
+        return {
+            "status": "ok" if bridge is not None else "starting",
+            "degraded_answers": decider.degraded if decider else 0,
+            "undelivered": bridge.undelivered if bridge else 0,
+        }
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=app.routes,
+            )  # fmt: skip
+            _refs, components = msgspec.json.schema_components(
+                [Transaction], ref_template="#/components/schemas/{name}"
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            schemes = schema["components"].setdefault("securitySchemes", {})
+            schemes["HTTPBearer"] = bearer.model.model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

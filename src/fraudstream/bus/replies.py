@@ -1,0 +1,128 @@
+"""Request–reply over Kafka for the decision API (docs/adr/0007-decisions-through-the-owner.md).
+
+The API appends a transaction to the transactions topic, keyed by card like every producer,
+with a ``fs-reply-to`` header naming the asking API process. The engine that owns the card's
+partition processes it like any other record and, once the row is stored, publishes a
+``Verdict`` to the decisions topic keyed by that process. Replies are best-effort: a lost
+one costs the API a degraded answer, never a decision (the row is stored either way).
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import pandas as pd
+from confluent_kafka import Message, Producer
+
+from fraudstream.config import KafkaSettings
+from fraudstream.records import Rejected, Verdict
+
+__all__ = [
+    "REPLY_HEADER",
+    "publish_rejections",
+    "publish_verdicts",
+    "reply_producer",
+    "reply_to",
+    "verdict_status",
+]
+
+REPLY_HEADER = "fs-reply-to"
+"""The header a transaction carries when an API process waits for its decision."""
+
+_encoder = msgspec.json.Encoder()
+
+
+def reply_producer(kafka: KafkaSettings) -> Producer:
+    """Replies are latency-bound and disposable: sent at once (no linger), acknowledged by the
+    leader only, never retried for long (a late reply is no use to a request that has
+    answered already)."""
+    return Producer(
+        {
+            **kafka.client_config(),
+            "acks": 1,
+            "linger.ms": 0,
+            "message.timeout.ms": 5_000,
+            "message.max.bytes": kafka.max_message_bytes,
+            "log_level": 3,
+        }
+    )
+
+
+def reply_to(message: Message) -> str | None:
+    """The API process a consumed transaction asks to answer, if any."""
+    headers = message.headers()
+    if not headers:
+        return None
+    for name, value in headers:
+        if name == REPLY_HEADER and value:
+            return bytes(value).decode("utf-8", "replace")
+    return None
+
+
+def verdict_status(reason: str) -> str:
+    """A dead-letter reason (``engines/step.duplicate_reason``) as a verdict's status."""
+    if reason.startswith("replay:"):
+        return "replay"
+    if reason.startswith("duplicate tx_id with different content"):
+        return "conflict"
+    return "rejected"
+
+
+def publish_verdicts(
+    producer: Producer, topic: str, stored: pd.DataFrame, asked: dict[str, str]
+) -> int:
+    """A ``decided`` verdict for each row of ``stored`` (prediction columns plus ``features``)
+    whose transaction asked for one (``asked``: tx_id → API process); returns how many."""
+    if not asked or not len(stored):
+        return 0
+    rows = stored[stored["tx_id"].isin(asked.keys())]
+    for row in rows.itertuples(index=False):
+        verdict = Verdict(
+            tx_id=row.tx_id, status="decided", card_id=row.card_id, decision=row.decision,
+            score=float(row.score), rule_hits=list(row.rule_hits), reasons=list(row.reasons),
+            model_version=row.model_version, rules_version=row.rules_version,
+            event_time=row.event_time.to_pydatetime(), scored_at=_as_datetime(row.scored_at),
+            features=[None if math.isnan(v) else float(v) for v in row.features],
+            late=bool(row.late),
+        )  # fmt: skip
+        producer.produce(topic, key=asked[row.tx_id], value=_encoder.encode(verdict))
+    producer.poll(0)
+    return len(rows)
+
+
+def publish_rejections(
+    producer: Producer, topic: str, rejected: list[Rejected], asked: dict[tuple[int, int], str]
+) -> int:
+    """A verdict for each dead-lettered record that asked for one (``asked``: (partition,
+    offset) → API process): replay, conflict or rejected, with the reason."""
+    sent = 0
+    for letter in rejected:
+        api = asked.get((letter.partition, letter.offset))
+        if api is None:
+            continue
+        tx_id = _tx_id_of(letter.value)
+        verdict = Verdict(tx_id=tx_id, status=verdict_status(letter.reason), detail=letter.reason)  # type: ignore[arg-type]
+        producer.produce(topic, key=api, value=_encoder.encode(verdict))
+        sent += 1
+    if sent:
+        producer.poll(0)
+    return sent
+
+
+class _Id(msgspec.Struct):
+    tx_id: str = ""
+
+
+_id_decoder = msgspec.json.Decoder(_Id)
+
+
+def _tx_id_of(value: bytes) -> str:
+    try:
+        return _id_decoder.decode(value).tx_id
+    except msgspec.DecodeError:
+        return ""
+
+
+def _as_datetime(value: object) -> object:
+    return value.to_pydatetime() if isinstance(value, pd.Timestamp) else value

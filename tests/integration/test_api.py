@@ -1,0 +1,256 @@
+"""The decision API against the real broker, database, engine and HTTP server: the stored
+decision is the answer, retries are idempotent, conflicts and bad input are refused with the
+field named, keys are required, and an engine that is away or killed costs a degraded answer
+within the budget, never a decision (``tests/contract`` holds the multi-day parity run)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from fraudstream.api.schemas import DecisionResponse
+from fraudstream.config import Settings
+from fraudstream.store.db import conninfo
+
+from ..api_kit import Client, create_key, start_api, stop_api, with_api
+from ..engine_kit import isolated, start_engine, stop_engine, wait_for
+
+
+@dataclass
+class Api:
+    settings: Settings
+    client: Client
+    key: str
+    engine: Any
+    log: Path
+
+
+@pytest.fixture
+def api(stack_settings: Settings, models_dir: Path, tmp_path: Path) -> Iterator[Api]:
+    # A budget a loaded test machine keeps: these tests are about what is answered; how fast
+    # is `fraudstream bench --only api`'s question.
+    settings = with_api(isolated(stack_settings, models_dir, batch_max_messages=500), 1000)
+    log = tmp_path / "services.log"
+    key = create_key(settings, "checkout")
+    engine = start_engine(settings, log)
+    server = start_api(settings, log)
+    client = Client(settings.api.port, key)
+    running = Api(settings, client, key, engine, log)
+
+    def decided_fully() -> bool:  # the first answers wait for the engine's assignment
+        reply = client.post(_tx())
+        assert reply.status == 200, reply.body
+        return not reply.body["degraded"]
+
+    wait_for(decided_fully, 90, "a full decision")
+    try:
+        yield running
+    finally:
+        client.close()
+        stop_api(server)
+        if running.engine.poll() is None:
+            stop_engine(running.engine, log)
+
+
+def _tx(**fields: Any) -> dict[str, Any]:
+    now = datetime.now(timezone.utc)
+    return {
+        "tx_id": f"api-{uuid.uuid4().hex[:12]}", "event_time": now.isoformat(),
+        "card_id": f"card-{uuid.uuid4().hex[:6]}", "terminal_id": "term-1", "amount": 42.5,
+        **fields,
+    }  # fmt: skip
+
+
+def _stored(settings: Settings, tx_id: str) -> dict[str, Any] | None:
+    with psycopg.connect(conninfo(settings)) as conn:
+        row = conn.execute(
+            "SELECT score, decision, rule_hits, model_version, rules_version "
+            "FROM fraud_predictions WHERE tx_id = %s",
+            (tx_id,),
+        ).fetchone()
+    if row is None:
+        return None
+    names = ["score", "decision", "rule_hits", "model_version", "rules_version"]
+    return dict(zip(names, row, strict=True))
+
+
+def _count(settings: Settings, table: str, tx_ids: list[str]) -> int:
+    with psycopg.connect(conninfo(settings)) as conn:
+        row = conn.execute(
+            f"SELECT count(*) FROM {table} WHERE tx_id = ANY(%s)",
+            (tx_ids,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_the_answer_is_the_stored_decision_and_a_retry_gets_it_again(api: Api) -> None:
+    big = _tx(amount=25_000.0)  # over the default rules' limit: declined, a rule named
+    reply = api.client.post(big)
+    assert reply.status == 200, reply.body
+    DecisionResponse.model_validate(reply.body)
+    assert not reply.body["degraded"] and not reply.body["replayed"], reply.body
+    assert reply.body["decision"] == "decline"
+    assert "amount_over_limit" in reply.body["rule_hits"]
+    assert any("amount_over_limit" in words for words in reply.body["reasons"])
+    stored = _stored(api.settings, big["tx_id"])
+    assert stored is not None  # answered after the commit: already there
+    for name in ("score", "decision", "rule_hits", "model_version", "rules_version"):
+        assert reply.body[name] == stored[name], name
+
+    again = api.client.post(big)  # a retry, same content: the stored decision, not a new one
+    assert again.status == 200
+    assert again.body["replayed"] and again.body["score"] == reply.body["score"]
+    # Another API process (no memory of the first answer) gets it from the engine and the
+    # database: same answer; still one row.
+    other = Client(api.settings.api.port, api.key)
+    reordered = json.dumps(dict(reversed(list(big.items())))).encode()  # same content
+    assert other.post(reordered).body["decision"] == "decline"
+    assert _count(api.settings, "fraud_predictions", [big["tx_id"]]) == 1
+
+
+def test_a_reused_tx_id_with_other_content_is_a_conflict(api: Api) -> None:
+    first = _tx()
+    assert api.client.post(first).status == 200
+    changed = {**first, "amount": first["amount"] + 1}
+    reply = api.client.post(changed)
+    assert reply.status == 409, reply.body
+    assert reply.body["error"] == "conflict" and first["tx_id"] in reply.body["message"]
+    # From a fresh client too (the engine sees the conflict, not only this process's memory).
+    assert Client(api.settings.api.port, api.key).post(changed).status == 409
+    assert _stored(api.settings, first["tx_id"])["decision"] is not None  # type: ignore[index]
+
+
+def test_keys_are_required_checked_and_revocable(api: Api) -> None:
+    assert api.client.post(_tx(), key=None).status == 401
+    wrong = api.client.post(_tx(), key="fsk_" + "x" * 43)
+    assert wrong.status == 401 and wrong.headers.get("www-authenticate") == "Bearer"
+    assert api.client.post(_tx(), key=api.key).status == 200
+    from ..api_kit import run_cli  # the CLI as an operator uses it
+    from ..engine_kit import engine_env
+
+    revoked = run_cli("api-keys", "revoke", "checkout", env=engine_env(api.settings))
+    assert revoked.returncode == 0, revoked.stderr
+    listed = run_cli("api-keys", "list", env=engine_env(api.settings))
+    assert "checkout" in listed.stdout and "revoked" in listed.stdout
+    assert api.key not in listed.stdout  # the key itself is never shown again
+    wait_for(lambda: api.client.post(_tx()).status == 401, 30, "the revoked key to be refused")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field", "rule"),
+    [
+        (_tx(amount="12.50"), 422, "amount", "Expected `float`"),
+        (_tx(amount=-5), 422, "amount", ">= 0"),
+        ({k: v for k, v in _tx().items() if k != "card_id"}, 422, "card_id", "missing required"),
+        (_tx(surprise=1), 422, "surprise", "unknown field"),
+        (_tx(card_id="ab\x00cd"), 422, "card_id", "NUL"),
+        (_tx(event_time="2026-13-45"), 422, "event_time", "datetime"),
+        (_tx(event_time=(datetime.now(timezone.utc) + timedelta(days=3)).isoformat()), 422,
+         "event_time", "outside"),
+        (b"{not json", 422, None, "JSON"),
+        (b"[1, 2]", 422, None, "Expected `object`"),
+        (_tx(tx_id="x" * 200), 422, "tx_id", "length <= 128"),
+        (json.dumps(_tx(merchant_category="m" * 70_000)).encode(), 413, None, None),
+    ],
+    ids=["wrong type", "negative", "missing", "unknown", "NUL", "bad date", "future",
+         "not JSON", "not an object", "too long", "oversized"],
+)  # fmt: skip
+def test_bad_input_is_refused_naming_the_field_and_the_rule(
+    api: Api, body: Any, status: int, field: str | None, rule: str | None
+) -> None:
+    reply = api.client.post(body)
+    assert reply.status == status, reply.body
+    if status == 422:
+        assert reply.body["error"] == "invalid_transaction"
+        assert reply.body["field"] == field, reply.body
+        assert rule in reply.body["rule"], reply.body  # type: ignore[operator]
+
+
+def test_an_engine_that_is_away_costs_a_degraded_answer_within_budget_never_a_decision(
+    api: Api,
+) -> None:
+    stop_engine(api.engine, api.log)
+    budget = api.settings.api.budget_ms
+    sent = [_tx(amount=30.0), _tx(amount=900.0), _tx(amount=20_000.0)]
+    replies = [api.client.post(body) for body in sent]
+    for reply in replies:
+        assert reply.status == 200 and reply.body["degraded"], reply.body
+        DecisionResponse.model_validate(reply.body)
+        assert reply.body["score"] is None and "model_score" in reply.body["missing"]
+        assert reply.body["decision_ms"] < budget
+    floor, above, over_limit = (r.body for r in replies)
+    assert floor["decision"] == "approve"  # under the fallback floor
+    assert above["decision"] == "review"  # over it
+    assert over_limit["decision"] == "decline" and over_limit["rule_hits"] == ["amount_over_limit"]
+    tx_ids = [body["tx_id"] for body in sent]
+    wait_for(
+        lambda: _count(api.settings, "degraded_decisions", tx_ids) == 3, 10,
+        "the degraded answers to be recorded",
+    )  # fmt: skip
+    # Back up, the engine decides them fully from the stream: both are recorded.
+    api.engine = start_engine(api.settings, api.log)
+    wait_for(
+        lambda: _count(api.settings, "fraud_predictions", tx_ids) == 3, 90,
+        "the full decisions of the degraded requests",
+    )  # fmt: skip
+
+
+def test_nothing_is_lost_when_the_engine_is_killed_mid_traffic(api: Api) -> None:
+    """Requests keep flowing from four clients while the engine is killed with SIGKILL and
+    restarted: every request is answered (within the budget, by the server's clock: the
+    client's view under load is the benchmark's), and every transaction is recorded exactly
+    once."""
+    budget = api.settings.api.budget_ms
+    answers: list[tuple[str, int, bool, float]] = []
+    stop = threading.Event()
+
+    def send() -> None:
+        client = Client(api.settings.api.port, api.key)
+        while not stop.is_set():
+            body = _tx(card_id=f"card-{uuid.uuid4().hex[:3]}")  # cards shared by requests
+            reply = client.post(body)
+            answers.append(
+                (body["tx_id"], reply.status, reply.body.get("degraded"),
+                 reply.body.get("decision_ms", float("inf")))
+            )  # fmt: skip
+        client.close()
+
+    clients = [threading.Thread(target=send) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    wait_for(lambda: len(answers) > 100, 60, "traffic before the kill")
+    api.engine.send_signal(signal.SIGKILL)
+    api.engine.wait(10)
+    wait_for(lambda: sum(1 for a in answers if a[2]) > 8, 60, "degraded answers while it is down")
+    api.engine = start_engine(api.settings, api.log)
+    count = len(answers)
+    wait_for(lambda: any(not a[2] for a in answers[count:]), 90, "full answers after the restart")
+    stop.set()
+    for thread in clients:
+        thread.join(30)
+
+    assert all(status == 200 for _, status, _, _ in answers), {s for _, s, _, _ in answers}
+    slowest = max(decision_ms for *_, decision_ms in answers)
+    assert slowest <= budget, slowest
+    tx_ids = [tx_id for tx_id, *_ in answers]
+    assert len(set(tx_ids)) == len(tx_ids)
+    wait_for(
+        lambda: _count(api.settings, "fraud_predictions", tx_ids) == len(tx_ids), 120,
+        f"all {len(tx_ids)} transactions recorded",
+    )  # fmt: skip
+    degraded = [tx_id for tx_id, _, was_degraded, _ in answers if was_degraded]
+    assert degraded
+    wait_for(
+        lambda: _count(api.settings, "degraded_decisions", degraded) == len(degraded), 10,
+        "every degraded answer recorded",
+    )  # fmt: skip
