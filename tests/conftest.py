@@ -40,6 +40,7 @@ def stack_overrides(state_dir: Path) -> dict[str, str]:
         "kafka.controller_port": str(free_port()),
         "database.port": str(free_port()),
         "dashboard.port": str(free_port()),
+        "api.port": str(free_port()),
     }
 
 

@@ -217,9 +217,10 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
         up = run_cli("up", env=env, timeout=600)
         assert up.returncode == 0, up.stderr
         assert "trained and promoted a first model" in up.stdout
+        assert "create a key: fraudstream api-keys create NAME" in up.stdout
         states = {name: row["state"] for name, row in _status(env).items()}
         assert states == {
-            n: "running" for n in ("kafka", "postgres", "engine", "simulator", "dashboard")
+            n: "running" for n in ("kafka", "postgres", "engine", "api", "simulator", "dashboard")
         }
         deadline = time.monotonic() + 120
         counts: tuple[int, int] = (0, 0)
@@ -242,6 +243,6 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
             assert response.read() == b"ok"
         down = run_cli("down", env=env, timeout=180)
         assert down.returncode == 0, down.stderr
-        assert "stopped dashboard, simulator, engine, postgres, kafka" in down.stdout
+        assert "stopped dashboard, simulator, api, engine, postgres, kafka" in down.stdout
     finally:
         run_cli("down", "--volumes", env=env, timeout=180)

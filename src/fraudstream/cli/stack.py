@@ -35,6 +35,8 @@ def up(ctx: typer.Context) -> None:
             out.print(f"database schema migrated to version {max(report.migrations_applied)}")
         if report.model_trained:
             out.print(f"trained and promoted a first model, {report.model_trained}")
+    if report.api_keys == 0:  # the API runs and answers 401 until there is one
+        out.print("decision API: no key yet; create a key: fraudstream api-keys create NAME")
     _print_status(stack)
 
 
@@ -91,7 +93,10 @@ def _duration(seconds: float | None) -> str:
 def logs(
     ctx: typer.Context,
     service: Annotated[
-        str | None, typer.Argument(help="kafka, postgres, engine or simulator; all when omitted.")
+        str | None,
+        typer.Argument(
+            help="kafka, postgres, engine, api, simulator or dashboard; all when omitted."
+        ),
     ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new lines.")

@@ -71,6 +71,7 @@ class UpReport:
     topics_created: list[str] = field(default_factory=list)
     migrations_applied: list[int] = field(default_factory=list)
     model_trained: str | None = None
+    api_keys: int | None = None  # active keys, when `up` runs the decision API
 
     @property
     def changed(self) -> bool:
@@ -108,7 +109,8 @@ class Stack:
             (self.settings.state_dir / _STATE_MARKER).touch()
             to_start = [service for service in self.managed() if not service.is_running()]
             report.already_running = [s.name for s in self.managed() if s not in to_start]
-            for service in to_start:  # fail before starting anything, not half-way
+            pipeline = [service for service in self.pipeline if not service.is_running()]
+            for service in [*to_start, *pipeline]:  # fail before starting anything, not half-way
                 service.preflight()
             for service in to_start:
                 progress(f"starting {service.name} on {service.address}")
@@ -120,6 +122,8 @@ class Stack:
             self.prepare(report, progress, dashboard_password=password, train=bool(self.pipeline))
             if self.pipeline:
                 self._start_pipeline(report, progress)
+                if any(service.name == "api" for service in self.pipeline):
+                    report.api_keys = self._active_api_keys()
         return report
 
     def prepare(
@@ -171,6 +175,12 @@ class Stack:
             return None
         return str(params["password"])
 
+    def _active_api_keys(self) -> int:
+        from fraudstream.api.keys import list_keys
+
+        with connect(self.settings) as conn:
+            return sum(key.revoked_at is None for key in list_keys(conn))
+
     def _start_pipeline(self, report: UpReport, progress: Callable[[str], None]) -> None:
         for service in self.pipeline:
             if service.is_running():
@@ -205,7 +215,7 @@ class Stack:
             state = "running" if service.healthy() else "starting"
             uptime = time.time() - record.started_at
             statuses.append(ServiceStatus(service.name, state, record.pid, service.address, uptime))
-        order = {"kafka": 0, "postgres": 1, "engine": 2, "simulator": 3}
+        order = {"kafka": 0, "postgres": 1, "engine": 2, "api": 3, "simulator": 4}
         return sorted(statuses, key=lambda status: order.get(status.name, 99))
 
     def schema_current(self) -> bool:

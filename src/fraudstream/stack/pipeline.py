@@ -1,15 +1,15 @@
-"""The engine, the simulator and the dashboard as services of the local stack (``fraudstream``
-sub-commands)."""
+"""The engine, the decision API, the simulator and the dashboard as services of the local
+stack (``fraudstream`` sub-commands)."""
 
 from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from fraudstream.config import Settings
-from fraudstream.stack.process import PidRecord, read_pid, running, spawn, stop
+from fraudstream.stack.process import PidRecord, ServiceError, read_pid, running, spawn, stop
 
 __all__ = ["PipelineService", "pipeline_services"]
 
@@ -24,11 +24,13 @@ class PipelineService:
         arguments: list[str],
         address: str,
         env: Mapping[str, str],
+        problem: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.name = name
         self.arguments = arguments
         self._address = address
         self.env = dict(env)
+        self._problem = problem  # why the service would refuse to start, checked before `up`
         self.log_file: Path = settings.state_dir / "logs" / f"{name}.log"
         self.pid_file = settings.state_dir / "run" / f"{name}.pid"
 
@@ -46,7 +48,9 @@ class PipelineService:
         return self.is_running()
 
     def preflight(self) -> None:
-        return None
+        problem = self._problem()
+        if problem:
+            raise ServiceError(f"cannot start {self.name}: {problem}")
 
     def start(self) -> PidRecord:
         argv = [sys.executable, "-m", "fraudstream", *self.arguments]
@@ -60,7 +64,8 @@ class PipelineService:
 
 
 def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[PipelineService]:
-    """Engine first, then the simulator, so that nothing waits unscored; then the dashboard."""
+    """Engine first, then the decision API and the simulator, so that nothing waits unscored;
+    then the dashboard."""
     child_env = {**env, "FRAUDSTREAM_STATE_DIR": str(settings.state_dir), "PYTHONUNBUFFERED": "1"}
     topics = settings.kafka.topics
     engine = PipelineService(
@@ -69,6 +74,15 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
         ["score"],  # the engine of engine.kind
         f"group {settings.engine.group_id}",
         child_env,
+    )
+    scheme = "https" if settings.api.tls else "http"
+    api = PipelineService(
+        settings,
+        "api",
+        ["api"],  # serves without keys too: requests get 401 until `fraudstream api-keys create`
+        f"{scheme}://{settings.api.host}:{settings.api.port}/v1/decisions",
+        child_env,
+        problem=lambda: _listening_problem(settings),
     )
     simulator = PipelineService(
         settings,
@@ -84,4 +98,10 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
         f"http://{settings.dashboard.host}:{settings.dashboard.port}",
         child_env,
     )
-    return [engine, simulator, dashboard]
+    return [engine, api, simulator, dashboard]
+
+
+def _listening_problem(settings: Settings) -> str | None:
+    from fraudstream.api.server import listening_problem  # uvicorn: only when `up` starts it
+
+    return listening_problem(settings.api)
