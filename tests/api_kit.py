@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from fraudstream.config import Settings
+from fraudstream.stack.postgres import EmbeddedPostgres
+from fraudstream.store.db import connect
+from fraudstream.store.roles import ensure_api_role
 
 from .conftest import free_port, run_cli
 from .engine_kit import engine_env, wait_for
@@ -59,7 +62,12 @@ class Client:
 
 
 def with_api(settings: Settings, budget_ms: float = 50.0) -> Settings:
+    """The API on a free port, its database user given its rights in this test's database
+    (the server's role exists, its grants are per database)."""
     api = settings.api.model_copy(update={"port": free_port(), "budget_ms": budget_ms})
+    if settings.database.managed:
+        with connect(settings) as conn:
+            ensure_api_role(conn, EmbeddedPostgres(settings).api_password())
     return settings.model_copy(update={"api": api})
 
 

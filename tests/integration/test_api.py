@@ -18,9 +18,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from fraudstream.api.recorder import _INSERT as RECORD_DEGRADED
 from fraudstream.api.schemas import DecisionResponse
 from fraudstream.config import Settings
-from fraudstream.store.db import conninfo
+from fraudstream.store.db import api_conninfo, conninfo
+from fraudstream.store.roles import API_ROLE
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
 from ..engine_kit import isolated, start_engine, stop_engine, wait_for
@@ -254,3 +256,28 @@ def test_nothing_is_lost_when_the_engine_is_killed_mid_traffic(api: Api) -> None
         lambda: _count(api.settings, "degraded_decisions", degraded) == len(degraded), 10,
         "every degraded answer recorded",
     )  # fmt: skip
+
+
+def test_the_api_user_reads_decisions_and_keys_and_only_adds_degraded_answers(
+    stack_settings: Settings, models_dir: Path
+) -> None:
+    settings = with_api(isolated(stack_settings, models_dir))
+    answered = datetime.now(timezone.utc)
+    row = ("t-1", "c-1", 42.5, "approve", [], "why", [], [], "r1", "checkout", answered, 1.0)
+    with psycopg.connect(api_conninfo(settings), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (API_ROLE,)
+        conn.execute("SELECT tx_id, content_hash FROM fraud_predictions").fetchall()
+        conn.execute("SELECT key_sha256, name FROM api_keys WHERE revoked_at IS NULL").fetchall()
+        for _ in range(2):  # the recorder's statement; the second time its ON CONFLICT
+            conn.execute(RECORD_DEGRADED, row)
+        for statement in (
+            "SELECT * FROM degraded_decisions",
+            "SELECT * FROM labels",
+            "UPDATE api_keys SET revoked_at = now()",
+            "INSERT INTO api_keys (name, prefix, key_sha256) VALUES ('k', 'fsk_', 'x')",
+            "INSERT INTO fraud_predictions (tx_id) VALUES ('x')",
+            "DELETE FROM degraded_decisions",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    assert _count(settings, "degraded_decisions", ["t-1"]) == 1

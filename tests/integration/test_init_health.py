@@ -17,7 +17,7 @@ from fraudstream.stack.health import probe
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
 from fraudstream.store.db import connect, conninfo
-from fraudstream.store.roles import DASHBOARD_ROLE
+from fraudstream.store.roles import API_ROLE, DASHBOARD_ROLE
 
 from ..conftest import overrides_env, run_cli
 
@@ -29,8 +29,9 @@ def _external(stack_settings: Settings, tmp_path: Path) -> dict[str, str]:
     with connect(stack_settings, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(f"db_{run}")))
     url = make_conninfo(conninfo(stack_settings), dbname=f"db_{run}")
-    # The role is the server's: keep the password the session's dashboard tests use.
+    # The roles are the server's: keep the passwords the session's other tests use.
     dashboard_password = EmbeddedPostgres(stack_settings).dashboard_password()
+    api_password = EmbeddedPostgres(stack_settings).api_password()
     models = tmp_path / "models"
     models.mkdir()
     (models / "CURRENT").write_text("m-already-there\n")  # init trains only when none is
@@ -41,6 +42,7 @@ def _external(stack_settings: Settings, tmp_path: Path) -> dict[str, str]:
         "dashboard.database_url": make_conninfo(
             url, user=DASHBOARD_ROLE, password=dashboard_password
         ),
+        "api.database_url": make_conninfo(url, user=API_ROLE, password=api_password),
         "model.dir": str(models),
         "engine.engine_id": f"engine-{run}",
         **{f"kafka.topics.{name}": f"{name}-{run}" for name in ("transactions", "labels")},
@@ -58,6 +60,7 @@ def test_init_prepares_external_services_once(stack_settings: Settings, tmp_path
         assert f"created {settings.kafka.topics.transactions}" in first.stdout
         assert "database schema migrated to version" in first.stdout
         assert "dashboard database user: ready" in first.stdout
+        assert "API database user: ready" in first.stdout
         assert "model: one is current" in first.stdout
         assert "password" not in first.stdout + first.stderr
 
@@ -73,6 +76,18 @@ def test_init_prepares_external_services_once(stack_settings: Settings, tmp_path
                 "SELECT has_table_privilege('fraud_predictions', 'INSERT')"
             ).fetchone()
         assert privileges == (False,)
+        # The API's user reads decisions and keys, and may only add degraded answers.
+        assert settings.api.database_url is not None
+        with psycopg.connect(settings.api.database_url.get_secret_value()) as conn:
+            privileges = conn.execute(
+                "SELECT has_table_privilege('fraud_predictions', 'SELECT'), "
+                "has_table_privilege('api_keys', 'SELECT'), "
+                "has_table_privilege('degraded_decisions', 'INSERT'), "
+                "has_table_privilege('fraud_predictions', 'INSERT'), "
+                "has_table_privilege('api_keys', 'UPDATE'), "
+                "has_table_privilege('labels', 'SELECT')"
+            ).fetchone()
+        assert privileges == (True, True, True, False, False, False)
     finally:
         bus.admin_client(settings.kafka).delete_topics(settings.kafka.topics.all())
 

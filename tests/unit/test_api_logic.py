@@ -6,10 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from fraudstream.config import Settings, load_settings
 from fraudstream.stack import ServiceError
 from fraudstream.stack.pipeline import pipeline_services
+from fraudstream.stack.postgres import api_password_file
+from fraudstream.store.db import api_conninfo
+from fraudstream.store.roles import API_ROLE
 
 
 def _settings(tmp_path: Path, **overrides: str) -> Settings:
@@ -31,3 +35,16 @@ def test_up_refuses_an_api_beyond_loopback_before_starting_anything(tmp_path: Pa
     api = next(s for s in pipeline_services(settings, {}) if s.name == "api")
     with pytest.raises(ServiceError, match=r"^cannot start api: api.host is 0.0.0.0.*tls_certfile"):
         api.preflight()
+
+
+def test_the_api_connects_as_its_own_user(tmp_path: Path) -> None:
+    managed = _settings(tmp_path, **{"database.password": "owner"})
+    params = conninfo_to_dict(api_conninfo(managed))
+    assert params["user"] == API_ROLE
+    assert params["password"] == api_password_file(managed).read_text().strip() != "owner"
+    assert api_password_file(managed).stat().st_mode & 0o777 == 0o600
+    external = "postgresql://owner:pw@db/fraudstream"
+    assert api_conninfo(_settings(tmp_path, **{"database.url": external})) == external
+    own = "postgresql://fraudstream_api:pw@db/fraudstream"
+    both = _settings(tmp_path, **{"database.url": external, "api.database_url": own})
+    assert api_conninfo(both) == own

@@ -57,6 +57,7 @@ def create(
     from fraudstream.api.keys import ApiKeyError, create_key
     from fraudstream.store.db import connect
 
+    # The owner's connection, here and in revoke: the API's own user may only read keys.
     with connect(settings_of(ctx)) as conn:
         try:
             record, token = create_key(conn, name)

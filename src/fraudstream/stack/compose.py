@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from psycopg.conninfo import conninfo_to_dict
+from pydantic import SecretStr
 
 from fraudstream import bus
 from fraudstream.config import Settings
@@ -26,7 +27,7 @@ from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.stack.process import PidRecord, ServiceError
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
-from fraudstream.store.roles import DASHBOARD_ROLE, ensure_dashboard_role
+from fraudstream.store.roles import API_ROLE, DASHBOARD_ROLE, ensure_api_role, ensure_dashboard_role
 
 __all__ = ["ServiceStatus", "Stack", "UpReport"]
 
@@ -116,10 +117,13 @@ class Stack:
                 progress(f"starting {service.name} on {service.address}")
                 service.start()
                 report.started.append(service.name)
-            password = (
-                self.database.dashboard_password() if self.settings.database.managed else None
-            )
-            self.prepare(report, progress, dashboard_password=password, train=bool(self.pipeline))
+            managed = self.settings.database.managed
+            self.prepare(
+                report, progress,
+                dashboard_password=self.database.dashboard_password() if managed else None,
+                api_password=self.database.api_password() if managed else None,
+                train=bool(self.pipeline),
+            )  # fmt: skip
             if self.pipeline:
                 self._start_pipeline(report, progress)
                 if any(service.name == "api" for service in self.pipeline):
@@ -132,12 +136,13 @@ class Stack:
         progress: Callable[[str], None] = lambda _message: None,
         *,
         dashboard_password: str | None,
+        api_password: str | None = None,
         train: bool = True,
     ) -> UpReport:
         """Ready the configured broker and database (managed or external) for the pipeline:
-        topics, schema, the dashboard's database user (given its password) and, with
-        ``train``, a first model if none is current. What `up` does once its services run;
-        all that `fraudstream init` does."""
+        topics, schema, the dashboard's and the decision API's database users (given their
+        passwords) and, with ``train``, a first model if none is current. What `up` does once
+        its services run; all that `fraudstream init` does."""
         progress("checking the broker and creating topics")
         if not bus.ping(self.settings.kafka, timeout_s=self.settings.start_timeout_s):
             raise ServiceError(
@@ -149,6 +154,8 @@ class Stack:
             report.migrations_applied = [m.version for m in migrations.migrate(conn)]
             if dashboard_password is not None:
                 ensure_dashboard_role(conn, dashboard_password)
+            if api_password is not None:
+                ensure_api_role(conn, api_password)
         if train:
             from fraudstream.clock import SystemClock
             from fraudstream.model.bootstrap import ensure_model
@@ -164,16 +171,15 @@ class Stack:
         when that URL names another user, or no password: that user is the operator's)."""
         if self.settings.database.managed:
             return self.database.dashboard_password()
-        if self.settings.dashboard.database_url is None:
-            return None
-        params = conninfo_to_dict(self.settings.dashboard.database_url.get_secret_value())
-        if params.get("user") != DASHBOARD_ROLE or not params.get("password"):
-            warn(
-                f"dashboard.database_url does not name user {DASHBOARD_ROLE} with a password: "
-                "that user is yours to create"
-            )
-            return None
-        return str(params["password"])
+        return _named_password(
+            "dashboard.database_url", self.settings.dashboard.database_url, DASHBOARD_ROLE, warn
+        )
+
+    def api_role_password(self, warn: Callable[[str], None] = lambda _message: None) -> str | None:
+        """The same for the decision API's user: the managed server's, or api.database_url's."""
+        if self.settings.database.managed:
+            return self.database.api_password()
+        return _named_password("api.database_url", self.settings.api.database_url, API_ROLE, warn)
 
     def _active_api_keys(self) -> int:
         from fraudstream.api.keys import list_keys
@@ -262,3 +268,16 @@ class Stack:
                 f"it was not created by fraudstream (no {_STATE_MARKER})"
             )
         shutil.rmtree(state)
+
+
+def _named_password(
+    setting: str, url: SecretStr | None, role: str, warn: Callable[[str], None]
+) -> str | None:
+    """The password of ``role`` in the connection URL ``setting``, when it names that role."""
+    if url is None:
+        return None
+    params = conninfo_to_dict(url.get_secret_value())
+    if params.get("user") != role or not params.get("password"):
+        warn(f"{setting} does not name user {role} with a password: that user is yours to create")
+        return None
+    return str(params["password"])

@@ -34,7 +34,13 @@ from fraudstream.stack.process import (
     wait_until,
 )
 
-__all__ = ["EmbeddedPostgres", "binaries_dir", "dashboard_password_file", "password_file"]
+__all__ = [
+    "EmbeddedPostgres",
+    "api_password_file",
+    "binaries_dir",
+    "dashboard_password_file",
+    "password_file",
+]
 
 
 def binaries_dir() -> Path:
@@ -55,6 +61,10 @@ def password_file(settings: Settings) -> Path:
 
 def dashboard_password_file(settings: Settings) -> Path:
     return settings.state_dir / "postgres" / "dashboard-password"
+
+
+def api_password_file(settings: Settings) -> Path:
+    return settings.state_dir / "postgres" / "api-password"
 
 
 class EmbeddedPostgres:
@@ -98,18 +108,24 @@ class EmbeddedPostgres:
 
     def dashboard_password(self) -> str:
         """The dashboard user's password, generated on first use and kept (mode 0600)."""
-        secret = dashboard_password_file(self.settings)
-        if not secret.exists():
-            secret.parent.mkdir(parents=True, exist_ok=True)
-            secret.touch(mode=0o600)
-            secret.write_text(secrets.token_urlsafe(24))
-        return secret.read_text().strip()
+        return _kept_secret(dashboard_password_file(self.settings))
 
     def dashboard_conninfo(self) -> str:
         from fraudstream.store.roles import DASHBOARD_ROLE
 
         return psycopg.conninfo.make_conninfo(
             self.conninfo(), user=DASHBOARD_ROLE, password=self.dashboard_password()
+        )
+
+    def api_password(self) -> str:
+        """The decision API user's password, generated on first use and kept (mode 0600)."""
+        return _kept_secret(api_password_file(self.settings))
+
+    def api_conninfo(self) -> str:
+        from fraudstream.store.roles import API_ROLE
+
+        return psycopg.conninfo.make_conninfo(
+            self.conninfo(), user=API_ROLE, password=self.api_password()
         )
 
     def conninfo(self, dbname: str | None = None) -> str:
@@ -245,6 +261,14 @@ class EmbeddedPostgres:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         for path in (self.home, bin_dir):
             _allow_traverse(path)
+
+
+def _kept_secret(path: Path) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
 
 
 def _allow_traverse(path: Path) -> None:

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import psycopg
+from pydantic import SecretStr
 
 from fraudstream.config import Settings
+
+if TYPE_CHECKING:
+    from fraudstream.stack.postgres import EmbeddedPostgres
 
 __all__ = ["api_conninfo", "connect", "conninfo", "dashboard_conninfo"]
 
@@ -22,21 +29,26 @@ def dashboard_conninfo(settings: Settings) -> str:
     """The dashboard's connection: its own restricted user where there is one (the managed
     server's, or ``dashboard.database_url``), else the engine's (an external database without
     a dashboard user; the System page says so)."""
-    if settings.dashboard.database_url is not None:
-        return settings.dashboard.database_url.get_secret_value()
+    return _own_user(settings, settings.dashboard.database_url, lambda pg: pg.dashboard_conninfo())
+
+
+def api_conninfo(settings: Settings) -> str:
+    """The decision API's connection: its own restricted user where there is one (the managed
+    server's, or ``api.database_url``), else the engine's (an external database without an
+    API user). Keys are created and revoked with ``connect``: the owner's."""
+    return _own_user(settings, settings.api.database_url, lambda pg: pg.api_conninfo())
+
+
+def _own_user(
+    settings: Settings, url: SecretStr | None, managed: Callable[[EmbeddedPostgres], str]
+) -> str:
+    if url is not None:
+        return url.get_secret_value()
     if settings.database.url is not None:
         return settings.database.url.get_secret_value()
     from fraudstream.stack.postgres import EmbeddedPostgres
 
-    return EmbeddedPostgres(settings).dashboard_conninfo()
-
-
-def api_conninfo(settings: Settings) -> str:
-    """The decision API's connection: ``api.database_url`` when set, else the configured
-    database's."""
-    if settings.api.database_url is not None:
-        return settings.api.database_url.get_secret_value()
-    return conninfo(settings)
+    return managed(EmbeddedPostgres(settings))
 
 
 def connect(

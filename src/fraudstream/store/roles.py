@@ -1,23 +1,60 @@
-"""The dashboard's own PostgreSQL user: it reads everything and may only add labels and
-review decisions, so a bug or a crafted input in the UI cannot change predictions."""
+"""The services' own PostgreSQL users, so that a bug or a crafted input in one cannot change
+what it has no business changing: the dashboard reads everything and may only add labels and
+review decisions; the decision API reads stored decisions and key digests and may only add
+degraded answers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-__all__ = ["DASHBOARD_ROLE", "ensure_dashboard_role"]
+__all__ = ["API_ROLE", "DASHBOARD_ROLE", "ensure_api_role", "ensure_dashboard_role"]
 
 DASHBOARD_ROLE = "fraudstream_dashboard"
+API_ROLE = "fraudstream_api"
 
 
 def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
-    """Create (or update) the role and grant it exactly its rights on the current database,
-    including tables that later migrations create. Idempotent; needs CREATEROLE."""
-    role = sql.Identifier(DASHBOARD_ROLE)
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (DASHBOARD_ROLE,))
+    """Create (or update) the dashboard's role and grant it exactly its rights on the current
+    database, including tables that later migrations create. Idempotent; needs CREATEROLE."""
+    _ensure_role(
+        conn,
+        DASHBOARD_ROLE,
+        password,
+        [
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
+            "GRANT INSERT ON labels, review_decisions TO {role}",
+            "GRANT USAGE ON SEQUENCE review_decisions_id_seq TO {role}",
+        ],
+    )
+
+
+def ensure_api_role(conn: psycopg.Connection[Any], password: str) -> None:
+    """Create (or update) the decision API's role and grant it exactly its rights on the
+    current database: the stored decisions (replays) and the keys, read; degraded answers,
+    added. Idempotent; needs CREATEROLE and the schema at version 7 or later."""
+    _ensure_role(
+        conn,
+        API_ROLE,
+        password,
+        [
+            "GRANT SELECT ON fraud_predictions, api_keys TO {role}",
+            "GRANT INSERT ON degraded_decisions TO {role}",
+            # ON CONFLICT (tx_id) reads the arbiter's column: that column, not the rows.
+            "GRANT SELECT (tx_id) ON degraded_decisions TO {role}",
+        ],
+    )
+
+
+def _ensure_role(
+    conn: psycopg.Connection[Any], name: str, password: str, grants: Sequence[str]
+) -> None:
+    role = sql.Identifier(name)
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
     verb = sql.SQL("ALTER") if exists.fetchone() else sql.SQL("CREATE")
     # Utility statements take no bind parameters: the password goes in as a quoted literal.
     conn.execute(
@@ -30,10 +67,7 @@ def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
     for statement in (
         "GRANT CONNECT ON DATABASE {database} TO {role}",
         "GRANT USAGE ON SCHEMA public TO {role}",
-        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
-        "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
-        "GRANT INSERT ON labels, review_decisions TO {role}",
-        "GRANT USAGE ON SEQUENCE review_decisions_id_seq TO {role}",
+        *grants,
     ):
         conn.execute(
             sql.SQL(statement).format(role=role, database=sql.Identifier(str(database[0])))
