@@ -79,7 +79,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 USER 10001:10001
 WORKDIR /var/lib/fraudstream
-EXPOSE 8501 4040
+EXPOSE 8501 8000 4040
 
 ENTRYPOINT ["fraudstream"]
 CMD ["--help"]

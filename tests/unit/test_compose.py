@@ -14,9 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 from ruamel.yaml import YAML
 
-from fraudstream.config import ENV_PREFIX, KafkaSettings, env_name, load_settings, setting_paths
+from fraudstream.api.server import listening_problem
+from fraudstream.config import (
+    ENV_PREFIX,
+    KafkaSettings,
+    Settings,
+    env_name,
+    load_settings,
+    setting_paths,
+)
+from fraudstream.store.roles import API_ROLE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -28,10 +38,11 @@ USER_ENV = {
     "POSTGRES_PASSWORD": "pg0password",
     "DASHBOARD_DB_PASSWORD": "db0password",
     "DASHBOARD_PASSWORD": "ui0password",
+    "API_DB_PASSWORD": "api0password",
 }
 ENGINES = ("local", "spark")
 NOT_SETTINGS = {"SPARK_LOCAL_IP"}  # read by Spark itself (where its UI listens)
-LONG_RUNNING = {"kafka", "postgres", "engine", "simulator", "dashboard"}
+LONG_RUNNING = {"kafka", "postgres", "engine", "simulator", "dashboard", "api"}
 
 
 def _tool(name: str) -> str:
@@ -172,7 +183,7 @@ def test_the_image_runs_the_cli_as_an_unprivileged_user() -> None:
 def test_the_services_start_in_order_and_report_health() -> None:
     config = _compose()
     services = config["services"]
-    assert {"kafka", "postgres", "init", "engine", "simulator", "dashboard"} <= set(services)
+    assert {"kafka", "postgres", "init", "engine", "simulator", "dashboard", "api"} <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:4.")
     assert services["kafka"]["image"] == f"apache/kafka:{KafkaSettings().version}", (
         "the container runs the Kafka release the native stack runs"
@@ -187,7 +198,7 @@ def test_the_services_start_in_order_and_report_health() -> None:
             assert needed in services, f"{name} depends on unknown {needed}"
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in services[needed], f"{name} waits for {needed}'s health"
-    for name in ("engine", "simulator", "dashboard"):
+    for name in ("engine", "simulator", "dashboard", "api"):
         depends = services[name]["depends_on"]
         assert depends["init"]["condition"] == "service_completed_successfully", name
     published = {  # host ports, the first of a range
@@ -195,7 +206,7 @@ def test_the_services_start_in_order_and_report_health() -> None:
         for service in services.values()
         for port in service.get("ports", [])
     }
-    assert {"9092", "5432", "8501", "4040"} <= published
+    assert {"9092", "5432", "8501", "4040", "8000"} <= published
     declared = set(config["volumes"])
     for service in services.values():
         for volume in service.get("volumes", []):
@@ -252,15 +263,39 @@ def test_containers_set_only_settings_the_settings_tree_accepts(
         others = set(environment) - set(settings_env)
         assert others <= NOT_SETTINGS, f"{name} sets {others - NOT_SETTINGS}"
         # …and their values are valid: the container's settings load.
-        with monkeypatch.context() as patch:
-            for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
-                patch.delenv(key)
-            for key, value in {**image_env, **settings_env}.items():
-                patch.setenv(key, value)
-            settings = load_settings()
+        settings = _container_settings({**image_env, **settings_env}, monkeypatch)
         assert not settings.kafka.managed and not settings.database.managed, name
         assert str(settings.state_dir) == "/var/lib/fraudstream"
         assert settings.models_dir == Path("/var/lib/fraudstream/models")
+
+
+def _container_settings(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    with monkeypatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            patch.delenv(key)
+        for key, value in environment.items():
+            patch.setenv(key, value)
+        return load_settings()
+
+
+def test_the_api_is_reached_only_through_the_hosts_loopback_as_its_own_user(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    service = _ours(_compose())["api"]
+    assert service["command"] == ["api"]
+    environment = {key: str(value) for key, value in service["environment"].items()}
+    image_env = {k: v for k, v in _image_env().items() if k.startswith(ENV_PREFIX)}
+    settings = _container_settings({**image_env, **environment}, monkeypatch)
+    # It listens beyond the container's loopback, which it refuses without TLS unless told
+    # a proxy terminates TLS in front; the host publishes the plain port on loopback only.
+    assert not settings.api.loopback and settings.api.insecure_beyond_loopback
+    assert listening_problem(settings.api) is None
+    assert service["ports"] == [f"127.0.0.1:8000:{settings.api.port}"]
+    assert settings.api.database_url is not None
+    user = conninfo_to_dict(settings.api.database_url.get_secret_value())["user"]
+    assert user == API_ROLE
+    exposed = [a for instruction, a in _dockerfile_instructions() if instruction == "EXPOSE"]
+    assert str(settings.api.port) in " ".join(exposed).split()
 
 
 def test_the_env_example_names_every_variable_and_only_known_settings() -> None:

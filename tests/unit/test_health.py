@@ -13,10 +13,14 @@ from fraudstream.stack.health import probe
 
 
 class _Streamlit(BaseHTTPRequestHandler):
+    """Streamlit's health endpoint, and the decision API's."""
+
     answer = (200, b"ok")
+    api_answer = (200, b'{"status":"ok","degraded_answers":0,"undelivered":0}')
 
     def do_GET(self) -> None:
-        status, body = self.answer if self.path == "/_stcore/health" else (404, b"")
+        paths = {"/_stcore/health": self.answer, "/v1/health": self.api_answer}
+        status, body = paths.get(self.path, (404, b""))
         self.send_response(status)
         self.end_headers()
         self.wfile.write(body)
@@ -63,6 +67,20 @@ def test_a_failing_or_absent_dashboard_is_not(
     assert not probe(_settings(port), "dashboard").ok
 
 
+def test_a_decision_api_that_says_ok_is_healthy_and_one_starting_is_not(
+    server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = str(server.server_address[1])
+    settings = load_settings(overrides={"api.port": port})
+    result = probe(settings, "api")
+    assert result.ok and result.detail.endswith(f"127.0.0.1:{port}/v1/health")
+    monkeypatch.setattr(_Streamlit, "api_answer", (200, b'{"status":"starting"}'))
+    assert not probe(settings, "api").ok
+    server.shutdown()
+    server.server_close()
+    assert "does not answer" in probe(settings, "api").detail
+
+
 def test_an_unknown_service_is_refused() -> None:
-    with pytest.raises(ValueError, match="choose from kafka, postgres, engine, dashboard"):
+    with pytest.raises(ValueError, match="choose from kafka, postgres, engine, dashboard, api"):
         probe(load_settings(), "zookeeper")

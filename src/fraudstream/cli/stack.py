@@ -207,7 +207,7 @@ def init(ctx: typer.Context) -> None:
 
 def health(
     ctx: typer.Context,
-    service: Annotated[str, typer.Argument(help="kafka, postgres, engine or dashboard.")],
+    service: Annotated[str, typer.Argument(help="kafka, postgres, engine, dashboard or api.")],
     max_age: Annotated[
         float | None,
         typer.Option(
@@ -218,7 +218,7 @@ def health(
 ) -> None:
     """Exit 0 when SERVICE does its job as seen from here (container health checks): the
     broker or database answers, an engine of this host reported its status recently, the
-    dashboard answers its health endpoint."""
+    dashboard or the decision API answers its health endpoint."""
     from fraudstream.stack.health import SERVICES, probe
 
     if service not in SERVICES:
