@@ -3,17 +3,28 @@ fallback policy, the rate limit, the listening rule, keys and decoder messages."
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from fraudstream.config import Settings, load_settings
+from fraudstream.api.app import create_app
+from fraudstream.config import ENV_PREFIX, Settings, load_settings
 from fraudstream.stack import ServiceError
 from fraudstream.stack.pipeline import pipeline_services
 from fraudstream.stack.postgres import api_password_file
 from fraudstream.store.db import api_conninfo
 from fraudstream.store.roles import API_ROLE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [key for key in os.environ if key.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(key)
 
 
 def _settings(tmp_path: Path, **overrides: str) -> Settings:
@@ -48,3 +59,12 @@ def test_the_api_connects_as_its_own_user(tmp_path: Path) -> None:
     own = "postgresql://fraudstream_api:pw@db/fraudstream"
     both = _settings(tmp_path, **{"database.url": external, "api.database_url": own})
     assert api_conninfo(both) == own
+
+
+def test_the_committed_openapi_document_is_the_apps() -> None:
+    document = json.dumps(create_app(load_settings()).openapi(), indent=2, sort_keys=True) + "\n"
+    committed = (ROOT / "docs" / "openapi.json").read_text()
+    assert committed == document, (
+        "docs/openapi.json is not what the API serves: regenerate it with "
+        "`python -m fraudstream api --openapi docs/openapi.json`"
+    )
