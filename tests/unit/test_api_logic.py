@@ -3,20 +3,41 @@ fallback policy, the rate limit, the listening rule, keys and decoder messages."
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
 from fraudstream.api.app import create_app
-from fraudstream.config import ENV_PREFIX, Settings, load_settings
+from fraudstream.api.bridge import CardSnapshot
+from fraudstream.api.decisions import _field_and_rule
+from fraudstream.api.fallback import Fallback, fallback_decision
+from fraudstream.api.keys import KEY_PREFIX, KeyRing
+from fraudstream.api.limits import RateLimiter
+from fraudstream.api.server import listening_problem
+from fraudstream.bus.replies import verdict_status
+from fraudstream.config import ENV_PREFIX, ApiSettings, Settings, SettingsError, load_settings
+from fraudstream.engines.step import duplicate_reason
+from fraudstream.features import FEATURE_NAMES
+from fraudstream.policy import RuleSet, decide, default_rules, rules_fired
+from fraudstream.records import StoredId
+from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.stack import ServiceError
 from fraudstream.stack.pipeline import pipeline_services
 from fraudstream.stack.postgres import api_password_file
 from fraudstream.store.db import api_conninfo
 from fraudstream.store.roles import API_ROLE
+
+from ..conftest import overrides_env, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +89,311 @@ def test_the_committed_openapi_document_is_the_apps() -> None:
         "docs/openapi.json is not what the API serves: regenerate it with "
         "`python -m fraudstream api --openapi docs/openapi.json`"
     )
+
+
+# --- rules on one row: policy.rules_fired against policy.decide -----------------------------
+
+_FEATURES = ["amount", "card_tx_count_1h", "card_terminal_speed", "terminal_risk_1d_delayed"]
+_TERMINALS = ["T1", "T2", "T3"]
+_CARDS = ["c1", "c2", "c3"]
+_limits = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
+_conditions = st.builds(
+    lambda feature, side, limit: {"feature": feature, side: limit},
+    st.sampled_from(_FEATURES),
+    st.sampled_from(["above", "below"]),
+    _limits,
+)
+_triggers = st.one_of(
+    _conditions.map(lambda when: {"when": when}),
+    st.lists(st.sampled_from(_TERMINALS), max_size=2).map(lambda ids: {"terminals": ids}),
+    st.lists(st.sampled_from(_CARDS), max_size=2).map(lambda ids: {"cards": ids}),
+)
+_rule_sets = st.lists(
+    st.tuples(_triggers, st.sampled_from(["review", "decline"]), st.booleans()), max_size=6
+).map(
+    lambda rules: RuleSet.model_validate(
+        {
+            "version": "p1",
+            "rule": [
+                {"name": f"r{i}", "action": action, "enabled": enabled, **trigger}
+                for i, (trigger, action, enabled) in enumerate(rules)
+            ],
+        }
+    )
+)
+_values = st.one_of(st.just(math.nan), st.floats(allow_nan=True), _limits)
+_rows = st.tuples(
+    st.dictionaries(st.sampled_from(_FEATURES), _values),  # an absent feature is NaN
+    st.sampled_from(_TERMINALS),
+    st.sampled_from(_CARDS),
+)
+
+
+@given(rules=_rule_sets, rows=st.lists(_rows, min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_rules_fired_agrees_with_decide(
+    rules: RuleSet, rows: list[tuple[dict[str, float], str, str]]
+) -> None:
+    frame = pd.DataFrame(
+        [{name: values.get(name, math.nan) for name in FEATURE_NAMES} for values, _, _ in rows]
+    )
+    batch = decide(
+        np.zeros(len(rows)), frame,
+        np.array([terminal for _, terminal, _ in rows], dtype=object),
+        np.array([card for _, _, card in rows], dtype=object),
+        {"review": 2.0, "decline": 3.0}, rules,  # no score reaches a threshold: rules only
+    )  # fmt: skip
+    severity = {"review": 1, "decline": 2}
+    for index, (values, terminal, card) in enumerate(rows):
+        fired = rules_fired(rules, values, terminal, card)
+        assert [name for name, _ in fired] == batch.rule_hits[index]
+        strongest = max((severity[action] for _, action in fired), default=0)
+        assert ["approve", "review", "decline"][strongest] == batch.decision[index]
+
+
+# --- the fallback policy ------------------------------------------------------------------
+
+WHY = "the engine did not decide within 50 ms"
+AS_OF = datetime(2026, 12, 3, 9, 0, tzinfo=timezone.utc)
+
+
+def _record(amount: float = 42.5, **fields: object) -> Transaction:
+    values: dict[str, object] = {
+        "tx_id": "t-1", "event_time": datetime(2026, 12, 3, 10, 15, tzinfo=timezone.utc),
+        "card_id": "card-42", "terminal_id": "term-7", "amount": amount, **fields,
+    }  # fmt: skip
+    return Transaction(**values)  # type: ignore[arg-type]
+
+
+def _snapshot(**features: float) -> CardSnapshot:
+    """A card's last seen vector: another transaction's (small amount, daytime, a risky
+    terminal) unless told otherwise."""
+    vector = dict.fromkeys(FEATURE_NAMES, 0.0)
+    vector.update({"amount": 5.0, "hour": 14.0, "terminal_risk_1d_delayed": 0.9, **features})
+    return CardSnapshot([vector[name] for name in FEATURE_NAMES], AS_OF)
+
+
+def _rules(*rules: dict[str, object]) -> RuleSet:
+    return RuleSet.model_validate({"version": "t1", "rule": list(rules)})
+
+
+def _fallback(
+    record: Transaction, card: CardSnapshot | None = None, rules: RuleSet | None = None
+) -> Fallback:
+    return fallback_decision(record, card, rules or default_rules(), floor_amount=100.0, why=WHY)
+
+
+def test_the_floor_approves_small_amounts_and_reviews_larger_ones() -> None:
+    small = _fallback(_record(100.0))
+    assert (small.decision, small.rule_hits, small.reasons[0]) == ("approve", [], WHY)
+    large = _fallback(_record(100.01))
+    assert large.decision == "review" and large.rule_hits == []
+    assert "amount 100.01 is above the fallback floor 100.00" in large.reasons
+
+
+@pytest.mark.parametrize("with_card", [False, True])
+def test_a_decline_rule_wins_over_the_floor_with_or_without_the_cards_state(
+    with_card: bool,
+) -> None:
+    # The card's last transaction was small: the rule sees this request's amount.
+    answer = _fallback(_record(20_000.0), _snapshot() if with_card else None)
+    assert answer.decision == "decline" and answer.rule_hits == ["amount_over_limit"]
+    assert "rule amount_over_limit fired" in answer.reasons
+
+
+def test_the_cards_last_seen_state_is_used_and_said_to_be_stale() -> None:
+    answer = _fallback(_record(), _snapshot(card_tx_count_1h=9.0))
+    assert answer.decision == "review" and answer.rule_hits == ["card_velocity_1h"]
+    assert answer.stale == [f"card_state as of {AS_OF.isoformat()}"]
+    assert answer.missing == ["model_score", "terminal_risk"]
+
+
+def test_without_the_cards_state_card_rules_are_not_evaluated_and_it_is_missing() -> None:
+    answer = _fallback(_record())
+    assert answer.decision == "approve" and answer.stale == []
+    assert answer.missing == ["card_state", "model_score", "terminal_risk"]
+    assert "no recent state of this card at hand: card rules not evaluated" in answer.reasons
+
+
+def test_terminal_features_are_never_taken_from_the_stale_vector() -> None:
+    risky = _rules(
+        {"name": "risky_terminal", "action": "decline",
+         "when": {"feature": "terminal_risk_1d_delayed", "above": 0.5}},
+    )  # fmt: skip
+    answer = _fallback(_record(), _snapshot(terminal_risk_1d_delayed=0.9), risky)
+    assert answer.decision == "approve" and answer.rule_hits == []
+
+
+def test_the_time_of_day_is_the_requests_in_utc_not_the_stale_vectors() -> None:
+    night = _rules(
+        {"name": "night", "action": "review", "when": {"feature": "is_night", "above": 0.5}}
+    )
+    # 23:30 at UTC-3 is 02:30 UTC: night by the features' definition (UTC hours).
+    late = datetime(2026, 12, 2, 23, 30, tzinfo=timezone(timedelta(hours=-3)))
+    answer = _fallback(_record(event_time=late), _snapshot(is_night=0.0), night)
+    assert answer.rule_hits == ["night"]
+
+
+def test_list_rules_fire_on_the_requests_terminal_and_card() -> None:
+    lists = _rules(
+        {"name": "blocked_terminal", "action": "decline", "terminals": ["term-7"]},
+        {"name": "watched_card", "action": "review", "cards": ["card-42"]},
+    )
+    answer = _fallback(_record(), None, lists)
+    assert answer.decision == "decline"
+    assert answer.rule_hits == ["blocked_terminal", "watched_card"]
+
+
+# --- the rate limit -----------------------------------------------------------------------
+
+
+def test_a_key_gets_its_burst_then_waits_for_tokens() -> None:
+    limiter = RateLimiter(rate=10.0, burst=3)
+    assert [limiter.allow("checkout", now=100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.allow("checkout", now=100.0) == pytest.approx(0.1)  # one token: 1/10 s
+    assert limiter.allow("checkout", now=100.05) == pytest.approx(0.05)  # half refilled
+    assert limiter.allow("refunds", now=100.05) == 0.0  # every key has its own bucket
+
+
+def test_tokens_refill_over_time_up_to_the_burst() -> None:
+    limiter = RateLimiter(rate=10.0, burst=3)
+    for _ in range(3):
+        limiter.allow("checkout", now=0.0)
+    assert limiter.allow("checkout", now=0.1) == 0.0  # 0.1 s: one token back
+    assert limiter.allow("checkout", now=0.1) > 0
+    later = [limiter.allow("checkout", now=60.0) for _ in range(4)]  # a minute: 3, not 600
+    assert later[:3] == [0.0, 0.0, 0.0] and later[3] == pytest.approx(0.1)
+
+
+# --- where the API may listen -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_loopback_needs_nothing(host: str) -> None:
+    assert listening_problem(ApiSettings(host=host)) is None
+
+
+def test_beyond_loopback_needs_tls_or_the_insecure_flag() -> None:
+    problem = listening_problem(ApiSettings(host="0.0.0.0"))
+    assert problem is not None and problem.startswith("api.host is 0.0.0.0, not loopback")
+    for named in ("api.tls_certfile", "api.tls_keyfile", "FRAUDSTREAM_API__TLS_CERTFILE"):
+        assert named in problem
+    assert "api.insecure_beyond_loopback=true" in problem
+    tls = ApiSettings(host="0.0.0.0", tls_certfile=Path("c.pem"), tls_keyfile=Path("k.pem"))
+    assert listening_problem(tls) is None
+    assert listening_problem(ApiSettings(host="0.0.0.0", insecure_beyond_loopback=True)) is None
+
+
+@pytest.mark.parametrize("given_key", ["api.tls_certfile", "api.tls_keyfile"])
+def test_half_a_tls_pair_is_refused(given_key: str) -> None:
+    with pytest.raises(SettingsError, match=r"api\.tls_certfile and api\.tls_keyfile go together"):
+        load_settings(overrides={given_key: "/etc/fraudstream/tls.pem"})
+
+
+def test_the_api_command_refuses_a_host_beyond_loopback_with_exit_2(tmp_path: Path) -> None:
+    env = overrides_env({"state_dir": str(tmp_path)})
+    result = run_cli("--set", "api.host=0.0.0.0", "api", env=env, timeout=60)
+    assert result.returncode == 2
+    assert "api.host is 0.0.0.0, not loopback" in result.stderr
+    assert "api.tls_certfile" in result.stderr and "Traceback" not in result.stderr
+
+
+# --- 422: the field and the rule from the decoder's own messages --------------------------
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc)
+BODY = {
+    "tx_id": "t-1", "event_time": "2026-12-03T10:15:00Z", "card_id": "card-42",
+    "terminal_id": "term-7", "amount": 42.5,
+}  # fmt: skip
+
+
+def _reason(payload: bytes) -> str:
+    decoded = decode_transaction(payload, now=NOW)
+    assert isinstance(decoded, Invalid), decoded
+    return decoded.reason
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "rule"),
+    [
+        ({"amount": "42"}, "amount", "Expected `float`, got `str`"),
+        ({"amount": -1}, "amount", "Expected `float` >= 0.0"),
+        ({"card_id": ...}, "card_id", "Object missing required field `card_id`"),
+        ({"colour": "red"}, "colour", "Object contains unknown field `colour`"),
+        ({"card_id": "ca\x00rd"}, "card_id", "card_id contains a NUL character"),
+        ({"event_time": "yesterday"}, "event_time", "Invalid RFC3339 encoded datetime"),
+        ({"event_time": "2027-01-01T00:00:00Z"}, "event_time", "event_time 2027-01-01T00:00"),
+        ({"tx_id": "x" * 200}, "tx_id", "Expected `str` of length <= 128"),
+    ],
+)
+def test_a_decoder_message_names_the_field_and_the_rule(
+    changes: dict[str, object], field: str, rule: str
+) -> None:
+    body = {k: v for k, v in {**BODY, **changes}.items() if v is not ...}
+    found_field, found_rule = _field_and_rule(_reason(json.dumps(body).encode()))
+    assert found_field == field
+    assert found_rule.startswith(rule)
+    assert not found_rule.startswith("invalid transaction")  # the prefix is the API's status
+
+
+@pytest.mark.parametrize("payload", [b"{not json", b"", b"[]"])
+def test_a_body_that_is_no_object_names_no_field(payload: bytes) -> None:
+    found_field, found_rule = _field_and_rule(_reason(payload))
+    assert found_field is None and found_rule
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+class _Keys:
+    """A connection factory whose SELECT answers the active keys' (digest, name) rows."""
+
+    def __init__(self, *active: tuple[str, str]) -> None:
+        self.rows = [(hashlib.sha256(t.encode()).digest(), name) for t, name in active]
+
+    def __call__(self) -> _Keys:
+        return self
+
+    def __enter__(self) -> _Keys:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+    def execute(self, _query: str) -> _Keys:
+        return self
+
+    def fetchall(self) -> list[tuple[bytes, str]]:
+        return list(self.rows)
+
+
+def test_a_key_is_known_by_its_digest_until_it_is_revoked() -> None:
+    checkout, refunds = KEY_PREFIX + "a" * 43, KEY_PREFIX + "b" * 43
+    database = _Keys((checkout, "checkout"), (refunds, "refunds"))
+    ring = KeyRing(database)
+    ring.reload()
+    assert ring.name_of(checkout) == "checkout" and ring.name_of(refunds) == "refunds"
+    assert ring.name_of(KEY_PREFIX + "c" * 43) is None  # unknown
+    assert ring.name_of(None) is None and ring.name_of("") is None
+    database.rows = database.rows[1:]  # checkout revoked: no longer among the active rows
+    ring.reload()
+    assert ring.name_of(checkout) is None and ring.name_of(refunds) == "refunds"
+
+
+def test_a_token_without_the_prefix_is_refused_even_if_its_digest_is_held() -> None:
+    ring = KeyRing(_Keys(("a" * 47, "odd")))
+    ring.reload()
+    assert ring.name_of("a" * 47) is None
+
+
+# --- verdicts of dead-lettered requests ----------------------------------------------------
+
+
+def test_a_dead_letter_reason_is_a_verdict_status() -> None:
+    stored = StoredId(content_hash=7, partition=0, offset=3)
+    replay = duplicate_reason("t-1", 7, 1, 9, stored)
+    conflict = duplicate_reason("t-1", 8, 1, 9, stored)
+    assert replay is not None and conflict is not None
+    assert verdict_status(replay) == "replay"
+    assert verdict_status(conflict) == "conflict"
+    assert verdict_status(_reason(b"{not json")) == "rejected"

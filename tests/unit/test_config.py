@@ -26,6 +26,7 @@ def test_defaults_describe_a_managed_local_stack() -> None:
         "alerts",
         "transactions.dlq",
         "labels.dlq",
+        "decisions",
     ]
     assert settings.state_dir.is_absolute()
 

@@ -45,10 +45,6 @@ def fallback_decision(
     why: str,
 ) -> Fallback:
     values: dict[str, float] = dict.fromkeys(FEATURE_NAMES, math.nan)
-    values["amount"] = record.amount
-    utc = record.event_time.astimezone(timezone.utc)  # as features.pipeline.calendar_features
-    values.update(hour=utc.hour, is_night=float(utc.hour < NIGHT_HOURS))
-    values["is_weekend"] = float(utc.weekday() >= 5)
     stale, missing = [], ["model_score", "terminal_risk"]
     if card is not None:
         values.update(zip(FEATURE_NAMES, card.features, strict=False))
@@ -57,6 +53,11 @@ def fallback_decision(
         stale.append(f"card_state as of {card.as_of.isoformat()}")
     else:
         missing.insert(0, "card_state")
+    # This transaction's own values, over the card vector's (those are its last one's).
+    values["amount"] = record.amount
+    utc = record.event_time.astimezone(timezone.utc)  # as features.pipeline.calendar_features
+    values.update(hour=utc.hour, is_night=float(utc.hour < NIGHT_HOURS))
+    values["is_weekend"] = float(utc.weekday() >= 5)
     fired = rules_fired(rules, values, record.terminal_id, record.card_id)
     hits = [name for name, _action in fired]
     floor = "approve" if record.amount <= floor_amount else "review"
