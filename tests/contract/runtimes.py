@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import json
 import subprocess
 import threading
 import time
 import uuid
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import psycopg
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 
 from fraudstream import bus
 from fraudstream.clock import SystemClock
@@ -26,6 +30,7 @@ from fraudstream.model.scoring import Scorer
 from fraudstream.store.db import conninfo
 from fraudstream.testing import MemoryMessage, MemoryRuntime
 
+from ..api_kit import Client, create_key, start_api, stop_api, with_api
 from ..engine_kit import isolated, start_engine, stop_engine, wait_for
 from .conftest import Stream
 
@@ -216,6 +221,71 @@ def run_two_engines(stream: Stream, stack_settings: Settings, models: Path, log:
     stop_engine(first, log)
     assert isinstance(first, subprocess.Popen)
     return outcome_from_database(settings, crashes=1)
+
+
+def run_api(stream: Stream, stack_settings: Settings, models: Path, log: Path) -> Outcome:
+    """The stream again, into a topic of its own, with every transaction of one card in
+    twelve sent through ``POST /v1/decisions`` (one request at a time, in log order) and the
+    rest produced as they were: the rows must be the same as any other runtime's, and each
+    full answer the stored decision."""
+    settings = fresh_settings(
+        stream, stack_settings, models, batch_max_messages=400, snapshot_interval_s=0.5
+    )
+    run = uuid.uuid4().hex[:6]
+    topics = settings.kafka.topics.model_copy(update={"transactions": f"tx-api-{run}"})
+    kafka = settings.kafka.model_copy(update={"topics": topics})
+    bus.ensure_topics(kafka)
+    # A budget far above any step: this run is about what is answered, not how fast.
+    settings = with_api(settings.model_copy(update={"kafka": kafka}), budget_ms=5000)
+    key = create_key(settings, "contract")
+    engine, server = start_engine(settings, log), start_api(settings, log)
+    client = Client(settings.api.port, key)
+    producer = Producer(
+        {**kafka.client_config(), "linger.ms": 5, "message.max.bytes": kafka.max_message_bytes}
+    )
+    answers: dict[str, dict[str, object]] = {}
+    ordered = _in_event_order(stream.logs)
+    hostile = {h.value for h in stream.hostile}  # produced as they were: the DLQ's to judge
+    try:
+        for card, value in ordered:
+            if card is not None and zlib.crc32(card) % 12 == 0 and value not in hostile:
+                assert producer.flush(30) == 0  # the log keeps the order it was sent in
+                reply = client.post(value)
+                if reply.status == 200:
+                    answers[reply.body["tx_id"]] = reply.body
+                continue
+            producer.produce(topics.transactions, key=card, value=value)
+        assert producer.flush(60) == 0
+        wait_for(lambda: _done(settings, stream), 300, "the whole stream stored")
+    finally:
+        client.close()
+        stop_api(server)
+        stop_engine(engine, log)
+    outcome = outcome_from_database(settings)
+    full = {tx: a for tx, a in answers.items() if not a["degraded"]}
+    assert len(full) > 1000, len(full)  # the API's share of the stream
+    for tx_id, answer in full.items():
+        assert answer["score"] == outcome.rows.loc[tx_id, "score"], tx_id
+        assert answer["decision"] == outcome.rows.loc[tx_id, "decision"], tx_id
+    return outcome
+
+
+def _in_event_order(
+    logs: dict[int, list[tuple[bytes | None, bytes, int]]],
+) -> list[tuple[bytes | None, bytes]]:
+    """The partitions' messages merged as a live stream would interleave them: by event time
+    (a message without one goes with the one before it), each partition in log order."""
+
+    def keyed(partition: int) -> Iterator[tuple[str, int, int, bytes | None, bytes]]:
+        newest = ""
+        for offset, (key, value, _stamp) in enumerate(logs[partition]):
+            # A hostile message keeps its place after its predecessor.
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                newest = max(newest, str(json.loads(value)["event_time"]))
+            yield newest, partition, offset, key, value
+
+    merged = heapq.merge(*(keyed(p) for p in sorted(logs)))
+    return [(key, value) for _when, _p, _o, key, value in merged]
 
 
 def run_spark(stream: Stream, stack_settings: Settings, models: Path, root: Path) -> Outcome:

@@ -24,6 +24,7 @@ from fraudstream.features import FEATURE_NAMES
 from .conftest import Stream
 from .runtimes import (
     Outcome,
+    run_api,
     run_local,
     run_local_killed,
     run_memory,
@@ -42,6 +43,7 @@ RUNTIMES: dict[str, Runner] = {
     ),
     "local (kill -9 three times)": lambda s, st, m, log: run_local_killed(s, st, m, log, kills=3),
     "local (two engines, one killed)": run_two_engines,
+    "local + decision API (one card in twelve through POST /v1/decisions)": run_api,
     "spark (local[2], 4,000 offsets per micro-batch)": lambda s, st, m, log: run_spark(
         s, st, m, log.parent
     ),
