@@ -71,7 +71,8 @@ def create_key(conn: psycopg.Connection[Any], name: str) -> tuple[ApiKey, str]:
     except psycopg.errors.UniqueViolation:
         conn.rollback()
         raise ApiKeyError(
-            f"a key named {name!r} exists already (revoke it or pick another name)"
+            f"a key named {name!r} exists already, perhaps revoked: names are never reused "
+            "(`fraudstream api-keys list` shows them), pick another"
         ) from None
     conn.commit()
     assert row is not None
