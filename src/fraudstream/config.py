@@ -356,6 +356,9 @@ class ApiSettings(_Section):
         "answers); the managed server provides one.",
     )
     workers: int = Field(default=1, ge=1, le=64, description="Server processes.")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        default="warning", description="The HTTP server's log level (no access log)."
+    )
 
     @property
     def loopback(self) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import uvicorn
 from fastapi import FastAPI
 
@@ -41,7 +39,7 @@ def serve(settings: Settings) -> None:
         tls = {"ssl_certfile": str(api.tls_certfile), "ssl_keyfile": str(api.tls_keyfile)}
     common = {
         "host": api.host, "port": api.port, "loop": "uvloop", "http": "httptools",
-        "access_log": False, "log_level": os.environ.get("FRAUDSTREAM_API_LOG_LEVEL", "warning"),
+        "access_log": False, "log_level": api.log_level,
         "timeout_graceful_shutdown": 10, "proxy_headers": False, **tls,
     }  # fmt: skip
     if api.workers == 1:
