@@ -38,7 +38,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("fraudstream.api")
 
-_MAX_BODY = 4 * MAX_MESSAGE_BYTES  # read no further: the decoder refuses anything over the limit
+_MAX_BODY = MAX_MESSAGE_BYTES  # what the stream's decoder accepts; read no further
 _STORED = """
 SELECT tx_id, decision, score, rule_hits, reasons, model_version, rules_version, content_hash,
        scored_at
@@ -74,7 +74,7 @@ class _Database:
                     self._conn = self.connect()
                 with self._conn.cursor(row_factory=dict_row) as cursor:
                     return cursor.execute(_STORED, (tx_id,)).fetchone()
-            except psycopg.OperationalError as error:
+            except Exception as error:  # unreachable or refusing: the request degrades
                 log.warning("reading a stored decision: %s", error)
                 self._conn = None
                 return None
@@ -107,6 +107,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         database = _Database(settings)
         keys = KeyRing(database.connect)
         await asyncio.to_thread(keys.reload)
+        keys.start()
         bridge = DecisionBridge(settings.kafka, asyncio.get_running_loop())
         await asyncio.to_thread(bridge.start)
         recorder = DegradedRecorder(database.connect)
@@ -125,6 +126,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
         try:
             yield
         finally:
+            keys.close()
             recorder.close()
             bridge.close()
             database.close()
@@ -154,7 +156,6 @@ def create_app(settings: Settings, clock: Clock | None = None) -> FastAPI:
     )
     async def decisions(request: Request) -> Response:
         keys: KeyRing = state["keys"]
-        keys.reload_if_due()
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         key_name = keys.name_of(token.strip()) if scheme.lower() == "bearer" else None
         if key_name is None:

@@ -51,7 +51,7 @@ class DecisionBridge:
         self.loop = loop
         self.name = f"api-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._name_bytes = self.name.encode()
-        self._waiting: dict[str, asyncio.Future[Verdict]] = {}
+        self._waiting: dict[str, tuple[int, asyncio.Future[Verdict]]] = {}  # tx_id → digest
         self.cards: OrderedDict[str, CardSnapshot] = OrderedDict()
         self.undelivered = 0
         self._stop = threading.Event()
@@ -106,14 +106,17 @@ class DecisionBridge:
 
     # --- requests ------------------------------------------------------------------------
 
-    def ask(self, tx_id: str, card_id: str, value: bytes) -> asyncio.Future[Verdict]:
+    def ask(
+        self, tx_id: str, digest: int, card_id: str, value: bytes
+    ) -> asyncio.Future[Verdict] | None:
         """Send a transaction for the owning engine to decide; the future gets its verdict.
-        A request for a tx_id already waiting here shares that future."""
+        A request for a tx_id already waiting here with the same content (``digest``) shares
+        its future; with other content it gets None: a conflict."""
         waiting = self._waiting.get(tx_id)
-        if waiting is not None and not waiting.done():
-            return waiting
+        if waiting is not None and not waiting[1].done():
+            return waiting[1] if waiting[0] == digest else None
         future: asyncio.Future[Verdict] = self.loop.create_future()
-        self._waiting[tx_id] = future
+        self._waiting[tx_id] = (digest, future)
         future.add_done_callback(lambda _f: self._forget(tx_id, future))
         while True:
             try:
@@ -126,7 +129,8 @@ class DecisionBridge:
                 self.producer.poll(0.005)
 
     def _forget(self, tx_id: str, future: asyncio.Future[Verdict]) -> None:
-        if self._waiting.get(tx_id) is future:
+        waiting = self._waiting.get(tx_id)
+        if waiting is not None and waiting[1] is future:
             del self._waiting[tx_id]
 
     def _delivered(self, error: KafkaError | None, _message: object) -> None:
@@ -164,9 +168,9 @@ class DecisionBridge:
             if verdict.status == "decided" and verdict.card_id and verdict.event_time:
                 features = [math.nan if v is None else v for v in verdict.features]
                 self._remember(verdict.card_id, CardSnapshot(features, verdict.event_time))
-            future = self._waiting.get(verdict.tx_id)
-            if future is not None and not future.done():
-                future.set_result(verdict)
+            waiting = self._waiting.get(verdict.tx_id)
+            if waiting is not None and not waiting[1].done():
+                waiting[1].set_result(verdict)
 
     def _remember(self, card_id: str, snapshot: CardSnapshot) -> None:
         known = self.cards.get(card_id)

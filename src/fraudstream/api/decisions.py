@@ -36,6 +36,7 @@ log = logging.getLogger("fraudstream.api")
 _ANSWERS_KEPT = 200_000  # recent answers by tx_id, for retries that come back here
 _FALLBACK_MARGIN_S = 0.004  # what the fallback and the response need, inside the budget
 _STORED_POLL_S = 0.002
+_ABANDON_AFTER_S = 60.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # replaced by the answer's time
 
 
@@ -113,12 +114,17 @@ class Decider:
                 raise Conflict(_conflict(record.tx_id))
             answer = msgspec.structs.replace(known[1], replayed=True)
             return self._finish(answer, started)
-        future = self.bridge.ask(record.tx_id, record.card_id, encode(record))
+        future = self.bridge.ask(record.tx_id, digest, record.card_id, encode(record))
+        if future is None:  # the same tx_id with other content is waiting here
+            raise Conflict(_conflict(record.tx_id))
         try:
             verdict = await asyncio.wait_for(
                 asyncio.shield(future), max(deadline - time.perf_counter(), 0)
             )
         except TimeoutError:
+            # A verdict may still come (and update the card's state here); after a minute
+            # nobody waits for it any more.
+            asyncio.get_running_loop().call_later(_ABANDON_AFTER_S, future.cancel)
             return self._finish(self._degraded(record), started, record, key_name)
         if verdict.status == "decided":
             answer = _from_verdict(verdict)

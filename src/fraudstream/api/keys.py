@@ -10,10 +10,10 @@ key stops working within ``RELOAD_EVERY_S``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import secrets
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,6 +30,8 @@ __all__ = [
     "list_keys",
     "revoke_key",
 ]
+
+log = logging.getLogger("fraudstream.api")
 
 KEY_PREFIX = "fsk_"
 RELOAD_EVERY_S = 5.0
@@ -100,14 +102,15 @@ def revoke_key(conn: psycopg.Connection[Any], name: str) -> ApiKey:
 
 
 class KeyRing:
-    """The active keys' digests, reloaded from PostgreSQL at most every ``RELOAD_EVERY_S``
-    (by whoever checks a key then; the check itself never waits for the database)."""
+    """The active keys' digests, reloaded from PostgreSQL every ``RELOAD_EVERY_S`` by a
+    thread of its own: checking a key never waits for the database (a reload that fails
+    keeps the last set)."""
 
     def __init__(self, connect: Any) -> None:
         self._connect = connect  # () -> psycopg.Connection
         self._active: dict[bytes, str] = {}
-        self._loaded_at = float("-inf")
-        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._reload_often, name="keys", daemon=True)
 
     def reload(self) -> None:
         with self._connect() as conn:
@@ -115,21 +118,20 @@ class KeyRing:
                 "SELECT key_sha256, name FROM api_keys WHERE revoked_at IS NULL"
             ).fetchall()
         self._active = {bytes(digest): name for digest, name in rows}
-        self._loaded_at = time.monotonic()
 
-    def due(self) -> bool:
-        return time.monotonic() - self._loaded_at >= RELOAD_EVERY_S
+    def start(self) -> None:
+        self._thread.start()
 
-    def reload_if_due(self) -> None:
-        """Reload when due (one caller at a time); on a database error keep the last set."""
-        if not self.due() or not self._lock.acquire(blocking=False):
-            return
-        try:
-            self.reload()
-        except psycopg.Error:
-            self._loaded_at = time.monotonic()  # try again later, keep serving known keys
-        finally:
-            self._lock.release()
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _reload_often(self) -> None:
+        while not self._stop.wait(RELOAD_EVERY_S):
+            try:
+                self.reload()
+            except Exception as error:  # the database away or refusing: keep the known keys
+                log.warning("reloading API keys: %s", error)
 
     def name_of(self, token: str | None) -> str | None:
         """The name of the active key ``token``, or None."""
