@@ -19,7 +19,7 @@ from fraudstream.config import Settings
 
 __all__ = ["SECTIONS", "run"]
 
-SECTIONS = ("all", "stages", "engine", "spark", "dashboard", "baseline", "growth")
+SECTIONS = ("all", "stages", "engine", "api", "spark", "dashboard", "baseline", "growth")
 
 
 def run(
@@ -62,6 +62,13 @@ def run(
             title = "Local engine profile (catch-up)"
             update_text_section(out, "profile", title, sampled.markdown(), when, how)
         results += engine
+    if only in ("all", "api"):
+        from bench import api as api_bench
+
+        decided = api_bench.run(settings(), quick=quick, progress=progress)
+        title = "Decision API, beside the streaming path"
+        update_section(out, "api", title, decided, when, how)
+        results += decided
     if only == "spark" or (only == "all" and importlib.util.find_spec("pyspark")):
         spark, _ = engine_bench.run(settings(), quick=quick, progress=progress, engine="spark")
         title = f"Spark engine ({settings().spark.master}), end to end"

@@ -44,22 +44,22 @@ def api(stack_settings: Settings, models_dir: Path, tmp_path: Path) -> Iterator[
     settings = with_api(isolated(stack_settings, models_dir, batch_max_messages=500), 1000)
     log = tmp_path / "services.log"
     key = create_key(settings, "checkout")
-    engine = start_engine(settings, log)
-    server = start_api(settings, log)
-    client = Client(settings.api.port, key)
-    running = Api(settings, client, key, engine, log)
+    running = Api(settings, Client(settings.api.port, key), key, start_engine(settings, log), log)
+    server = None
 
     def decided_fully() -> bool:  # the first answers wait for the engine's assignment
-        reply = client.post(_tx())
+        reply = running.client.post(_tx())
         assert reply.status == 200, reply.body
         return not reply.body["degraded"]
 
-    wait_for(decided_fully, 90, "a full decision")
     try:
+        server = start_api(settings, log)
+        wait_for(decided_fully, 90, "a full decision")
         yield running
     finally:
-        client.close()
-        stop_api(server)
+        running.client.close()
+        if server is not None:
+            stop_api(server)
         if running.engine.poll() is None:
             stop_engine(running.engine, log)
 

@@ -320,7 +320,7 @@ def test_a_row_whose_features_fail_is_rejected_alone(monkeypatch: pytest.MonkeyP
     real = features_of_cards
 
     def card_features(cards, batch):  # type: ignore[no-untyped-def]
-        if (batch["card_id"] == "cursed").any():
+        if (batch.card_ids == "cursed").any():
             raise RuntimeError("card history unreadable")  # before touching any state
         return real(cards, batch)
 

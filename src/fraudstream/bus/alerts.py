@@ -11,20 +11,26 @@ from fraudstream.records import Alert
 __all__ = ["publish_alerts"]
 
 _encoder = msgspec.json.Encoder()
+_ALERT_COLUMNS = (
+    "tx_id", "card_id", "terminal_id", "amount", "score", "decision", "rule_hits", "reasons",
+    "model_version", "rules_version", "event_time",
+)  # fmt: skip
 
 
 def publish_alerts(producer: Producer, topic: str, predictions: pd.DataFrame) -> int:
     """Review and decline rows of ``predictions`` to ``topic`` (at-least-once: consumers
     dedupe by ``tx_id``); returns how many."""
     flagged = predictions[predictions["decision"] != "approve"]
-    for row in flagged.itertuples(index=False):
+    columns = {name: flagged[name].tolist() for name in _ALERT_COLUMNS}  # not itertuples: slow
+    for i, card_id in enumerate(columns["card_id"]):
         alert = Alert(
-            tx_id=row.tx_id, card_id=row.card_id, terminal_id=row.terminal_id,
-            amount=float(row.amount), score=round(float(row.score), 6), decision=row.decision,
-            rule_hits=list(row.rule_hits), reasons=list(row.reasons),
-            model_version=row.model_version, rules_version=row.rules_version,
-            event_time=row.event_time.to_pydatetime(),
+            tx_id=columns["tx_id"][i], card_id=card_id, terminal_id=columns["terminal_id"][i],
+            amount=float(columns["amount"][i]), score=round(float(columns["score"][i]), 6),
+            decision=columns["decision"][i], rule_hits=list(columns["rule_hits"][i]),
+            reasons=list(columns["reasons"][i]), model_version=columns["model_version"][i],
+            rules_version=columns["rules_version"][i],
+            event_time=columns["event_time"][i].to_pydatetime(),
         )  # fmt: skip
-        producer.produce(topic, key=row.card_id, value=_encoder.encode(alert))
+        producer.produce(topic, key=card_id, value=_encoder.encode(alert))
     producer.poll(0)
     return len(flagged)

@@ -59,7 +59,8 @@ def bench(
     only: Annotated[
         str,
         typer.Option(
-            help="all | stages (no services) | engine (local, end to end) | spark "
+            help="all | stages (no services) | engine (local, end to end) | api (the decision "
+            "API under open-loop load, beside the streaming path) | spark "
             "(the Spark engine end to end; in all when pyspark is installed) | dashboard "
             "(its queries over 10 million stored predictions) | baseline (a per-message "
             "consumer beside the local engine) | growth (more cards, more stored rows)."

@@ -24,7 +24,7 @@ import pandas as pd
 
 from fraudstream.engines.scoring import empty_predictions, predictions_frame
 from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, TerminalTable
-from fraudstream.features.card import card_features
+from fraudstream.features.card import CardInputs, card_features
 from fraudstream.features.watermarks import NO_WATERMARK, late_rows
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
@@ -206,17 +206,18 @@ def _card_features(
         for name, column in values.items():
             columns.setdefault(name, np.full(n, np.nan))[rows] = column
 
+    inputs = CardInputs.of(batch)  # once: each partition takes its rows without pandas
     for partition in np.unique(partitions):
         rows = np.flatnonzero(partitions == partition)
         cards = states[int(partition)].cards
         try:
-            put(rows, card_features(cards, batch.iloc[rows]))
+            put(rows, card_features(cards, inputs.take(rows)))
             continue
         except Exception:
             log.warning("card features failed on %d rows; computing row by row", len(rows))
         for row in rows:
             try:
-                put(np.array([row]), card_features(cards, batch.iloc[row : row + 1]))
+                put(np.array([row]), card_features(cards, inputs.take(np.array([row]))))
             except Exception as error:
                 failed[int(row)] = f"features failed: {type(error).__name__}: {error}"
     return columns, failed

@@ -24,7 +24,7 @@ from fraudstream.features.definitions import (
     window_name,
 )
 
-__all__ = ["CardState", "card_features"]
+__all__ = ["CardInputs", "CardState", "card_features"]
 
 _US = 1_000_000
 _MAX_WINDOW_US = int(max(CARD_WINDOWS).total_seconds() * _US)
@@ -109,9 +109,18 @@ def terminal_hash(terminal_id: str) -> int:
     return value
 
 
-def _coordinates(batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _numbers(batch: pd.DataFrame, column: str) -> np.ndarray | None:
+    """A coordinate column as floats (NaN where missing or not a number), None if absent."""
+    if column not in batch:
+        return None
+    values: np.ndarray = pd.to_numeric(batch[column], errors="coerce").to_numpy(dtype=float)
+    return values
+
+
+def _coordinates(
+    columns: dict[str, np.ndarray | None], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Terminal coordinates as integers (×1e6) with their kind: planar x/y or geographic."""
-    n = len(batch)
     x = np.zeros(n, np.int64)
     y = np.zeros(n, np.int64)
     kind = np.full(n, _NO_COORD, np.int64)
@@ -119,14 +128,53 @@ def _coordinates(batch: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarra
         (_GEO, ("terminal_lat", "terminal_lon")),
         (_PLANAR, ("terminal_x", "terminal_y")),
     ):
-        if cx in batch and cy in batch:
-            vx = pd.to_numeric(batch[cx], errors="coerce").to_numpy(dtype=float)
-            vy = pd.to_numeric(batch[cy], errors="coerce").to_numpy(dtype=float)
+        vx, vy = columns[cx], columns[cy]
+        if vx is not None and vy is not None:
             ok = ~np.isnan(vx) & ~np.isnan(vy)
             x[ok] = np.round(vx[ok] * 1e6).astype(np.int64)
             y[ok] = np.round(vy[ok] * 1e6).astype(np.int64)
             kind[ok] = kind_code
     return x, y, kind
+
+
+_COORDINATES = (
+    "customer_x", "customer_y", "terminal_x", "terminal_y",
+    "customer_lat", "customer_lon", "terminal_lat", "terminal_lon",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """What the card features read of a batch, as arrays: converted from the frame once and
+    sliced per partition (``take``) without going through pandas again."""
+
+    card_ids: np.ndarray  # object
+    rows: np.ndarray  # (n, 6) int64: time µs, cents, terminal hash, x, y, coordinate kind
+    coordinates: dict[str, np.ndarray | None]  # _COORDINATES as floats, None when absent
+
+    @classmethod
+    def of(cls, batch: pd.DataFrame) -> CardInputs:
+        n = len(batch)
+        times = batch["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+        cents = np.round(batch["amount"].to_numpy(dtype=float) * 100).astype(np.int64)
+        terminals = np.fromiter((terminal_hash(t) for t in batch["terminal_id"]), np.int64, n)
+        coordinates = {name: _numbers(batch, name) for name in _COORDINATES}
+        x, y, kind = _coordinates(coordinates, n)
+        return cls(
+            batch["card_id"].to_numpy(dtype=object),
+            np.column_stack([times, cents, terminals, x, y, kind]),
+            coordinates,
+        )
+
+    def __len__(self) -> int:
+        return len(self.card_ids)
+
+    def take(self, rows: np.ndarray | slice) -> CardInputs:
+        return CardInputs(
+            self.card_ids[rows],
+            self.rows[rows],
+            {k: None if v is None else v[rows] for k, v in self.coordinates.items()},
+        )
 
 
 def _distance(
@@ -142,18 +190,15 @@ def _distance(
     return np.where(kind == _GEO, geo, planar)
 
 
-def card_features(state: CardState, batch: pd.DataFrame) -> dict[str, np.ndarray]:
+def card_features(state: CardState, batch: pd.DataFrame | CardInputs) -> dict[str, np.ndarray]:
     """Update ``state`` with ``batch`` (arrival order) and return its card feature columns."""
-    n = len(batch)
+    inputs = batch if isinstance(batch, CardInputs) else CardInputs.of(batch)
+    n = len(inputs)
     if n == 0:
         return {}
-    times = batch["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
-    cents = np.round(batch["amount"].to_numpy(dtype=float) * 100).astype(np.int64)
-    terminals = np.fromiter((terminal_hash(t) for t in batch["terminal_id"]), np.int64, n)
-    x, y, kind = _coordinates(batch)
-    new_rows = np.column_stack([times, cents, terminals, x, y, kind])
+    new_rows = inputs.rows
 
-    codes, cards = pd.factorize(batch["card_id"].to_numpy(dtype=object))
+    codes, cards = pd.factorize(inputs.card_ids)
     histories = [state.cards.get(card) for card in cards]
     hist_counts = np.array([0 if h is None else len(h) for h in histories], np.int64)
     present = [h for h in histories if h is not None]
@@ -222,7 +267,7 @@ def card_features(state: CardState, batch: pd.DataFrame) -> dict[str, np.ndarray
     _store(state, cards, rows, group, t, key)
     out_order = np.argsort(batch_position[new])
     result = {name: values[out_order] for name, values in features.items()}
-    result["card_distance_from_home"] = _from_home(batch)
+    result["card_distance_from_home"] = _from_home(inputs.coordinates, n)
     return result
 
 
@@ -316,17 +361,14 @@ def _store(
     state.dirty.update(cards)
 
 
-def _from_home(batch: pd.DataFrame) -> np.ndarray:
-    n = len(batch)
+def _from_home(coordinates: dict[str, np.ndarray | None], n: int) -> np.ndarray:
     for kind, columns in (
         (_PLANAR, ("customer_x", "customer_y", "terminal_x", "terminal_y")),
         (_GEO, ("customer_lat", "customer_lon", "terminal_lat", "terminal_lon")),
     ):
-        if all(c in batch for c in columns):
-            values = [
-                pd.to_numeric(batch[c], errors="coerce").to_numpy(dtype=float) * 1e6
-                for c in columns
-            ]
+        found = [coordinates[c] for c in columns]
+        if all(v is not None for v in found):
+            values = [v * 1e6 for v in found]  # type: ignore[operator]
             distance = _distance(values[0], values[1], values[2], values[3], np.full(n, kind))
             if not np.isnan(distance).all():
                 return distance
