@@ -19,7 +19,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from typing import IO
 
 import msgspec
 
@@ -133,9 +134,10 @@ class ApiBench:
             with self.serving(trial) as (key, _engine):
                 self._warm(trial, key)
                 self.progress(f"api: {rate:,} req/s, run {index + 1} of {repeats}")
+                measured_from = _now() + timedelta(seconds=self.sizes.warmup_s)
                 load = self.load(trial, key, rate, self.sizes.duration_s)
                 time.sleep(0.5)  # degraded answers are recorded a few times a second
-                runs.append(_Run(load, *_outcome(trial, load.sent + load.warmup_sent)))
+                runs.append(_Run(load, *_outcome(trial, load.sent, measured_from)))
         p50, p99, p999 = (
             statistics.median(getattr(r.load, name) for r in runs)
             for name in ("p50_ms", "p99_ms", "p999_ms")
@@ -158,8 +160,9 @@ class ApiBench:
                 degraded,
                 "answers",
                 [r.degraded for r in runs],
-                f"of {statistics.median(r.load.sent + r.load.warmup_sent for r in runs):,.0f} "
-                "requests per run (warm-up included)",
+                f"of {statistics.median(r.load.sent for r in runs):,.0f} measured requests per "
+                f"run (after {self.sizes.warmup_s:.0f} s of warm-up); runs: "
+                + ", ".join(str(r.degraded) for r in runs),
             ),
         ]
 
@@ -170,7 +173,7 @@ class ApiBench:
         trial = self.trial()
         env = _env(trial)
         with self.serving(trial) as (key, engine):
-            self._warm(trial, key)
+            warmed = self._warm(trial, key)
             self.progress(f"api: {rate:,} req/s with the engine killed and restarted")
             from threading import Thread
 
@@ -184,7 +187,7 @@ class ApiBench:
             restarted = _start(["score"], env, log)
             client.join()
             load = outcome[0]
-            expected = load.sent + load.warmup_sent
+            expected = load.sent + load.warmup_sent + warmed  # every request sent
             deadline = time.monotonic() + 120
             stored = 0
             while time.monotonic() < deadline:
@@ -206,30 +209,36 @@ class ApiBench:
             f"{stored:,} of {expected:,} transactions stored, each once (primary key)",
         )  # fmt: skip
 
-    def _warm(self, trial: Settings, key: str) -> None:
-        """Until the engine answers fully (its partitions assigned, its model loaded)."""
+    def _warm(self, trial: Settings, key: str) -> int:
+        """Until the engine answers fully (its partitions assigned, its model loaded);
+        returns how many requests that took."""
         import urllib.request
 
         deadline = time.monotonic() + 120
-        for body in transactions(99, 100):
+        for sent, body in enumerate(transactions(99, 100), start=1):
             request = urllib.request.Request(
                 f"http://127.0.0.1:{trial.api.port}/v1/decisions", data=body,  # type: ignore[arg-type]
                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
             )  # fmt: skip
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 if not json.loads(response.read())["degraded"]:
-                    return
+                    return sent
             if time.monotonic() > deadline:
                 raise RuntimeError("the engine gave no full decision within 120 s")
             time.sleep(0.2)
+        raise AssertionError("unreachable: the transactions never end")
 
 
-def _outcome(trial: Settings, sent: int) -> tuple[int, int, int]:
-    """Degraded answers recorded, predictions stored, and ``sent``."""
+def _outcome(trial: Settings, sent: int, since: datetime | None = None) -> tuple[int, int, int]:
+    """Degraded answers recorded (since ``since``), predictions stored, and ``sent``."""
     with connect(trial) as conn:
-        degraded = conn.execute("SELECT count(*) FROM degraded_decisions").fetchone()
+        degraded = conn.execute(
+            "SELECT count(*) FROM degraded_decisions WHERE answered_at >= %s",
+            (since or datetime(1970, 1, 1, tzinfo=timezone.utc),),
+        ).fetchone()
         stored = conn.execute("SELECT count(*) FROM fraud_predictions").fetchone()
-    return int(degraded[0]), int(stored[0]), sent  # type: ignore[index]
+    assert degraded is not None and stored is not None
+    return int(str(degraded[0])), int(str(stored[0])), sent
 
 
 def _env(trial: Settings) -> dict[str, str]:
@@ -239,10 +248,10 @@ def _env(trial: Settings) -> dict[str, str]:
     return env
 
 
-def _start(args: list[str], env: dict[str, str], log: object) -> subprocess.Popen[bytes]:
+def _start(args: list[str], env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "fraudstream", *args], env=env, stdout=log, stderr=subprocess.STDOUT
-    )  # type: ignore[call-overload]
+    )
 
 
 def _wait_healthy(trial: Settings, api: subprocess.Popen[bytes]) -> None:

@@ -35,6 +35,11 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path
         assert "samples of the engine process" in profile and "| our function" in profile
     else:
         assert "## Local engine profile" not in text
+    # The decision API beside the streaming path, and its kill run: real requests answered.
+    api = text[text.index("## Decision API, beside the streaming path") :]
+    assert "API decision time at 200 req/s" in api and "degraded answers at 200 req/s" in api
+    assert "latency at 500 tx/s, append → stored" in api
+    assert "engine kill -9 during 200 req/s" in api and "errors none" in api
     # The Spark engine's section (pyspark is installed by the test set-up), measured the same way.
     spark = text[text.index("## Spark engine (local[2]), end to end") :]
     assert "catch-up: one engine drains a backlog" in spark and "3,000 transactions" in spark

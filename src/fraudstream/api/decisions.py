@@ -34,7 +34,9 @@ __all__ = ["Conflict", "Decider", "DecisionOut", "StoredLookup", "Unprocessable"
 log = logging.getLogger("fraudstream.api")
 
 _ANSWERS_KEPT = 200_000  # recent answers by tx_id, for retries that come back here
-_FALLBACK_MARGIN_S = 0.004  # what the fallback and the response need, inside the budget
+# The wait for a verdict ends this much before the budget: the fallback takes microseconds,
+# but a busy event loop can fire a timer milliseconds late.
+_MARGIN_SHARE, _MARGIN_MIN_S = 0.05, 0.004
 _STORED_POLL_S = 0.002
 _ABANDON_AFTER_S = 60.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)  # replaced by the answer's time
@@ -94,6 +96,7 @@ class Decider:
         self.rules = rules
         self.clock = clock
         self.budget_s = budget_ms / 1000
+        self.margin_s = max(_MARGIN_MIN_S, _MARGIN_SHARE * self.budget_s)
         self.floor_amount = floor_amount
         self.stored = stored
         self.recorder = recorder
@@ -103,7 +106,7 @@ class Decider:
     async def decide(self, body: bytes, key_name: str | None) -> bytes:
         """The decision on ``body`` as the response's JSON; raises Unprocessable, Conflict."""
         started = time.perf_counter()
-        deadline = started + self.budget_s - _FALLBACK_MARGIN_S
+        deadline = started + self.budget_s - self.margin_s
         record = decode_transaction(body, now=self.clock.now())
         if isinstance(record, Invalid):
             raise Unprocessable(record.reason)
@@ -198,7 +201,7 @@ def _words(rule_hits: list[str], reasons: list[dict[str, Any]]) -> list[str]:
 def _from_verdict(verdict: Verdict) -> DecisionOut:
     return DecisionOut(
         tx_id=verdict.tx_id, decision=verdict.decision or "review", score=verdict.score,
-        reasons=_words(verdict.rule_hits, verdict.reasons),  # type: ignore[arg-type]
+        reasons=_words(verdict.rule_hits, verdict.reasons),
         rule_hits=verdict.rule_hits, model_version=verdict.model_version,
         rules_version=verdict.rules_version or "", degraded=False,
         decided_at=verdict.scored_at or _EPOCH, decision_ms=0.0,

@@ -10,6 +10,7 @@ one costs the API a degraded answer, never a decision (the row is stored either 
 from __future__ import annotations
 
 import math
+from datetime import datetime
 
 import msgspec
 import pandas as pd
@@ -58,9 +59,10 @@ def reply_to(message: Message) -> str | None:
     headers = message.headers()
     if not headers:
         return None
-    for name, value in headers:
+    for header in headers:
+        name, value = header[0], header[1]
         if name == REPLY_HEADER and value:
-            return bytes(value).decode("utf-8", "replace")
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return None
 
 
@@ -131,5 +133,7 @@ def _tx_id_of(value: bytes) -> str:
         return ""
 
 
-def _as_datetime(value: object) -> object:
-    return value.to_pydatetime() if isinstance(value, pd.Timestamp) else value
+def _as_datetime(value: object) -> datetime | None:
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()  # type: ignore[no-any-return]
+    return value if isinstance(value, datetime) else None

@@ -368,7 +368,7 @@ def _from_home(coordinates: dict[str, np.ndarray | None], n: int) -> np.ndarray:
     ):
         found = [coordinates[c] for c in columns]
         if all(v is not None for v in found):
-            values = [v * 1e6 for v in found]  # type: ignore[operator]
+            values: list[np.ndarray] = [v * 1e6 for v in found if v is not None]
             distance = _distance(values[0], values[1], values[2], values[3], np.full(n, kind))
             if not np.isnan(distance).all():
                 return distance

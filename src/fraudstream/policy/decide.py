@@ -61,7 +61,7 @@ def rules_fired(
 ) -> list[tuple[str, str]]:
     """(name, action) of each active rule that fires on one row: ``decide``'s rules without
     pandas, for a single answer that must be fast (a missing or NaN value never fires)."""
-    fired = []
+    fired: list[tuple[str, str]] = []
     for rule in rules.active:
         if rule.when is not None:
             value = values.get(rule.when.feature, math.nan)
