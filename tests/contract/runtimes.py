@@ -225,7 +225,7 @@ def run_two_engines(stream: Stream, stack_settings: Settings, models: Path, log:
 
 def run_api(stream: Stream, stack_settings: Settings, models: Path, log: Path) -> Outcome:
     """The stream again, into a topic of its own, with every transaction of one card in
-    twelve sent through ``POST /v1/decisions`` (one request at a time, in log order) and the
+    twenty sent through ``POST /v1/decisions`` (one request at a time, in log order) and the
     rest produced as they were: the rows must be the same as any other runtime's, and each
     full answer the stored decision."""
     settings = fresh_settings(
@@ -248,7 +248,7 @@ def run_api(stream: Stream, stack_settings: Settings, models: Path, log: Path) -
     hostile = {h.value for h in stream.hostile}  # produced as they were: the DLQ's to judge
     try:
         for card, value in ordered:
-            if card is not None and zlib.crc32(card) % 12 == 0 and value not in hostile:
+            if card is not None and zlib.crc32(card) % 20 == 0 and value not in hostile:
                 assert producer.flush(30) == 0  # the log keeps the order it was sent in
                 reply = client.post(value)
                 if reply.status == 200:
@@ -263,7 +263,7 @@ def run_api(stream: Stream, stack_settings: Settings, models: Path, log: Path) -
         stop_engine(engine, log)
     outcome = outcome_from_database(settings)
     full = {tx: a for tx, a in answers.items() if not a["degraded"]}
-    assert len(full) > 1000, len(full)  # the API's share of the stream
+    assert len(full) > 500, len(full)  # the API's share of the stream
     for tx_id, answer in full.items():
         assert answer["score"] == outcome.rows.loc[tx_id, "score"], tx_id
         assert answer["decision"] == outcome.rows.loc[tx_id, "decision"], tx_id

@@ -43,7 +43,7 @@ RUNTIMES: dict[str, Runner] = {
     ),
     "local (kill -9 three times)": lambda s, st, m, log: run_local_killed(s, st, m, log, kills=3),
     "local (two engines, one killed)": run_two_engines,
-    "local + decision API (one card in twelve through POST /v1/decisions)": run_api,
+    "local + decision API (one card in twenty through POST /v1/decisions)": run_api,
     "spark (local[2], 4,000 offsets per micro-batch)": lambda s, st, m, log: run_spark(
         s, st, m, log.parent
     ),
