@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import IO
 
 import msgspec
@@ -96,7 +96,6 @@ class _Run:
     load: LoadResult
     degraded: int
     stored: int
-    answered: int
 
 
 class ApiBench:
@@ -155,10 +154,10 @@ class ApiBench:
             with self.serving(trial) as (key, _engine):
                 self._warm(trial, key)
                 self.progress(f"api: {rate:,} req/s, run {index + 1} of {repeats}")
-                measured_from = _now() + timedelta(seconds=self.sizes.warmup_s)
                 load = self.load(trial, key, rate, self.sizes.duration_s)
                 time.sleep(0.5)  # degraded answers are recorded a few times a second
-                runs.append(_Run(load, *_outcome(trial, load.sent, measured_from)))
+                since = datetime.fromtimestamp(load.measured_from, timezone.utc)
+                runs.append(_Run(load, *_outcome(trial, since)))
         p50, p99, p999 = (
             statistics.median(getattr(r.load, name) for r in runs)
             for name in ("p50_ms", "p99_ms", "p999_ms")
@@ -212,11 +211,11 @@ class ApiBench:
             deadline = time.monotonic() + 120
             stored = 0
             while time.monotonic() < deadline:
-                _degraded, stored, _answered = _outcome(trial, expected)
+                _degraded, stored = _outcome(trial)
                 if stored >= expected:
                     break
                 time.sleep(0.5)
-            degraded, stored, _sent = _outcome(trial, expected)
+            degraded, stored = _outcome(trial)
             restarted.send_signal(signal.SIGTERM)
             restarted.wait(60)
             log.close()
@@ -250,8 +249,8 @@ class ApiBench:
         raise AssertionError("unreachable: the transactions never end")
 
 
-def _outcome(trial: Settings, sent: int, since: datetime | None = None) -> tuple[int, int, int]:
-    """Degraded answers recorded (since ``since``), predictions stored, and ``sent``."""
+def _outcome(trial: Settings, since: datetime | None = None) -> tuple[int, int]:
+    """Degraded answers recorded (since ``since``), and predictions stored."""
     with connect(trial) as conn:
         degraded = conn.execute(
             "SELECT count(*) FROM degraded_decisions WHERE answered_at >= %s",
@@ -259,7 +258,7 @@ def _outcome(trial: Settings, sent: int, since: datetime | None = None) -> tuple
         ).fetchone()
         stored = conn.execute("SELECT count(*) FROM fraud_predictions").fetchone()
     assert degraded is not None and stored is not None
-    return int(str(degraded[0])), int(str(stored[0])), sent
+    return int(str(degraded[0])), int(str(stored[0]))
 
 
 def _env(trial: Settings) -> dict[str, str]:

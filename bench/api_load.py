@@ -35,7 +35,6 @@ __all__ = [
     "Samples",
     "merge",
     "run_load",
-    "run_open_loop",
     "sample_open_loop",
     "summarize",
 ]
@@ -60,6 +59,7 @@ class Samples:
     warmup_sent: int = 0
     elapsed_s: float = 0.0  # measured window start to its last response
     client_cpu_s: float = 0.0  # CPU the client process used, warm-up included
+    measured_from: float = 0.0  # epoch seconds: when the recorded window began
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class LoadResult:
     send_lag_max_ms: float
     warmup_sent: int
     client_cpu_s: float
+    measured_from: float  # epoch seconds: when the recorded window (after warm-up) began
     processes: int = 1
 
     @property
@@ -103,6 +104,7 @@ def summarize(samples: Samples, rate: float, duration_s: float, processes: int =
         send_lag_p99_ms=float(np.percentile(lag, 99)) if lag.size else float("nan"),
         send_lag_max_ms=float(lag.max()) if lag.size else float("nan"),
         warmup_sent=samples.warmup_sent, client_cpu_s=samples.client_cpu_s, processes=processes,
+        measured_from=samples.measured_from,
     )  # fmt: skip
 
 
@@ -117,6 +119,7 @@ def merge(parts: Iterable[Samples]) -> Samples:
         out.warmup_sent += part.warmup_sent
         out.elapsed_s = max(out.elapsed_s, part.elapsed_s)
         out.client_cpu_s += part.client_cpu_s
+        out.measured_from = max(out.measured_from, part.measured_from)
     return out
 
 
@@ -209,7 +212,7 @@ async def sample_open_loop(
     phase_s: float = 0.0,
     ready: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> Samples:
-    """The raw samples of one open-loop run (see ``run_open_loop``). ``phase_s`` shifts this
+    """The raw samples of one open-loop run (see ``run_load``). ``phase_s`` shifts this
     process's schedule so that several processes interleave; ``ready`` is awaited once the
     pool exists, just before the schedule starts (the processes' common start line)."""
     cpu0 = time.process_time()
@@ -219,6 +222,7 @@ async def sample_open_loop(
         if ready is not None:
             await ready()
         start = time.monotonic() + phase_s
+        out.measured_from = time.time() + phase_s + warmup_s
 
         async def send(body: Body, due: float, record: bool) -> None:
             await _send(session, url, body, due, record, out)
@@ -233,27 +237,6 @@ async def sample_open_loop(
     out.sent, out.warmup_sent = total - warmup, warmup
     out.client_cpu_s = time.process_time() - cpu0
     return out
-
-
-async def run_open_loop(
-    url: str,
-    bodies: Iterable[Body],
-    rate: float,
-    duration_s: float,
-    headers: Mapping[str, str] | None = None,
-    *,
-    warmup_s: float = 0.0,
-    connections: int = 256,
-    timeout_s: float = 10.0,
-) -> LoadResult:
-    """POST ``bodies`` to ``url`` at ``rate`` per second for ``warmup_s`` (not recorded, but
-    on the same warm connections) and then ``duration_s``, in this process's event loop.
-    ``bodies`` must not run out before ``rate * (warmup_s + duration_s)`` requests."""
-    samples = await sample_open_loop(
-        url, bodies, rate, duration_s, headers,
-        warmup_s=warmup_s, connections=connections, timeout_s=timeout_s,
-    )  # fmt: skip
-    return summarize(samples, rate, duration_s)
 
 
 def _run_loop(main: Coroutine[Any, Any, Samples]) -> Samples:
@@ -313,9 +296,11 @@ def run_load(
     connections: int = 256,
     timeout_s: float = 10.0,
 ) -> LoadResult:
-    """``run_open_loop`` spread over ``processes`` client processes (1: in this process, on
-    uvloop), each with ``rate / processes`` and ``connections / processes``; their latency
-    samples are merged before the percentiles are taken. ``source`` is called once in each
+    """POST ``source``'s bodies to ``url`` at ``rate`` per second for ``warmup_s`` (not
+    recorded, but on the same warm connections) and then ``duration_s``, spread over
+    ``processes`` client processes (1: in this process, on uvloop), each with
+    ``rate / processes`` and ``connections / processes``; their latency samples are merged
+    before the percentiles are taken. ``source`` is called once in each
     process, as ``source(worker, processes)``."""
     n = max(1, processes)
     plan = _Plan(url, source, rate, duration_s, headers, warmup_s, connections, timeout_s, n)

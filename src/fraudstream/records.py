@@ -119,5 +119,4 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     scored_at: datetime | None = None
     features: list[float | None] = []  # FEATURE_NAMES order, None for NaN: a degraded
     # answer's stale card state
-    late: bool = False
     detail: str | None = None

@@ -25,7 +25,8 @@ from fraudstream.store.db import api_conninfo, conninfo
 from fraudstream.store.roles import API_ROLE
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
-from ..engine_kit import isolated, start_engine, stop_engine, wait_for
+from ..conftest import run_cli
+from ..engine_kit import engine_env, isolated, start_engine, stop_engine, wait_for
 
 
 @dataclass
@@ -137,9 +138,6 @@ def test_keys_are_required_checked_and_revocable(api: Api) -> None:
     wrong = api.client.post(_tx(), key="fsk_" + "x" * 43)
     assert wrong.status == 401 and wrong.headers.get("www-authenticate") == "Bearer"
     assert api.client.post(_tx(), key=api.key).status == 200
-    from ..api_kit import run_cli  # the CLI as an operator uses it
-    from ..engine_kit import engine_env
-
     revoked = run_cli("api-keys", "revoke", "checkout", env=engine_env(api.settings))
     assert revoked.returncode == 0, revoked.stderr
     listed = run_cli("api-keys", "list", env=engine_env(api.settings))

@@ -19,11 +19,12 @@ from fraudstream.api.bridge import CardSnapshot
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.features.definitions import NIGHT_HOURS
 from fraudstream.policy import RuleSet, rules_fired
+from fraudstream.policy.decide import DECISIONS
 from fraudstream.schema import Transaction
 
 __all__ = ["Fallback", "fallback_decision"]
 
-_SEVERITY = {"approve": 0, "review": 1, "decline": 2}
+_SEVERITY = list(DECISIONS)  # approve < review < decline, as the policy orders them
 _TERMINAL = [name for name in FEATURE_NAMES if name.startswith("terminal_")]
 
 
@@ -61,7 +62,7 @@ def fallback_decision(
     fired = rules_fired(rules, values, record.terminal_id, record.card_id)
     hits = [name for name, _action in fired]
     floor = "approve" if record.amount <= floor_amount else "review"
-    decision = max([floor, *(action for _name, action in fired)], key=_SEVERITY.__getitem__)
+    decision = max([floor, *(action for _name, action in fired)], key=_SEVERITY.index)
     reasons = [why]
     if floor == "review":
         reasons.append(f"amount {record.amount:.2f} is above the fallback floor {floor_amount:.2f}")

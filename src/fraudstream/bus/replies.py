@@ -34,7 +34,7 @@ REPLY_HEADER = "fs-reply-to"
 _encoder = msgspec.json.Encoder()
 _VERDICT_COLUMNS = (
     "tx_id", "card_id", "decision", "score", "rule_hits", "reasons", "model_version",
-    "rules_version", "event_time", "scored_at", "features", "late",
+    "rules_version", "event_time", "scored_at", "features",
 )  # fmt: skip
 
 
@@ -93,7 +93,6 @@ def publish_verdicts(
             event_time=columns["event_time"][i].to_pydatetime(),
             scored_at=_as_datetime(columns["scored_at"][i]),
             features=[None if math.isnan(v) else float(v) for v in columns["features"][i]],
-            late=bool(columns["late"][i]),
         )  # fmt: skip
         producer.produce(topic, key=asked[tx_id], value=_encoder.encode(verdict))
     producer.poll(0)

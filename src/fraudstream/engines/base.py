@@ -149,8 +149,10 @@ class StepWriter:
     def answer_rejected(self, rejected: list[Rejected], items: list[Decoded]) -> None:
         """Tell the API processes waiting for dead-lettered records why (after the letters
         are acknowledged: a replay or a conflict is final)."""
+        if not rejected:
+            return
         asked = {(i.partition, i.offset): i.reply_to for i in items if i.reply_to}
-        if asked and rejected:
+        if asked:
             publish_rejections(self.replies, self.settings.kafka.topics.decisions, rejected, asked)
 
     def dead_letter(self, rejected: list[Rejected]) -> list[Rejected]:
