@@ -75,7 +75,7 @@ class DecisionBridge:
                 **kafka.client_config(),
                 "group.id": self.name,  # never joins: partitions are assigned, not subscribed
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 5,
+                "fetch.wait.max.ms": 100,  # the broker answers as soon as a verdict arrives
                 "log_level": 3,
             }
         )

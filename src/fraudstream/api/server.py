@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import uvicorn
-from fastapi import FastAPI
 
 from fraudstream.config import ApiSettings, Settings, env_name, load_settings
 
@@ -21,7 +22,7 @@ def listening_problem(api: ApiSettings) -> str | None:
     )
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> Any:
     """The application for each worker process (``api.workers`` > 1): settings from the
     environment the CLI passed on."""
     from fraudstream.api.app import create_app
