@@ -50,7 +50,7 @@ class ApiSizes:
     client_processes: int
 
 
-FULL = ApiSizes((1_000, 5_000), 20.0, 5.0, 1_000, 30.0, 2)
+FULL = ApiSizes((200, 1_000, 5_000), 20.0, 5.0, 1_000, 30.0, 2)
 QUICK_API = ApiSizes((200,), 3.0, 1.0, 200, 6.0, 1)
 _CUSTOMERS = 20_000
 _POOL = 20_000

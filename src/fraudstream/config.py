@@ -232,6 +232,25 @@ class ModelSettings(_Section):
     bootstrap_days: int = Field(
         default=160, ge=160, le=3650, description="Days of history the first model is trained on."
     )
+    retrain_every_hours: float | None = Field(
+        default=None, gt=0, le=24 * 365,
+        description="Retrain a challenger on matured labels this often, then run the gate "
+        "(the `learner` service of `up`); off when unset.",
+    )  # fmt: skip
+    gate_min_days: int = Field(
+        default=7, ge=1, le=365,
+        description="Matured days of shadow scores before the gate may promote a challenger.",
+    )  # fmt: skip
+    gate_alpha: float = Field(
+        default=0.05, gt=0, lt=1,
+        description="Significance the challenger's CP@k gain must reach (paired bootstrap).",
+    )  # fmt: skip
+    rollback_floor: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Roll back to the previous champion when the current one's CP@k over "
+        "the last rollback_days measured days falls below this; off when unset.",
+    )  # fmt: skip
+    rollback_days: int = Field(default=7, ge=1, le=365)
 
 
 class EngineSettings(_Section):
@@ -378,6 +397,14 @@ class ApiSettings(_Section):
 class PolicySettings(_Section):
     rules_file: Path | None = Field(
         default=None, description="Decision rules (TOML); default built in."
+    )
+    explore_share: float = Field(
+        default=0.0, ge=0, le=0.2,
+        description="Share of the model's would-be declines sent to review instead, to learn "
+        "their outcome (selective labels, docs/model.md); 0: off.",
+    )  # fmt: skip
+    explore_max_amount: float = Field(
+        default=200.0, gt=0, description="Only declines of at most this amount are explored."
     )
 
 

@@ -2,7 +2,6 @@
 asserted: speed is measured by the benchmark, not by tests)."""
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -11,16 +10,24 @@ from bench.profile import can_sample
 from ..conftest import overrides_env, run_cli
 
 
-@pytest.mark.timeout(1800)
-def test_bench_runs_every_benchmark_and_updates_only_its_sections(tmp_path: Path) -> None:
-    report = tmp_path / "benchmarks.md"
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One `fraudstream bench --quick` (every benchmark) for the tests of this module: the
+    report it updated, which began with a section of someone else's."""
+    root = tmp_path_factory.mktemp("bench")
+    report = root / "benchmarks.md"
     report.write_text("# Benchmarks\n\n<!-- bench:other -->\nkept\n<!-- /bench:other -->\n")
     result = run_cli(
         "bench", "--quick", "--out", str(report),
-        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=1800,
+        env=overrides_env({"state_dir": str(root / "state")}), timeout=1800,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    text = report.read_text()
+    return report.read_text()
+
+
+@pytest.mark.timeout(1800)
+def test_bench_runs_every_benchmark_and_updates_only_its_sections(quick_report: str) -> None:
+    text = quick_report
     assert "kept" in text
     assert "## Simulator" in text and "## Features and scoring" in text
     assert "features + scoring (one core)" in text and "rows/s" in text
@@ -61,17 +68,11 @@ def _rows(text: str, section: str) -> dict[str, float]:
     return {name: float(value.replace(",", "")) for name, value in found}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_bench_baseline_measures_a_per_message_consumer_beside_the_engine(
-    tmp_path: Path,
+    quick_report: str,
 ) -> None:
-    report = tmp_path / "benchmarks.md"
-    result = run_cli(
-        "bench", "--quick", "--only", "baseline", "--out", str(report),
-        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    text = report.read_text()
+    text = quick_report
     assert "## Baseline: one message at a time, beside the local engine" in text
     rows = _rows(text, "baseline")
     assert set(rows) == {
@@ -83,17 +84,11 @@ def test_bench_baseline_measures_a_per_message_consumer_beside_the_engine(
     assert "all 3,000 transactions of the backlog" in text
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_bench_growth_measures_cards_in_the_state_and_rows_in_the_table(
-    tmp_path: Path,
+    quick_report: str,
 ) -> None:
-    report = tmp_path / "benchmarks.md"
-    result = run_cli(
-        "bench", "--quick", "--only", "growth", "--out", str(report),
-        env=overrides_env({"state_dir": str(tmp_path / "state")}), timeout=900,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = _rows(report.read_text(), "growth")
+    rows = _rows(quick_report, "growth")
     for cards in ("1,000", "5,000"):
         assert rows[f"catch-up with {cards} cards in the state"] > 0
         assert rows[f"engine peak RSS with {cards} cards in the state"] > 0

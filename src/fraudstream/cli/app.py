@@ -80,7 +80,7 @@ _register(
 app.command("config")(show_config)
 _register(
     data.simulate, data.replay, data.schema, model.train, model.evaluate, engine.score,
-    model.quality, dashboard.dashboard, api.api, bench.bench,
+    model.quality, model.retrain, dashboard.dashboard, api.api, bench.bench,
 )  # fmt: skip
 app.add_typer(model.models_app, name="models")
 app.add_typer(api.keys_app, name="api-keys")

@@ -48,6 +48,10 @@ def _load_harness(bench_dir: Path | None) -> ModuleType:
         package = importlib.util.module_from_spec(spec)
         sys.modules["bench"] = package
         spec.loader.exec_module(package)
+    # Last on the path, so that it shadows nothing: the load client's worker processes
+    # (started with "spawn", which passes sys.path on) import bench.api_load from there.
+    if str(folder.parent) not in sys.path:
+        sys.path.append(str(folder.parent))
     return importlib.import_module("bench.run")
 
 

@@ -182,14 +182,143 @@ def models_show(
     typer.echo(json.dumps(registry.metadata(chosen), indent=2, sort_keys=True))
 
 
+def _actor(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+def _record(settings: Settings, action: str, version: str, **details: Any) -> None:
+    """The change in ``model_events`` (the registry changed anyway: say so when the
+    database is away rather than fail after the fact)."""
+    from fraudstream.model.lifecycle import record_event
+    from fraudstream.store.db import connect
+
+    try:
+        with connect(settings) as conn:
+            record_event(conn, action, version, **details)
+    except Exception as error:
+        err.print(f"[yellow]not recorded in model_events (database unreachable): {error}[/]")
+
+
 @models_app.command("promote")
-def models_promote(ctx: typer.Context, version: Annotated[str, typer.Argument()]) -> None:
-    """Make VERSION the current model (running engines switch to it)."""
+def models_promote(
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument()],
+    by: Annotated[str | None, typer.Option(help="Who decides (default: your user name).")] = None,
+) -> None:
+    """Make VERSION the champion (running engines switch to it); recorded with who did it."""
     from fraudstream.model.registry import Registry
 
-    registry = Registry(settings_of(ctx).models_dir)
+    settings = settings_of(ctx)
+    registry = Registry(settings.models_dir)
+    previous = registry.current()
     registry.promote(version)
+    _record(settings, "promoted", version, actor=_actor(by), previous=previous)
     out.print(f"{version} is now the current model")
+
+
+@models_app.command("challenge")
+def models_challenge(
+    ctx: typer.Context,
+    version: Annotated[str | None, typer.Argument(help="Omit with --stop.")] = None,
+    stop: Annotated[bool, typer.Option("--stop", help="Score no challenger.")] = False,
+    by: Annotated[str | None, typer.Option(help="Who decides (default: your user name).")] = None,
+) -> None:
+    """Score VERSION in shadow beside the champion (stored, never acted on)."""
+    from fraudstream.model.registry import Registry
+
+    settings = settings_of(ctx)
+    registry = Registry(settings.models_dir)
+    if (version is None) != stop:
+        raise typer.BadParameter("give a VERSION, or --stop")
+    if stop:
+        current = registry.challenger()
+        registry.set_challenger(None)
+        if current:
+            _record(settings, "retired", current, actor=_actor(by))
+        out.print("no challenger" + (f" ({current} retired)" if current else ""))
+        return
+    assert version is not None
+    registry.set_challenger(version)
+    _record(settings, "challenger", version, actor=_actor(by), previous=registry.current())
+    out.print(f"{version} is scored in shadow beside {registry.current()}")
+
+
+@models_app.command("gate")
+def models_gate(
+    ctx: typer.Context,
+    dry_run: Annotated[
+        bool, typer.Option(help="Say what the gate would do; change nothing.")
+    ] = False,
+) -> None:
+    """Compare the challenger with the champion on matured days of shadow scores; promote
+    it when it is better with significance (model.gate_min_days, model.gate_alpha)."""
+    from fraudstream.model.lifecycle import run_gate
+    from fraudstream.store.db import connect
+
+    settings = settings_of(ctx)
+    with connect(settings) as conn:
+        outcome = run_gate(settings, conn, act=not dry_run)
+    if outcome is None:
+        fail("no challenger: `fraudstream retrain` or `fraudstream models challenge VERSION`", 1)
+    challenger, result = outcome
+    table = Table("", "champion", "challenger", box=None)
+    table.add_row("CP@k", f"{result.champion_cp:.3f}", f"{result.challenger_cp:.3f}")
+    table.add_row(
+        "money recall@k", f"{result.champion_money:.3f}", f"{result.challenger_money:.3f}"
+    )
+    out.print(table)
+    out.print(
+        f"{challenger}: {result.verdict} ({result.why}; {result.days} matured day(s), "
+        f"p = {result.p_value:.3f})" + (" [dry run]" if dry_run else ""),
+        highlight=False,
+    )
+
+
+def retrain(
+    ctx: typer.Context,
+    every_hours: Annotated[
+        float | None,
+        typer.Option(
+            help="Keep going: retrain, then gate, this often (model.retrain_every_hours)."
+        ),
+    ] = None,
+) -> None:
+    """Train a challenger on stored transactions with matured labels; the engines score it in
+    shadow until the gate (`fraudstream models gate`) or a person promotes it."""
+    from fraudstream.clock import SystemClock
+    from fraudstream.model.lifecycle import retrain as retrain_model
+    from fraudstream.model.lifecycle import run_gate
+    from fraudstream.store.db import connect
+
+    settings = settings_of(ctx)
+    every = every_hours or settings.model.retrain_every_hours
+    while True:
+        started = time.monotonic()
+        try:
+            retrained = retrain_model(
+                settings, SystemClock(), progress=lambda m: err.print(f"retrain: {m}")
+            )
+        except ValueError as error:
+            if every is None:
+                fail(str(error), 1)
+            err.print(f"retrain: {error}")
+        else:
+            test = retrained.metadata["metrics"]["test"]
+            out.print(
+                f"{retrained.version} trained in {time.monotonic() - started:.0f} s: AUC "
+                f"{test['auc_roc']:.3f}, AP {test['average_precision']:.3f}, CP@k "
+                f"{test['card_precision_at_k']:.3f} on its test folds",
+                highlight=False,
+            )
+        if every is None:
+            return
+        with connect(settings) as conn:
+            outcome = run_gate(settings, conn)
+        if outcome is not None:
+            err.print(f"gate: {outcome[1].verdict}: {outcome[1].why}")
+        time.sleep(every * 3600)
 
 
 def quality(ctx: typer.Context) -> None:

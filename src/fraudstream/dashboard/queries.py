@@ -31,6 +31,7 @@ __all__ = [
     "latest_rejected",
     "live_summary",
     "minute_series",
+    "model_events",
     "model_profile",
     "percentile_ms",
     "quality_days",
@@ -298,24 +299,36 @@ def terminal_risk(conn: Connection, since: datetime, limit: int = 2000) -> pd.Da
 
 
 def quality_days(conn: Connection, first: date, last: date) -> pd.DataFrame:
-    """Measured days in ``[first, last)`` (``store.quality``), one row per day and model."""
+    """Measured days in ``[first, last)`` (``store.quality``), one row per day, model and
+    role: ``champion`` (it decided) or ``shadow`` (a challenger scored on the same traffic)."""
     return _frame(
         conn,
-        'SELECT day, model_version, transactions, frauds, average_precision AS "AP", '
-        '       auc_roc AS "AUC-ROC", card_precision_at_k AS "CP@k", k, flagged, '
-        "       flagged_frauds "
-        "FROM quality_daily WHERE day >= %s AND day < %s ORDER BY day, model_version",
+        'SELECT day, model_version, role, transactions, frauds, average_precision AS "AP", '
+        '       auc_roc AS "AUC-ROC", card_precision_at_k AS "CP@k", '
+        '       money_recall AS "money recall@k", k, flagged, flagged_frauds '
+        "FROM quality_daily WHERE day >= %s AND day < %s ORDER BY day, role, model_version",
         (first, last),
+    )
+
+
+def model_events(conn: Connection, limit: int = 50) -> pd.DataFrame:
+    """The latest changes of champion and challenger, newest first (``model_events``)."""
+    return _frame(
+        conn,
+        "SELECT at, action, version, previous, actor, evidence::text AS evidence "
+        "FROM model_events ORDER BY at DESC, id DESC LIMIT %s",
+        (limit,),
     )
 
 
 def quality_histogram(conn: Connection, first: date, last: date) -> pd.DataFrame:
     """Scores of legitimate and fraudulent transactions of the measured days in
-    ``[first, last)``, in ``store.quality.HISTOGRAM_BINS`` bins (all models together)."""
+    ``[first, last)``, in ``store.quality.HISTOGRAM_BINS`` bins (the models that decided)."""
     return _frame(
         conn,
         "SELECT bin, sum(legitimate)::int8 AS legitimate, sum(fraud)::int8 AS fraud "
-        "FROM quality_histogram WHERE day >= %s AND day < %s GROUP BY bin ORDER BY bin",
+        "FROM quality_histogram WHERE day >= %s AND day < %s AND role = 'champion' "
+        "GROUP BY bin ORDER BY bin",
         (first, last),
     )
 

@@ -22,9 +22,10 @@ from fraudstream.bus.replies import publish_rejections, publish_verdicts, reply_
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.engines.step import Decoded
-from fraudstream.model.registry import Registry
+from fraudstream.model.registry import Registry, RegistryError
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, default_rules, load_rules
+from fraudstream.policy.rules import Exploration
 from fraudstream.records import Rejected
 from fraudstream.store.projections import Observed
 from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch, Unstorable
@@ -92,25 +93,54 @@ def create_engine(
 
 
 class ModelHolder:
-    """The model an engine scores with, switched when the registry's current one changes."""
+    """The model an engine scores with (the champion), and the challenger it scores in shadow
+    beside it, switched when the registry's pointers change."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.scorer = Scorer(registry.load())
+        self.challenger: Scorer | None = None
+        self._refused: str | None = None  # a challenger that could not be loaded
+        self._refresh_challenger()
 
     def refresh(self) -> bool:
         """Load the registry's current model if it is another one; True when switched."""
+        self._refresh_challenger()
         current = self.registry.current()
         if not current or current == self.scorer.version:
             return False
         self.scorer = Scorer(self.registry.load(current))
         log.info("switched to model %s", current)
+        if self.challenger is not None and self.challenger.version == current:
+            self.challenger = None
         return True
+
+    def _refresh_challenger(self) -> None:
+        wanted = self.registry.challenger()
+        if wanted is None or wanted == self._refused:
+            self.challenger = None
+            return
+        if self.challenger is not None and self.challenger.version == wanted:
+            return
+        try:
+            self.challenger = Scorer(self.registry.load(wanted))
+        except (RegistryError, OSError, ValueError) as error:  # the champion carries on alone
+            self._refused, self.challenger = wanted, None
+            log.warning("challenger %s not loaded: %s", wanted, error)
+            return
+        log.info("scoring challenger %s in shadow", wanted)
 
 
 def decision_rules(settings: Settings) -> RuleSet:
-    """The operator's rules file when one is set, else the built-in rules."""
-    return load_rules(settings.policy.rules_file) if settings.policy.rules_file else default_rules()
+    """The operator's rules file when one is set, else the built-in rules; with
+    ``policy.explore_share`` the exploration it sets (its version then says so)."""
+    policy = settings.policy
+    rules = load_rules(policy.rules_file) if policy.rules_file else default_rules()
+    if policy.explore_share > 0:
+        explore = Exploration(share=policy.explore_share, max_amount=policy.explore_max_amount)
+        version = f"{rules.version}+explore{policy.explore_share:g}"[:64]
+        rules = rules.model_copy(update={"explore": explore, "version": version})
+    return rules
 
 
 def engine_id(settings: Settings) -> str:

@@ -71,6 +71,7 @@ from fraudstream.engines.terminals import LabelReader, TerminalTables
 from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
 from fraudstream.features.watermarks import NO_WATERMARK
+from fraudstream.model.lifecycle import rollback_if_below_floor
 from fraudstream.model.registry import Registry
 from fraudstream.policy import RuleSet
 from fraudstream.records import StoredId
@@ -334,7 +335,10 @@ class LocalEngine:
         seen = None
         if len(result.predictions):
             self._newest = max(self._newest, result.predictions["event_time"].max())
-            seen = observed(result.batch, result.features, self.scorer, self.name)
+            seen = observed(
+                result.batch, result.features, self.scorer, self.name,
+                self.models.challenger, self.rules,
+            )  # fmt: skip
         next_offsets: dict[int, int] = {}
         for item in items:
             next_offsets[item.partition] = max(next_offsets.get(item.partition, 0), item.offset + 1)
@@ -571,10 +575,12 @@ class LocalEngine:
         if now - self._quality_checked >= self.settings.engine.quality_interval_s:
             self._quality_checked = now
             if self._newest.value > 0:
-                refresh_quality(
+                measured = refresh_quality(
                     self.conn, self._newest.date(),
                     maturity_days=self.settings.engine.quality_maturity_days,
                 )  # fmt: skip
+                if measured:  # the one engine that measured judges the champion
+                    rollback_if_below_floor(self.settings, self.conn)
 
     def _write_status(self) -> None:
         """Throughput since the last report, lag and batch times: to the log and the table."""

@@ -17,7 +17,7 @@ from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
 from fraudstream.records import BATCH_SOURCE_COLUMNS, PREDICTION_COLUMNS
-from fraudstream.store.projections import Observed
+from fraudstream.store.projections import Observed, ShadowScores
 
 __all__ = ["Scored", "empty_predictions", "observed", "predictions_frame"]
 
@@ -82,7 +82,7 @@ def predictions_frame(
         batch, features, scores = batch.iloc[kept], features.iloc[kept], scores[kept]
     decisions = decide(
         scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
-        scorer.thresholds, rules,
+        scorer.thresholds, rules, tx_ids=batch["tx_id"].to_numpy(),
     )  # fmt: skip
     reasons: list[list[dict[str, object]]] = [[] for _ in range(len(batch))]
     flagged = np.flatnonzero(decisions.decision != "approve")
@@ -132,9 +132,18 @@ def predictions_frame(
     return Scored(predictions=predictions, failed=sorted(failed.items()), kept=kept)
 
 
-def observed(batch: pd.DataFrame, features: pd.DataFrame, scorer: Scorer, engine: str) -> Observed:
-    """What the sink keeps for the dashboard besides predictions: the batch's terminals with
-    their coordinates, and its feature values counted into the model's training bins."""
+def observed(
+    batch: pd.DataFrame,
+    features: pd.DataFrame,
+    scorer: Scorer,
+    engine: str,
+    challenger: Scorer | None = None,
+    rules: RuleSet | None = None,
+) -> Observed:
+    """What the sink keeps besides predictions: the batch's terminals with their
+    coordinates, its feature values counted into the model's training bins, and, when a
+    ``challenger`` is being tried, its scores of the same rows and what it would have decided
+    (shadow: stored, never acted on)."""
     terminals = (
         batch[["terminal_id", "terminal_x", "terminal_y", "terminal_lat", "terminal_lon"]]
         .drop_duplicates("terminal_id")
@@ -147,4 +156,29 @@ def observed(batch: pd.DataFrame, features: pd.DataFrame, scorer: Scorer, engine
         model_version=scorer.version,
         profile=None if profile is None else profile.as_dict(),
         feature_counts=None if profile is None else profile.counts(features),
+        shadow=None if challenger is None else _shadow(batch, features, challenger, rules),
+    )
+
+
+def _shadow(
+    batch: pd.DataFrame, features: pd.DataFrame, challenger: Scorer, rules: RuleSet | None
+) -> ShadowScores | None:
+    """The challenger's scores and decisions; None (and a warning) when it cannot score: a
+    shadow never stops the champion's batch."""
+    try:
+        scores = np.clip(challenger.score(features), 0.0, 1.0)
+        decisions = decide(
+            scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
+            challenger.thresholds, rules or RuleSet(version="model only"),
+            tx_ids=batch["tx_id"].to_numpy(),
+        )  # fmt: skip
+    except Exception as error:  # the champion's decisions stand; the shadow has a gap
+        log.warning("challenger %s could not score a batch: %s", challenger.version, error)
+        return None
+    return ShadowScores(
+        model_version=challenger.version,
+        tx_ids=batch["tx_id"].to_numpy(),
+        event_times=pd.to_datetime(batch["event_time"], utc=True).to_numpy(),
+        scores=scores,
+        decisions=np.asarray(decisions.decision),
     )

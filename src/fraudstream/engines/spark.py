@@ -548,7 +548,10 @@ class SparkEngine:
         rejected = self.writer.dead_letter(result.rejected)
         seen = None
         if len(result.predictions):
-            seen = observed(result.batch, result.features, self.scorer, self.name)
+            seen = observed(
+                result.batch, result.features, self.scorer, self.name,
+                self.models.challenger, self.rules,
+            )  # fmt: skip
         next_offsets: dict[int, int] = {}
         for item in items:
             next_offsets[item.partition] = max(next_offsets.get(item.partition, 0), item.offset + 1)

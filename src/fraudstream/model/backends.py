@@ -89,10 +89,13 @@ class XGBoost:
             "subsample": params.get("subsample", 1.0),
             "colsample_bytree": params.get("colsample_bytree", 0.9),
             "lambda": params.get("lambda_l2", 1.0),
-            "tree_method": "hist",
+            "tree_method": params.get("tree_method", "hist"),
+            "scale_pos_weight": params.get("scale_pos_weight", 1.0),
             "seed": seed,
             "nthread": 2,
         }
+        if "base_score" in params:  # else XGBoost estimates it from the labels
+            config["base_score"] = params["base_score"]
         rounds = int(params.get("n_estimators", 300))
         return xgb.train(config, xgb.DMatrix(x, label=y), num_boost_round=rounds)
 

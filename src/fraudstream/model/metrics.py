@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["auc_roc", "average_precision", "card_precision_at_k"]
+__all__ = ["auc_roc", "average_precision", "card_precision_at_k", "money_recall_at_k"]
 
 
 def auc_roc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -68,3 +68,19 @@ def card_precision_at_k(
         precisions.append(len(caught) / k)
         detected.update(caught)
     return float(np.mean(precisions)) if precisions else float("nan")
+
+
+def money_recall_at_k(frame: pd.DataFrame, k: int = 100) -> float:
+    """The share of fraud money on the k highest-scored cards of each day: what analysts who
+    review k cards a day would have stopped, in amount (``day``, ``card_id``, ``score``,
+    ``is_fraud``, ``amount``). NaN when there was no fraud."""
+    fraud_money = frame.loc[frame["is_fraud"].astype(bool), "amount"].astype(float).sum()
+    if fraud_money <= 0:
+        return float("nan")
+    caught = 0.0
+    for _day, rows in frame.groupby("day", sort=True):
+        per_card = rows.groupby("card_id")["score"].max()
+        top = set(per_card.sort_values(ascending=False, kind="mergesort").head(k).index)
+        hit = rows["card_id"].isin(top).to_numpy() & rows["is_fraud"].to_numpy(dtype=bool)
+        caught += float(rows.loc[hit, "amount"].astype(float).sum())
+    return caught / float(fraud_money)

@@ -52,6 +52,21 @@ class Protocol:
     def for_history(cls, first_day: pd.Timestamp, **changes: int) -> Protocol:
         return cls(start=first_day.normalize() + timedelta(days=115), **changes)
 
+    @classmethod
+    def ending(cls, last_day: pd.Timestamp, **changes: int) -> Protocol:
+        """The protocol whose latest test fold ends on ``last_day`` (retraining on what has
+        matured by now)."""
+        shape = cls(start=last_day, **changes)
+        span = shape.train_days + shape.delay_days + shape.test_days
+        start = last_day.normalize() + timedelta(
+            days=1 - span - (shape.folds - 1) * shape.test_days
+        )
+        return cls(start=start, **changes)
+
+    def first_day(self) -> pd.Timestamp:
+        """The first day the protocol trains on (the earliest validation fold's)."""
+        return min(fold.train_start for fold in self.validation_folds())
+
     def test_folds(self) -> list[Fold]:
         """Latest first: the first starts at ``start + (folds − 1) blocks``."""
         last = self.start + timedelta(days=(self.folds - 1) * self.test_days)

@@ -1,4 +1,5 @@
-"""Versioned model artifacts: model file + metadata, a CURRENT pointer, promotion.
+"""Versioned model artifacts: model file + metadata, the CURRENT (champion) and CHALLENGER
+pointers, promotion and its history.
 
 A version is named by the content hash of its model file and metadata, so the same training
 run gives the same version, and a changed file is detected when it is loaded. Promotion
@@ -43,6 +44,14 @@ class Registry:
     @property
     def _current_file(self) -> Path:
         return self.root / "CURRENT"
+
+    @property
+    def _challenger_file(self) -> Path:
+        return self.root / "CHALLENGER"
+
+    @property
+    def _promotions_file(self) -> Path:
+        return self.root / "PROMOTIONS"
 
     def save(self, model: Any, metadata: dict[str, Any]) -> str:
         """Store a trained model; returns its version (the content hash)."""
@@ -114,7 +123,48 @@ class Registry:
             return None
 
     def promote(self, version: str) -> None:
+        """Make ``version`` the champion (the engines switch to it within
+        ``engine.model_check_interval_s``); a challenger promoted stops being one."""
         self.metadata(version)  # must exist
-        temporary = self.root / ".CURRENT.tmp"
+        self._write(self._current_file, version)
+        with self._promotions_file.open("a") as history:
+            history.write(version + "\n")
+        if self.challenger() == version:
+            self.set_challenger(None)
+
+    def champions(self) -> list[str]:
+        """Every version promoted, oldest first (a version promoted again appears again)."""
+        try:
+            return self._promotions_file.read_text().split()
+        except FileNotFoundError:
+            current = self.current()
+            return [current] if current else []
+
+    def previous_champion(self) -> str | None:
+        """The champion before the current one (what a rollback returns to)."""
+        current = self.current()
+        earlier = [v for v in self.champions() if v != current]
+        return earlier[-1] if earlier else None
+
+    def challenger(self) -> str | None:
+        """The version the engines score in shadow beside the champion, if any."""
+        try:
+            return self._challenger_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def set_challenger(self, version: str | None) -> None:
+        if version is None:
+            self._challenger_file.unlink(missing_ok=True)
+            return
+        self.metadata(version)  # must exist
+        if version == self.current():
+            raise RegistryError(f"{version} is the champion: it cannot also be its challenger")
+        self._write(self._challenger_file, version)
+
+    def _write(self, target: Path, version: str) -> None:
+        """Replace a pointer file atomically: an engine never reads half of it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        temporary = self.root / f".{target.name}.tmp"
         temporary.write_text(version + "\n")
-        os.replace(temporary, self._current_file)
+        os.replace(temporary, target)

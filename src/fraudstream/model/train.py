@@ -8,6 +8,7 @@ fold's training week, whose test week also sets the decision thresholds.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -192,8 +193,10 @@ def train(
     candidates = grid or GRIDS[backend_name]
     validation: dict[str, FoldScores] = {}
     best: tuple[float, dict[str, Any]] | None = None
-    for params in candidates:
-        progress(f"validating {params}")
+    if len(candidates) == 1:  # nothing to choose: no validation folds to train
+        best = (math.nan, candidates[0])
+    for number, params in enumerate(candidates if len(candidates) > 1 else [], start=1):
+        progress(f"validating {number}/{len(candidates)}: {_key(params)}")
         mean, _ = evaluate_folds(
             frame, matrix, protocol.validation_folds(), backend_name, params, k=k, seed=seed
         )
@@ -202,7 +205,7 @@ def train(
             best = (mean.average_precision, params)
     assert best is not None
     chosen = best[1]
-    progress(f"testing {chosen}")
+    progress(f"testing on {len(protocol.test_folds())} folds: {_key(chosen)}")
     test, fitted = evaluate_folds(
         frame, matrix, protocol.test_folds(), backend_name, chosen, k=k, seed=seed
     )
@@ -233,7 +236,11 @@ def train(
             "name": "Fraud Detection Handbook ch. 5 (7 d train, 7 d delay, 7 d test, 4 folds)",
             "validation_folds": [f.describe() for f in protocol.validation_folds()],
             "test_folds": [f.describe() for f in protocol.test_folds()],
-            "selected_by": "average precision on validation folds",
+            "selected_by": (
+                "average precision on validation folds"
+                if len(candidates) > 1
+                else "given (no selection): " + _key(chosen)
+            ),
         },
         "metrics": {"test": test.as_dict(), "k": k},
         "thresholds": thresholds,

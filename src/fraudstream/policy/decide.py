@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import pandas as pd
 
 from fraudstream.policy.rules import RuleSet
 
-__all__ = ["DECISIONS", "Decisions", "decide", "rules_fired"]
+__all__ = ["DECISIONS", "EXPLORE", "Decisions", "decide", "explore_draw", "rules_fired"]
 
 DECISIONS = np.array(["approve", "review", "decline"], dtype=object)
 _SEVERITY = {"review": 1, "decline": 2}
@@ -31,11 +32,15 @@ def decide(
     card_ids: np.ndarray,
     thresholds: dict[str, float],
     rules: RuleSet,
+    tx_ids: np.ndarray | None = None,
 ) -> Decisions:
-    """The stronger of the model's decision (by threshold) and every rule that fires."""
-    severity = np.where(
+    """The stronger of the model's decision (by threshold) and every rule that fires; with
+    ``rules.explore`` and ``tx_ids``, a share of the model's own declines goes to review
+    (rule hit ``explore``)."""
+    model = np.where(
         scores >= thresholds["decline"], 2, np.where(scores >= thresholds["review"], 1, 0)
     )
+    severity = model.copy()
     hits: list[list[str]] = [[] for _ in range(len(scores))]
     for rule in rules.active:
         if rule.when is not None:
@@ -53,7 +58,26 @@ def decide(
         for row in np.flatnonzero(fired):
             hits[row].append(rule.name)
         severity = np.where(fired, np.maximum(severity, _SEVERITY[rule.action]), severity)
+        if rule.action == "decline":
+            model = np.where(fired, -1, model)  # a rule's decline is policy: never explored
+    if rules.explore is not None and tx_ids is not None:
+        amounts = features["amount"].to_numpy(dtype=float)
+        for row in np.flatnonzero((model == 2) & (amounts <= rules.explore.max_amount)):
+            if explore_draw(str(tx_ids[row])) < rules.explore.share:
+                severity[row] = 1
+                hits[row].append(EXPLORE)
     return Decisions(decision=DECISIONS[severity], rule_hits=hits, rules_version=rules.version)
+
+
+EXPLORE = "explore"
+"""The rule hit of a would-be decline sent to review to learn its outcome."""
+
+
+def explore_draw(tx_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the tx_id: the same draw in every engine, on
+    every replay, and in the audit."""
+    digest = hashlib.blake2b(tx_id.encode(), digest_size=8, person=b"fs-explore").digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def rules_fired(

@@ -20,7 +20,15 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Condition", "Rule", "RuleSet", "RulesError", "default_rules", "load_rules"]
+__all__ = [
+    "Condition",
+    "Exploration",
+    "Rule",
+    "RuleSet",
+    "RulesError",
+    "default_rules",
+    "load_rules",
+]
 
 
 class RulesError(ValueError):
@@ -62,11 +70,24 @@ class Rule(BaseModel):
         return self
 
 
+class Exploration(BaseModel):
+    """Selective labels (docs/model.md): a declined transaction never gets an outcome. A
+    ``share`` of the would-be declines the model alone makes, at most ``max_amount`` each,
+    goes to review instead, chosen by a hash of the tx_id (the same in every engine and on
+    every replay); their outcomes estimate decline precision and weight later training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: float = Field(gt=0, le=0.2)
+    max_amount: float = Field(gt=0)
+
+
 class RuleSet(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str = Field(min_length=1, max_length=64)
     rule: tuple[Rule, ...] = ()
+    explore: Exploration | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> RuleSet:

@@ -7,7 +7,6 @@ once with ``mvn`` into the cache directory and reused by every state directory.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import shutil
 import subprocess
@@ -160,7 +159,6 @@ class KafkaBroker:
 
     def _write_config(self) -> None:
         k = self.kafka
-        cpus = os.cpu_count() or 2
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = {
             "process.roles": "broker,controller",
@@ -183,10 +181,6 @@ class KafkaBroker:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
             "log.retention.hours": "168",
-            # The defaults (3 network, 8 I/O threads) are for a dedicated server; on a host
-            # shared with the engines, threads beyond its cores only switch contexts.
-            "num.network.threads": str(max(2, min(3, cpus))),
-            "num.io.threads": str(max(2, min(8, cpus))),
         }
         self.config_file.write_text("".join(f"{key}={value}\n" for key, value in lines.items()))
 

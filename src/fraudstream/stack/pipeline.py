@@ -1,5 +1,5 @@
-"""The engine, the decision API, the simulator and the dashboard as services of the local
-stack (``fraudstream`` sub-commands)."""
+"""The engine, the decision API, the simulator, the dashboard and (when retraining is on) the
+learner as services of the local stack (``fraudstream`` sub-commands)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,15 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
         f"http://{settings.dashboard.host}:{settings.dashboard.port}",
         child_env,
     )
-    return [engine, api, simulator, dashboard]
+    services = [engine, api, simulator, dashboard]
+    every = settings.model.retrain_every_hours
+    if every is not None:  # off by default (docs/adr/0008)
+        learner = PipelineService(
+            settings, "learner", ["retrain", "--every-hours", f"{every:g}"],
+            f"a challenger every {every:g} h, then the gate", child_env,
+        )  # fmt: skip
+        services.append(learner)
+    return services
 
 
 def _listening_problem(settings: Settings) -> str | None:

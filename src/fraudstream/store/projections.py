@@ -26,6 +26,8 @@ __all__ = [
     "MinuteRollups",
     "Observed",
     "Projection",
+    "ShadowPredictions",
+    "ShadowScores",
     "TerminalLocations",
     "rollup_ctes",
 ]
@@ -46,6 +48,19 @@ class Observed:
     model_version: str
     profile: dict[str, Any] | None = None
     feature_counts: Mapping[str, np.ndarray] | None = None
+    shadow: ShadowScores | None = None
+
+
+@dataclass(frozen=True)
+class ShadowScores:
+    """A challenger's scores of a batch's rows and what its thresholds and the rules would
+    have decided (docs/adr/0008): kept beside the champion's predictions, never acted on."""
+
+    model_version: str
+    tx_ids: np.ndarray
+    event_times: np.ndarray  # datetime64, UTC
+    scores: np.ndarray
+    decisions: np.ndarray
 
 
 class Projection(Protocol):
@@ -210,10 +225,36 @@ class FeatureDrift:
         self._pending = None
 
 
+class ShadowPredictions:
+    """``shadow_predictions``: the challenger's score and decision of each row the champion
+    decided, in the same transaction (a replayed batch finds them stored: nothing doubles)."""
+
+    def ctes(self, inserted: str) -> None:
+        return None
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        shadow = None if observed is None else observed.shadow
+        if shadow is None or not len(shadow.tx_ids):
+            return
+        cursor.execute(
+            "INSERT INTO shadow_predictions (tx_id, model_version, event_time, score, decision) "
+            "SELECT t, %s, e, s, d FROM unnest(%s::text[], %s::timestamptz[], %s::float8[], "
+            "%s::text[]) AS u(t, e, s, d) ON CONFLICT (tx_id, model_version) DO NOTHING",
+            (
+                shadow.model_version, [str(t) for t in shadow.tx_ids],
+                pd.to_datetime(shadow.event_times, utc=True).to_pydatetime().tolist(),
+                [float(v) for v in shadow.scores], [str(d) for d in shadow.decisions],
+            ),
+        )  # fmt: skip
+
+    def committed(self) -> None:
+        return None
+
+
 def DASHBOARD_PROJECTIONS() -> list[Projection]:
     """A fresh set of the dashboard's projections (each sink keeps its own memory of what
-    it stored)."""
-    return [MinuteRollups(), TerminalLocations(), FeatureDrift()]
+    it stored), and the challenger's shadow scores."""
+    return [MinuteRollups(), TerminalLocations(), FeatureDrift(), ShadowPredictions()]
 
 
 def _floats(column: pd.Series) -> list[float | None]:

@@ -19,10 +19,12 @@ days = st.slider("Days to measure", 1, 60, 14)
 until = now().date()
 since = until - timedelta(days=days + maturity)
 try:
-    daily = read(queries.quality_days, since, until)
+    measured_days = read(queries.quality_days, since, until)
     histogram = read(queries.quality_histogram, since, until)
+    events = read(queries.model_events)
 except Unavailable:
     st.stop()
+daily = measured_days[measured_days["role"] == "champion"].drop(columns=["role"])
 if daily.empty:
     st.info(
         f"No day measured yet: a day is measured once its labels have matured "
@@ -72,3 +74,27 @@ if daily["model_version"].nunique() > 1:
         ),
         width="stretch",
     )  # fmt: skip
+
+shadow = measured_days[measured_days["role"] == "shadow"]
+if not shadow.empty:
+    st.subheader("Champion and challenger, on the same days")
+    same_days = measured_days[measured_days["day"].isin(set(shadow["day"]))]
+    label = same_days["role"] + " " + same_days["model_version"]
+    st.line_chart(same_days.assign(model=label), x="day", y="CP@k", color="model")
+    st.dataframe(
+        same_days.groupby(["role", "model_version"])[
+            ["transactions", "frauds", "AP", "AUC-ROC", "CP@k", "money recall@k"]
+        ].agg(
+            {"transactions": "sum", "frauds": "sum", "AP": "mean", "AUC-ROC": "mean",
+             "CP@k": "mean", "money recall@k": "mean"}
+        ),
+        width="stretch",
+    )  # fmt: skip
+    st.caption(
+        "The challenger is scored in shadow on the champion's traffic (stored, never acted "
+        "on). `fraudstream models gate` promotes it when it is better with significance; "
+        "`fraudstream models promote VERSION` does it by hand."
+    )
+if not events.empty:
+    st.subheader("Model changes")
+    st.dataframe(events, hide_index=True, width="stretch")
