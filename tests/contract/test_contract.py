@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -126,17 +127,135 @@ def test_the_runtime_honours_the_contract(
         out.write(json.dumps({"runtime": runtime, **figures}) + "\n")
 
 
+@pytest.fixture(scope="module")
+def shadowed(
+    stream: Stream,
+    stack_settings: Settings,
+    models_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Outcome, str, str]:
+    """The local engine on the stream with a challenger in shadow: its outcome, the champion
+    and the challenger (another model, trained on 160 days before the stream)."""
+    import shutil
+
+    from fraudstream.features import history_features
+    from fraudstream.model.data import from_dataset
+    from fraudstream.model.registry import Registry
+    from fraudstream.model.train import train
+    from fraudstream.simulator.adapters import load_dataset
+    from fraudstream.simulator.generator import generate_blocks, preset
+    from fraudstream.simulator.history import write_history
+
+    from .runtimes import run_local
+
+    root = tmp_path_factory.mktemp("shadowed")
+    models = root / "models"
+    shutil.copytree(models_dir, models)
+    registry = Registry(models)
+    start = preset("handbook").start - timedelta(days=170)
+    params = preset("handbook", n_customers=400, n_terminals=800, days=160, seed=23, start=start)
+    path = root / "before.parquet"
+    write_history(generate_blocks(params), path, params)
+    frame, frauds = from_dataset(load_dataset(path, tokenizer=None))
+    result = train(
+        frame, history_features(frame, frauds), backend_name="xgboost",
+        grid=[{"n_estimators": 40, "max_depth": 3}],
+        created_at=datetime(2026, 1, 3, tzinfo=timezone.utc), source="challenger",
+    )  # fmt: skip
+    challenger = registry.save(result.model, result.metadata)
+    champion = registry.current()
+    assert champion is not None and challenger != champion
+    registry.set_challenger(challenger)
+    outcome = run_local(stream, stack_settings, models, batch=2000, snapshot_s=5)
+    return outcome, champion, challenger
+
+
+def test_a_challenger_in_shadow_changes_no_decision_and_scores_every_row(
+    shadowed: tuple[Outcome, str, str], stream: Stream
+) -> None:
+    """The champion's rows are the contract's, bit for bit; the challenger scored each stored
+    row once, exactly as it scores the stored feature vector; matured days are measured for
+    both on the same days; the gate judges on those days and says why; a champion below the
+    floor is rolled back; every change is in model_events."""
+    import psycopg
+
+    from fraudstream.model.lifecycle import rollback_if_below_floor, run_gate
+    from fraudstream.model.registry import Registry
+    from fraudstream.model.scoring import Scorer
+    from fraudstream.store.db import conninfo
+    from fraudstream.store.quality import refresh_quality
+
+    outcome, champion, challenger = shadowed
+    check(outcome, stream)
+    settings = outcome.settings
+    assert settings is not None
+    registry = Registry(settings.models_dir)
+    with psycopg.connect(conninfo(settings)) as conn:
+        shadow = dict(
+            conn.execute(
+                "SELECT tx_id, score FROM shadow_predictions WHERE model_version = %s",
+                (challenger,),
+            ).fetchall()
+        )
+        assert conn.execute(
+            "SELECT count(DISTINCT model_version) FROM shadow_predictions"
+        ).fetchone() == (1,)
+        assert set(shadow) == set(outcome.rows.index)
+        rows = outcome.rows.loc[stream.expected.index]
+        want = Scorer(registry.load(challenger)).score(rows[list(FEATURE_NAMES)])
+        got = np.array([shadow[tx] for tx in rows.index])
+        assert (got == want).all()
+        assert not (got == rows["score"].to_numpy()).all()  # another model indeed
+
+        newest = conn.execute("SELECT max(event_time) FROM fraud_predictions").fetchone()[0]
+        measured = refresh_quality(conn, newest.date(), maturity_days=7)
+        assert len(measured) >= 20
+        roles = dict(
+            conn.execute("SELECT role, count(*) FROM quality_daily GROUP BY role").fetchall()
+        )
+        assert roles["champion"] == roles["shadow"] == len(measured)
+
+        gated = settings.model_copy(
+            update={"model": settings.model.model_copy(update={"gate_min_days": 5})}
+        )
+        outcome_of_gate = run_gate(gated, conn)
+        assert outcome_of_gate is not None
+        _version, verdict = outcome_of_gate
+        assert verdict.verdict in ("promote", "keep") and verdict.days >= 20, verdict
+        event = conn.execute(
+            "SELECT action, version, actor, evidence FROM model_events ORDER BY id DESC"
+        ).fetchone()
+        assert event is not None and event[2] == "gate" and event[3]["days"] == verdict.days
+        if verdict.verdict == "promote":
+            assert registry.current() == challenger and event[:2] == ("promoted", challenger)
+        else:
+            assert registry.current() == champion and event[:2] == ("kept", champion)
+
+        # The champion of the stream falls below an impossible floor: back to the one before.
+        registry.promote(challenger if registry.current() == champion else champion)
+        registry.promote(champion)
+        floored = settings.model_copy(
+            update={"model": settings.model.model_copy(
+                update={"rollback_floor": 1.0, "rollback_days": 5}
+            )}
+        )  # fmt: skip
+        assert rollback_if_below_floor(floored, conn) == challenger
+        assert registry.current() == challenger
+        last = conn.execute(
+            "SELECT action, version, previous, actor FROM model_events ORDER BY id DESC"
+        ).fetchone()
+        assert last == ("rolled_back", challenger, champion, "rollback")
+
+
 def test_training_from_the_database_learns_from_the_features_the_engine_used(
-    stream: Stream, stack_settings: Settings, models_dir: Path
+    shadowed: tuple[Outcome, str, str], stream: Stream
 ) -> None:
     """``fraudstream train --from-db`` takes the stored feature vectors (no skew possible),
     and they are the training features of the same history; the late record is kept out of
     terminal activity."""
     from fraudstream.model.data import training_data_from_db
 
-    from .runtimes import run_local
-
-    outcome = run_local(stream, stack_settings, models_dir, batch=2000, snapshot_s=5)
+    outcome = shadowed[0]
     assert outcome.settings is not None
     data = training_data_from_db(outcome.settings)
     assert data.features is not None and data.counted is not None

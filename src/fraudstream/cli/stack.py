@@ -19,7 +19,14 @@ def up(ctx: typer.Context) -> None:
     stack = stack_of(ctx)
     started = time.monotonic()
     with err.status("starting fraudstream…") as status:
-        report = stack.up(progress=lambda message: status.update(message + "…"))
+
+        def progress(message: str) -> None:
+            # A line per step, terminal or not (a log shows what `up` did and how long it
+            # took); the spinner says what is happening now.
+            err.print(f"{time.monotonic() - started:6.1f} s  {message}", highlight=False)
+            status.update(message + "…")
+
+        report = stack.up(progress=progress)
     elapsed = time.monotonic() - started
     if not report.changed:
         out.print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from fraudstream.clock import Clock
@@ -9,7 +10,7 @@ from fraudstream.config import Settings
 from fraudstream.features import history_features
 from fraudstream.model.data import frauds_for_features, labelled_frame
 from fraudstream.model.registry import Registry
-from fraudstream.model.train import train
+from fraudstream.model.train import FIRST_MODEL_PARAMS, train
 from fraudstream.simulator.generator import generate_blocks, preset
 from fraudstream.simulator.history import labels_from_history, write_history
 
@@ -17,10 +18,19 @@ __all__ = ["ensure_model"]
 
 
 def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], None]) -> str | None:
-    """Train and promote a model when the registry has no current one; returns its version."""
+    """Train and promote a model when the registry has no current one; returns its version.
+
+    Fast by design (about a minute on 2 cores): the hyper-parameters are the ones the full
+    search chose on the Handbook preset (``FIRST_MODEL_PARAMS``, docs/model.md), so only the
+    four test folds are trained, and they say which quality the model reached."""
     registry = Registry(settings.models_dir)
     if registry.current() is not None:
         return None
+    started = time.monotonic()
+
+    def step(message: str) -> None:
+        progress(f"first model, {time.monotonic() - started:.0f} s: {message}")
+
     params = preset(
         settings.simulator.preset,
         n_customers=settings.model.bootstrap_customers,
@@ -30,22 +40,36 @@ def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], Non
     )
     path = settings.state_dir / "data" / "bootstrap-history.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    progress(f"simulating {params.days} days of history for a first model")
+    step(f"simulating {params.days} days of history ({params.n_customers:,} card holders)")
     write_history(generate_blocks(params), path, params)
     import pandas as pd
 
     history = pd.read_parquet(path)
     labels = labels_from_history(history)
     frame = labelled_frame(history.drop(columns=["is_fraud"]), labels)
-    progress("computing features for the first model")
-    features = history_features(frame, frauds_for_features(frame, labels))
-    progress("training the first model")
+    step(f"computing features of {len(frame):,} transactions")
+    done = [0]
+
+    def counted(rows: int) -> None:
+        before, done[0] = done[0], done[0] + rows
+        if 4 * done[0] // len(frame) > 4 * before // len(frame):
+            step(f"features {done[0] / len(frame):.0%}")
+
+    features = history_features(frame, frauds_for_features(frame, labels), progress=counted)
     result = train(
         frame, features, backend_name=settings.model.backend,
+        grid=[FIRST_MODEL_PARAMS[settings.model.backend]],
         cards_per_day=settings.model.review_cards_per_day,
         decline_precision=settings.model.decline_precision, seed=settings.model.seed,
-        created_at=clock.now(), source=f"bootstrap: {path.name}",
+        created_at=clock.now(), source=f"bootstrap: {path.name}", progress=step,
     )  # fmt: skip
     version = registry.save(result.model, result.metadata)
     registry.promote(version)
+    assert result.test is not None
+    test = result.test
+    step(
+        f"{version} promoted; on its 4 test folds AUC-ROC {test.auc_roc:.3f}, AP "
+        f"{test.average_precision:.3f}, CP@{result.metadata['metrics']['k']} "
+        f"{test.card_precision_at_k:.3f}"
+    )
     return version

@@ -24,6 +24,7 @@ from fraudstream.model.profile import FeatureProfile
 from fraudstream.model.protocol import Fold, Protocol, split
 
 __all__ = [
+    "FIRST_MODEL_PARAMS",
     "GRIDS",
     "HANDBOOK_BASELINES",
     "FoldScores",
@@ -58,6 +59,18 @@ GRIDS: dict[str, list[dict[str, Any]]] = {
         for weight in (1, 5)
     ],
 }
+
+
+FIRST_MODEL_PARAMS: dict[str, dict[str, Any]] = {
+    # The search's choice on the Handbook preset (docs/model.md): what `up` trains its first
+    # model with, without a search of its own.
+    "xgboost": {
+        "n_estimators": 200, "learning_rate": 0.05, "max_depth": 6, "min_child_weight": 5,
+    },
+    "lightgbm": {
+        "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 63, "min_child_samples": 100,
+    },
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
