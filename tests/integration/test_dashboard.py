@@ -406,3 +406,39 @@ def _fresh_streamlit_caches() -> Iterator[None]:
     yield
     st.cache_resource.clear()
     st.cache_data.clear()
+
+
+def test_model_quality_shows_champion_and_challenger_on_the_same_days(seeded: Seeded) -> None:
+    """A challenger's matured days (role shadow) beside the champion's, and the model's
+    audit trail; the champion's own figures stay the champion's."""
+    day = (NOW - timedelta(days=9)).date()
+    with connect(seeded.settings) as conn:
+        conn.execute(
+            "INSERT INTO quality_daily (day, model_version, role, transactions, frauds, "
+            "auc_roc, average_precision, card_precision_at_k, k, money_recall) "
+            "VALUES (%s, 'm-challenger', 'shadow', 300, 20, 0.9, 0.8, 0.2, 100, 0.7)",
+            (day,),
+        )
+        conn.execute(
+            "INSERT INTO model_events (action, version, previous, actor, evidence) "
+            "VALUES ('challenger', 'm-challenger', NULL, 'ana', '{}')"
+        )
+        conn.commit()
+    try:
+        app = _page("quality")
+        daily = app.dataframe[0].value
+        assert len(daily) == 1 and "role" not in daily.columns  # the champion's day only
+        headers = [h.value for h in app.subheader]
+        assert "Champion and challenger, on the same days" in headers
+        compared = app.dataframe[1].value.reset_index()
+        assert set(compared["role"]) == {"champion", "shadow"}
+        shadow = compared[compared["role"] == "shadow"].iloc[0]
+        assert shadow["model_version"] == "m-challenger" and shadow["CP@k"] == 0.2
+        assert shadow["money recall@k"] == 0.7
+        events = app.dataframe[-1].value
+        assert events.iloc[0]["action"] == "challenger" and events.iloc[0]["actor"] == "ana"
+    finally:
+        with connect(seeded.settings) as conn:
+            conn.execute("DELETE FROM quality_daily WHERE role = 'shadow'")
+            conn.execute("DELETE FROM model_events")
+            conn.commit()
