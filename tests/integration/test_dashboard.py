@@ -442,3 +442,46 @@ def test_model_quality_shows_champion_and_challenger_on_the_same_days(seeded: Se
             conn.execute("DELETE FROM quality_daily WHERE role = 'shadow'")
             conn.execute("DELETE FROM model_events")
             conn.commit()
+
+
+def test_decline_precision_is_estimated_from_the_explored_declines(seeded: Seeded) -> None:
+    """Explored would-be declines (rule hit ``explore``) on a matured day: their fraud share
+    with a Wilson interval, in `fraudstream quality`'s function and on the page."""
+    from fraudstream.model.metrics import wilson_interval
+    from fraudstream.store.quality import decline_precision
+
+    day = (NOW - timedelta(days=9)).date()
+    start = datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc)
+    with connect(seeded.settings) as conn:
+        explored = conn.execute(
+            "UPDATE fraud_predictions SET rule_hits = array_append(rule_hits, 'explore') "
+            "WHERE tx_id IN (SELECT tx_id FROM fraud_predictions WHERE event_time >= %s "
+            "AND event_time < %s ORDER BY tx_id LIMIT 40) RETURNING tx_id",
+            (start, start + timedelta(days=1)),
+        ).fetchall()
+        frauds = conn.execute(
+            "SELECT count(DISTINCT tx_id) FROM labels WHERE is_fraud AND tx_id = ANY(%s)",
+            ([row[0] for row in explored],),
+        ).fetchone()
+        conn.commit()
+        try:
+            got = decline_precision(conn, start, start + timedelta(days=1))
+            assert frauds is not None and (got.explored, got.frauds) == (40, frauds[0])
+            assert (got.low, got.high) == wilson_interval(frauds[0], 40)
+            assert got.low <= got.estimate <= got.high
+            app = _page("quality")
+            metric = next(m for m in app.metric if m.label.startswith("Decline precision"))
+            assert metric.value == f"{frauds[0] / 40:.1%}" and metric.delta.startswith("95 %")
+        finally:
+            conn.execute(
+                "UPDATE fraud_predictions SET rule_hits = array_remove(rule_hits, 'explore')"
+            )
+            conn.commit()
+
+
+def test_wilson_interval_is_the_textbook_one() -> None:
+    from fraudstream.model.metrics import wilson_interval
+
+    low, high = wilson_interval(8, 10)  # 0.8 of 10: Wilson 95 % is about 0.490–0.943
+    assert round(low, 3) == 0.490 and round(high, 3) == 0.943
+    assert wilson_interval(0, 0) != wilson_interval(0, 0)  # NaN: nothing to estimate

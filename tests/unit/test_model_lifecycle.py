@@ -15,8 +15,10 @@ from fraudstream.model.metrics import money_recall_at_k
 from fraudstream.model.protocol import Protocol
 from fraudstream.model.registry import Registry, RegistryError
 
-from .test_model import trained  # noqa: F401  (a module fixture: one small trained model)
-from .test_model import small_history  # noqa: F401
+from .test_model import (  # module fixtures: one small trained model
+    small_history,  # noqa: F401
+    trained,  # noqa: F401
+)
 
 
 def _pairs(champion: list[float], challenger: list[float], money=(0.5, 0.5)) -> pd.DataFrame:
@@ -98,7 +100,7 @@ def test_the_retraining_protocol_ends_on_the_last_matured_day() -> None:
 
 
 def test_registry_pointers_and_the_engine_follows_them(trained: tuple, tmp_path: Path) -> None:  # noqa: F811
-    _frame, features, result = trained
+    _frame, _features, result = trained
     registry = Registry(tmp_path / "models")
     champion = registry.add(result.model, result.metadata)
     other = registry.save(result.model, {**result.metadata, "seed": 7})

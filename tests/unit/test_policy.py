@@ -104,3 +104,47 @@ def test_default_rules_load_and_missing_files_are_named(tmp_path: Path) -> None:
     }  # fmt: skip
     with pytest.raises(RulesError, match="cannot read rules file"):
         load_rules(tmp_path / "absent.toml")
+
+
+def test_exploration_sends_a_share_of_the_models_declines_to_review() -> None:
+    from fraudstream.config import load_settings
+    from fraudstream.engines.base import decision_rules
+    from fraudstream.policy.decide import EXPLORE, explore_draw
+
+    n = 20_000
+    features = pd.DataFrame(0.0, index=range(n), columns=list(FEATURE_NAMES))
+    features["amount"] = np.where(np.arange(n) % 4 == 0, 5_000.0, 50.0)  # a quarter over the cap
+    tx_ids = np.array([f"tx-{i}" for i in range(n)], dtype=object)
+    scores = np.full(n, 0.99)  # every row a decline by the model
+    thresholds = {"review": 0.5, "decline": 0.9}
+    settings = load_settings(overrides={"policy.explore_share": "0.05"})
+    rules = decision_rules(settings)
+    assert rules.explore is not None and rules.version.endswith("+explore0.05")
+    got = decide(scores, features, tx_ids, tx_ids, thresholds, rules, tx_ids=tx_ids)
+    explored = np.array([EXPLORE in hits for hits in got.rule_hits])
+    assert (got.decision[explored] == "review").all() and (
+        got.decision[~explored] == "decline"
+    ).all()
+    assert not explored[features["amount"].to_numpy() > 200].any()  # the loss cap
+    share = explored.sum() / (features["amount"] <= 200).sum()
+    assert 0.04 < share < 0.06
+    # The same rows whatever the batch: the draw is the tx_id's.
+    again = decide(scores[::-1], features[::-1], tx_ids[::-1], tx_ids[::-1], thresholds, rules,
+                   tx_ids=tx_ids[::-1])  # fmt: skip
+    assert (np.array([EXPLORE in h for h in again.rule_hits])[::-1] == explored).all()
+    assert explore_draw("tx-1") == explore_draw("tx-1")
+    # Off by default, and a rule's decline is never explored.
+    plain = decide(scores, features, tx_ids, tx_ids, thresholds, decision_rules(load_settings()),
+                   tx_ids=tx_ids)  # fmt: skip
+    assert (plain.decision == "decline").all()
+    ruled = rules.model_copy(update={"rule": (*rules.rule, *load_rules_text(
+        '[[rule]]\nname = "big"\naction = "decline"\nwhen = { feature = "amount", below = 1e9 }'
+    ).rule)})  # fmt: skip
+    assert (decide(scores, features, tx_ids, tx_ids, thresholds, ruled, tx_ids=tx_ids).decision
+            == "decline").all()  # fmt: skip
+
+
+def load_rules_text(body: str):  # type: ignore[no-untyped-def]
+    from fraudstream.policy.rules import _parse
+
+    return _parse('version = "t"\n' + body, "test")

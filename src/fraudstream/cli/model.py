@@ -324,10 +324,10 @@ def retrain(
 def quality(ctx: typer.Context) -> None:
     """Measure model quality for every day whose labels have matured and that is not measured
     yet (what the running engine does every engine.quality_interval_s), for the dashboard."""
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from fraudstream.store.db import connect
-    from fraudstream.store.quality import refresh_quality
+    from fraudstream.store.quality import decline_precision, refresh_quality
 
     settings = settings_of(ctx)
     with connect(settings) as conn:
@@ -338,5 +338,14 @@ def quality(ctx: typer.Context) -> None:
         measured = refresh_quality(
             conn, newest.date(), maturity_days=settings.engine.quality_maturity_days
         )
+        since = newest - timedelta(days=60)
+        until = newest - timedelta(days=settings.engine.quality_maturity_days)
+        declines = decline_precision(conn, since, until)
     span = f": {measured[0]} … {measured[-1]}" if measured else ""
     typer.echo(f"measured {len(measured)} day(s){span}")
+    if declines.explored:
+        typer.echo(
+            f"decline precision (explored would-be declines, matured days): "
+            f"{declines.estimate:.1%}, 95 % interval {declines.low:.1%}–{declines.high:.1%} "
+            f"({declines.frauds} frauds of {declines.explored})"
+        )

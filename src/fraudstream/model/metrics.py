@@ -9,7 +9,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["auc_roc", "average_precision", "card_precision_at_k", "money_recall_at_k"]
+__all__ = [
+    "auc_roc",
+    "average_precision",
+    "card_precision_at_k",
+    "money_recall_at_k",
+    "wilson_interval",
+]
 
 
 def auc_roc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -84,3 +90,14 @@ def money_recall_at_k(frame: pd.DataFrame, k: int = 100) -> float:
         hit = rows["card_id"].isin(top).to_numpy() & rows["is_fraud"].to_numpy(dtype=bool)
         caught += float(rows.loc[hit, "amount"].astype(float).sum())
     return caught / float(fraud_money)
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95 % by default): sound for small samples
+    and for proportions near 0 or 1, where the normal approximation is not."""
+    if trials == 0:
+        return float("nan"), float("nan")
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

@@ -12,6 +12,7 @@ and of legitimate transactions in 100 bins.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
@@ -25,9 +26,17 @@ from fraudstream.model.metrics import (
     average_precision,
     card_precision_at_k,
     money_recall_at_k,
+    wilson_interval,
 )
+from fraudstream.policy.decide import EXPLORE
 
-__all__ = ["HISTOGRAM_BINS", "labelled_scores", "refresh_quality"]
+__all__ = [
+    "HISTOGRAM_BINS",
+    "DeclinePrecision",
+    "decline_precision",
+    "labelled_scores",
+    "refresh_quality",
+]
 
 log = logging.getLogger("fraudstream.quality")
 
@@ -142,3 +151,34 @@ def _store_day(
 
 def _finite(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
+
+
+@dataclass(frozen=True)
+class DeclinePrecision:
+    """How many of the model's would-be declines were fraud, measured on the explored ones
+    (sent to review instead, at random: ``policy.explore_share``), with a 95 % interval."""
+
+    explored: int
+    frauds: int
+    low: float
+    high: float
+
+    @property
+    def estimate(self) -> float:
+        return self.frauds / self.explored if self.explored else float("nan")
+
+
+def decline_precision(
+    conn: psycopg.Connection[Any], since: datetime, until: datetime
+) -> DeclinePrecision:
+    """Decline precision from the explored transactions of ``[since, until)`` (use matured
+    days: a fraud not reported yet counts as legitimate)."""
+    row = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE l.is_fraud) FROM fraud_predictions p "
+        "LEFT JOIN LATERAL (SELECT bool_or(is_fraud) AS is_fraud FROM labels "
+        "                   WHERE labels.tx_id = p.tx_id) l ON true "
+        "WHERE %s = ANY(p.rule_hits) AND p.event_time >= %s AND p.event_time < %s",
+        (EXPLORE, since, until),
+    ).fetchone()
+    explored, frauds = (int(row[0]), int(row[1])) if row else (0, 0)
+    return DeclinePrecision(explored, frauds, *wilson_interval(frauds, explored))

@@ -12,6 +12,7 @@ import streamlit as st
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read, settings
 from fraudstream.dashboard.quality import budget, pr_curve
+from fraudstream.model.metrics import wilson_interval
 
 st.title("Model quality")
 maturity = settings().engine.quality_maturity_days
@@ -22,6 +23,7 @@ try:
     measured_days = read(queries.quality_days, since, until)
     histogram = read(queries.quality_histogram, since, until)
     events = read(queries.model_events)
+    explored = read(queries.explored_declines, since, until - timedelta(days=maturity))
 except Unavailable:
     st.stop()
 daily = measured_days[measured_days["role"] == "champion"].drop(columns=["role"])
@@ -94,6 +96,17 @@ if not shadow.empty:
         "The challenger is scored in shadow on the champion's traffic (stored, never acted "
         "on). `fraudstream models gate` promotes it when it is better with significance; "
         "`fraudstream models promote VERSION` does it by hand."
+    )
+if int(explored["explored"].iloc[0]):
+    st.subheader("Decline precision, from explored declines")
+    n, frauds = int(explored["explored"].iloc[0]), int(explored["frauds"].iloc[0])
+    low, high = wilson_interval(frauds, n)
+    interval = f"95 %: {low:.1%}–{high:.1%}"
+    st.metric("Decline precision (matured days)", f"{frauds / n:.1%}", interval, delta_color="off")
+    st.caption(
+        f"{n:,} of the model's would-be declines were sent to review instead "
+        "(policy.explore_share), chosen at random: their outcomes estimate what declines "
+        "cost, which declined transactions themselves never tell."
     )
 if not events.empty:
     st.subheader("Model changes")
