@@ -230,8 +230,10 @@ class ModelSettings(_Section):
         default=5_000, ge=50, le=1_000_000, description="Card holders in the first model's history."
     )
     bootstrap_days: int = Field(
-        default=160, ge=160, le=3650, description="Days of history the first model is trained on."
-    )
+        default=90, ge=80, le=3650,
+        description="Days of history the first model is trained on: 37 days for the longest "
+        "feature windows to fill, then its 4 test folds (42 days).",
+    )  # fmt: skip
     retrain_every_hours: float | None = Field(
         default=None, gt=0, le=24 * 365,
         description="Retrain a challenger on matured labels this often, then run the gate "

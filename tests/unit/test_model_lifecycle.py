@@ -118,3 +118,34 @@ def test_registry_pointers_and_the_engine_follows_them(trained: tuple, tmp_path:
     registry.promote(champion)  # rolled back
     assert registry.champions() == [champion, other, champion]
     assert registry.previous_champion() == other
+
+
+def test_selective_label_weights_stand_explored_declines_for_all_declines() -> None:
+    from fraudstream.model.data import selective_label_weights
+
+    frame = pd.DataFrame(
+        {
+            "decision": ["approve", "decline", "review", "review", "decline"],
+            "explored": [False, False, True, False, False],
+        }
+    )
+    weights = selective_label_weights(frame, 0.05)
+    assert weights is not None and list(weights) == [1.0, 0.0, 20.0, 1.0, 0.0]
+    assert selective_label_weights(frame, 0.0) is None  # exploration off
+    assert selective_label_weights(frame.assign(explored=False), 0.05) is None
+
+
+def test_weights_reach_the_booster(trained: tuple) -> None:  # noqa: F811
+    """A row with weight 0 is not learned from: the same model as without that row."""
+    from fraudstream.model.backends import backend
+
+    frame, features, _result = trained
+    x = features.to_numpy(dtype=float)[:3000]
+    y = frame["is_fraud"].to_numpy(dtype=float)[:3000]
+    engine = backend("xgboost")
+    params = {"n_estimators": 10, "max_depth": 2}
+    weight = np.ones(len(y))
+    weight[::2] = 0.0
+    weighted = engine.predict(engine.fit(x, y, params, 0, weight), x)
+    dropped = engine.predict(engine.fit(x[1::2], y[1::2], params, 0), x)
+    np.testing.assert_allclose(weighted, dropped, rtol=1e-6)

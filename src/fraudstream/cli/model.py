@@ -142,6 +142,14 @@ def evaluate(
     ))  # fmt: skip
     for fold in folds:
         out.print(f"  fold: {fold.describe()}", highlight=False)
+    settings_used = ", ".join(f"{k}={v}" for k, v in sorted(metadata["params"].items()))
+    chosen = metadata.get("protocol", {}).get("selected_by", "unknown")
+    out.print(
+        f"  settings: {metadata['backend']} {settings_used}, seed {metadata['seed']}; from "
+        f"model {version} (trained on {metadata.get('source', '?')} at "
+        f"{str(metadata.get('created_at', '?'))[:19]}; chosen by {chosen})",
+        highlight=False,
+    )
 
 
 models_app = typer.Typer(help="List, inspect and promote model versions.", no_args_is_help=True)

@@ -15,7 +15,10 @@ class Backend(Protocol):
     name: str
     file_name: str
 
-    def fit(self, x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any: ...
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int,
+        weight: np.ndarray | None = None,
+    ) -> Any: ...  # fmt: skip
 
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray: ...
 
@@ -41,7 +44,10 @@ class LightGBM:
     name = "lightgbm"
     file_name = "model.lgb.txt"
 
-    def fit(self, x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int,
+        weight: np.ndarray | None = None,
+    ) -> Any:  # fmt: skip
         lgb = _require("lightgbm", "lightgbm")
         rounds = int(params.get("n_estimators", 300))
         config = {
@@ -59,7 +65,7 @@ class LightGBM:
             "num_threads": 2,
             "verbose": -1,
         }
-        return lgb.train(config, lgb.Dataset(x, label=y), num_boost_round=rounds)
+        return lgb.train(config, lgb.Dataset(x, label=y, weight=weight), num_boost_round=rounds)
 
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
         return np.asarray(model.predict(x, num_threads=1), dtype=float)
@@ -79,7 +85,10 @@ class XGBoost:
     name = "xgboost"
     file_name = "model.xgb.json"
 
-    def fit(self, x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int) -> Any:
+    def fit(
+        self, x: np.ndarray, y: np.ndarray, params: dict[str, Any], seed: int,
+        weight: np.ndarray | None = None,
+    ) -> Any:  # fmt: skip
         xgb = _require("xgboost", "xgboost")
         config = {
             "objective": "binary:logistic",
@@ -97,7 +106,7 @@ class XGBoost:
         if "base_score" in params:  # else XGBoost estimates it from the labels
             config["base_score"] = params["base_score"]
         rounds = int(params.get("n_estimators", 300))
-        return xgb.train(config, xgb.DMatrix(x, label=y), num_boost_round=rounds)
+        return xgb.train(config, xgb.DMatrix(x, label=y, weight=weight), num_boost_round=rounds)
 
     def predict(self, model: Any, x: np.ndarray) -> np.ndarray:
         return np.asarray(model.inplace_predict(x), dtype=float)

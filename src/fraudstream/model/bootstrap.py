@@ -9,6 +9,7 @@ from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.features import history_features
 from fraudstream.model.data import frauds_for_features, labelled_frame
+from fraudstream.model.protocol import Protocol
 from fraudstream.model.registry import Registry
 from fraudstream.model.train import FIRST_MODEL_PARAMS, train
 from fraudstream.simulator.generator import generate_blocks, preset
@@ -56,8 +57,10 @@ def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], Non
             step(f"features {done[0] / len(frame):.0%}")
 
     features = history_features(frame, frauds_for_features(frame, labels), progress=counted)
+    last_full_day = frame["event_time"].max().normalize() - pd.Timedelta(days=1)
     result = train(
         frame, features, backend_name=settings.model.backend,
+        protocol=Protocol.ending(last_full_day),
         grid=[FIRST_MODEL_PARAMS[settings.model.backend]],
         cards_per_day=settings.model.review_cards_per_day,
         decline_precision=settings.model.decline_precision, seed=settings.model.seed,

@@ -20,6 +20,7 @@ __all__ = [
     "frauds_for_features",
     "from_dataset",
     "labelled_frame",
+    "selective_label_weights",
     "training_data_from_db",
     "training_data_from_file",
 ]
@@ -96,3 +97,16 @@ def training_data_from_db(settings: Settings) -> TrainingData:
         frame.drop(columns=["features", "late"]), frauds, "database",
         features=features, counted=counted,
     )  # fmt: skip
+
+
+def selective_label_weights(frame: pd.DataFrame, explore_share: float) -> np.ndarray | None:
+    """Training weights that undo what declines hide (docs/model.md, selective labels): a
+    declined transaction is never completed, so its outcome is unknown (weight 0); the
+    explored would-be declines, sent to review at random with probability ``explore_share``,
+    stand for all of them (weight 1 / share); the rest weigh 1. None when there was no
+    exploration (nothing to reweight with)."""
+    if explore_share <= 0 or "explored" not in frame or not frame["explored"].any():
+        return None
+    explored = frame["explored"].to_numpy(dtype=bool)
+    declined = (frame["decision"] == "decline").to_numpy()
+    return np.where(explored, 1.0 / explore_share, np.where(declined, 0.0, 1.0))

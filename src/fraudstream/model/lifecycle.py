@@ -159,7 +159,7 @@ def retrain(
     as ``train``, its latest test fold ending on the last matured day; it becomes the
     challenger, scored in shadow until the gate or a person decides."""
     from fraudstream.features import history_features
-    from fraudstream.model.data import training_data_from_db
+    from fraudstream.model.data import selective_label_weights, training_data_from_db
     from fraudstream.model.protocol import Protocol
     from fraudstream.model.train import train
     from fraudstream.store.db import connect
@@ -190,6 +190,7 @@ def retrain(
         cards_per_day=settings.model.review_cards_per_day,
         decline_precision=settings.model.decline_precision, seed=settings.model.seed,
         created_at=clock.now(), source="database (matured labels)", progress=progress,
+        weights=selective_label_weights(data.frame, settings.policy.explore_share),
     )  # fmt: skip
     registry = Registry(settings.models_dir)
     version = registry.save(result.model, result.metadata)

@@ -10,15 +10,15 @@ __all__ = ["load_labels", "load_transactions"]
 
 def load_transactions(conn: psycopg.Connection[tuple[object, ...]]) -> pd.DataFrame:
     """Stored predictions as transactions, in the order the engines saw them per card (event
-    time, then partition and offset), with their stored feature vectors and late flags."""
+    time, then partition and offset), with their stored feature vectors, late flags, the
+    decision taken and whether it was an explored decline."""
     rows = conn.execute(
-        "SELECT tx_id, event_time, card_id, terminal_id, amount::float8, features, late "
+        "SELECT tx_id, event_time, card_id, terminal_id, amount::float8, features, late, "
+        "       decision, 'explore' = ANY(rule_hits) "
         "FROM fraud_predictions ORDER BY event_time, kafka_partition, kafka_offset, tx_id"
     ).fetchall()
-    frame = pd.DataFrame(
-        rows,
-        columns=["tx_id", "event_time", "card_id", "terminal_id", "amount", "features", "late"],
-    )
+    columns = ["tx_id", "event_time", "card_id", "terminal_id", "amount", "features", "late"]
+    frame = pd.DataFrame(rows, columns=[*columns, "decision", "explored"])
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
     return frame
 
