@@ -171,7 +171,7 @@ def shadowed(
 
 
 def test_a_challenger_in_shadow_changes_no_decision_and_scores_every_row(
-    shadowed: tuple[Outcome, str, str], stream: Stream
+    shadowed: tuple[Outcome, str, str], stream: Stream, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The champion's rows are the contract's, bit for bit; the challenger scored each stored
     row once, exactly as it scores the stored feature vector; matured days are measured for
@@ -222,6 +222,9 @@ def test_a_challenger_in_shadow_changes_no_decision_and_scores_every_row(
         assert outcome_of_gate is not None
         _version, verdict = outcome_of_gate
         assert verdict.verdict in ("promote", "keep") and verdict.days >= 20, verdict
+        results = tmp_path_factory.getbasetemp() / "contract-results.json"
+        with results.open("a") as out:  # the gate's figures, for the note's table
+            out.write(json.dumps({"runtime": "shadow gate", **verdict.as_dict()}) + "\n")
         event = conn.execute(
             "SELECT action, version, actor, evidence FROM model_events ORDER BY id DESC"
         ).fetchone()

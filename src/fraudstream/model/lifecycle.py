@@ -95,7 +95,8 @@ def run_gate(
         return None
     newest = newest_event_day(conn)
     first = _trained_until(registry.metadata(challenger)) + timedelta(days=1)
-    last = (newest or first) - timedelta(days=settings.engine.quality_maturity_days - 1)
+    # Matured days end (exclusive) maturity_days before the newest, as in store/quality.py.
+    last = (newest or first) - timedelta(days=settings.engine.quality_maturity_days)
     k = settings.model.review_cards_per_day
     pairs = daily_pairs(_shadow_rows(conn, challenger, first, max(first, last)), k)
     gate = settings.model
