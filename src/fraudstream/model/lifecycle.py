@@ -135,6 +135,14 @@ def rollback_if_below_floor(settings: Settings, conn: psycopg.Connection[Any]) -
     live = sum(float(row[1]) for row in rows) / len(rows)
     if live >= floor:
         return None
+    failed_before = conn.execute(
+        "SELECT 1 FROM model_events WHERE action = 'rolled_back' AND previous = %s LIMIT 1",
+        (previous,),
+    ).fetchone()
+    if failed_before:  # no ping-pong between two models under the floor: a person decides
+        log.warning("model %s is below its floor, and so was %s: not rolled back", champion,
+                    previous)  # fmt: skip
+        return None
     registry.promote(previous)
     evidence = {
         "cp_at_k": round(live, 4), "floor": floor, "days": [str(row[0]) for row in rows],

@@ -32,7 +32,7 @@ CREATE TABLE model_events (
     action      text NOT NULL CHECK (action IN (
                     'challenger', 'promoted', 'kept', 'rolled_back', 'retired')),
     version     text NOT NULL,
-    previous    text,
+    previous    text,                -- the champion replaced; for 'kept', the challenger judged
     actor       text NOT NULL,       -- a person's name, or 'gate' / 'rollback' / 'retrain'
     evidence    jsonb NOT NULL DEFAULT '{}'
 );
