@@ -1,7 +1,8 @@
 """The dashboard's read models, kept beside the predictions: per-minute rollups, terminal
-locations, drift counts; and the challenger's shadow scores (docs/adr/0008). Each is a ``Projection`` the sink registers: written in the batch's
-transaction from the rows actually inserted (a replayed batch adds nothing), never read by the
-engines, never deciding what is stored. The exactly-once core (``sink.py``) knows none of
+locations, drift counts; and the challenger's shadow scores (docs/adr/0008). Each is a
+``Projection`` the sink registers: written in the batch's transaction from the rows actually
+inserted (a replayed batch adds nothing), never read by the engines, never deciding what is
+stored. The exactly-once core (``sink.py``) knows none of
 their tables.
 """
 
