@@ -250,6 +250,47 @@ def test_a_challenger_in_shadow_changes_no_decision_and_scores_every_row(
         assert last == ("rolled_back", challenger, champion, "rollback")
 
 
+def test_the_model_lifecycle_commands(shadowed: tuple[Outcome, str, str]) -> None:
+    """`models challenge`, `models gate --dry-run`, `quality`, `retrain` (refused: the stream
+    is shorter than the protocol) and `models promote --by`, on the shadowed run's database;
+    each change in model_events with who made it."""
+    import psycopg
+
+    from fraudstream.model.registry import Registry
+    from fraudstream.store.db import conninfo
+
+    from ..conftest import run_cli
+    from ..engine_kit import engine_env
+
+    outcome, champion, challenger = shadowed
+    assert outcome.settings is not None
+    env = engine_env(outcome.settings)
+    registry = Registry(outcome.settings.models_dir)
+    other = challenger if registry.current() == champion else champion
+
+    tried = run_cli("models", "challenge", other, "--by", "ana", env=env)
+    assert tried.returncode == 0 and f"{other} is scored in shadow" in tried.stdout, tried.stderr
+    gated = run_cli("models", "gate", "--dry-run", env=env)
+    assert gated.returncode == 0, gated.stderr
+    assert "matured day(s)" in gated.stdout and "[dry run]" in gated.stdout
+    assert "money recall@k" in gated.stdout and registry.challenger() == other
+    measured = run_cli("quality", env=env)
+    assert measured.returncode == 0 and "measured" in measured.stdout, measured.stderr
+    refused = run_cli("retrain", env=env)
+    assert refused.returncode == 1 and "retraining needs matured history" in refused.stderr
+    stopped = run_cli("models", "challenge", "--stop", "--by", "ana", env=env)
+    assert stopped.returncode == 0 and f"{other} retired" in stopped.stdout
+    promoted = run_cli("models", "promote", other, "--by", "bea", env=env)
+    assert promoted.returncode == 0 and registry.current() == other
+    with psycopg.connect(conninfo(outcome.settings)) as conn:
+        events = conn.execute(
+            "SELECT action, version, actor FROM model_events WHERE actor IN ('ana', 'bea') "
+            "ORDER BY id"
+        ).fetchall()
+    assert events == [("challenger", other, "ana"), ("retired", other, "ana"),
+                      ("promoted", other, "bea")]  # fmt: skip
+
+
 def test_training_from_the_database_learns_from_the_features_the_engine_used(
     shadowed: tuple[Outcome, str, str], stream: Stream
 ) -> None:

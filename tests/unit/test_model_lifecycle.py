@@ -149,3 +149,9 @@ def test_weights_reach_the_booster(trained: tuple) -> None:  # noqa: F811
     weighted = engine.predict(engine.fit(x, y, params, 0, weight), x)
     dropped = engine.predict(engine.fit(x[1::2], y[1::2], params, 0), x)
     np.testing.assert_allclose(weighted, dropped, rtol=1e-6)
+
+
+def test_the_gate_waits_when_no_shadow_score_exists_yet() -> None:
+    empty = pd.DataFrame(columns=["day", "card_id", "amount", "is_fraud", "champion", "challenger"])
+    result = compare(daily_pairs(empty, k=100), min_days=7)
+    assert result.verdict == "wait" and result.days == 0

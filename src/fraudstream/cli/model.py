@@ -281,6 +281,7 @@ def models_gate(
         f"{challenger}: {result.verdict} ({result.why}; {result.days} matured day(s), "
         f"p = {result.p_value:.3f})" + (" [dry run]" if dry_run else ""),
         highlight=False,
+        markup=False,
     )
 
 

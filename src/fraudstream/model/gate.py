@@ -52,7 +52,8 @@ def daily_pairs(rows: pd.DataFrame, k: int) -> pd.DataFrame:
             figures[f"{model}_cp"] = card_precision_at_k(scored, k, remove_detected=False)
             figures[f"{model}_money"] = money_recall_at_k(scored, k)
         out.append(figures)
-    return pd.DataFrame(out)
+    columns = ["day", "champion_cp", "champion_money", "challenger_cp", "challenger_money"]
+    return pd.DataFrame(out, columns=columns)  # the columns even without a day (no shadow)
 
 
 def compare(
