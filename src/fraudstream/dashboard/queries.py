@@ -26,7 +26,6 @@ __all__ = [
     "dlq_counts",
     "drift_model",
     "engines",
-    "explored_declines",
     "feature_histograms",
     "latest_alerts",
     "latest_rejected",
@@ -308,21 +307,6 @@ def quality_days(conn: Connection, first: date, last: date) -> pd.DataFrame:
         '       auc_roc AS "AUC-ROC", card_precision_at_k AS "CP@k", '
         '       money_recall AS "money recall@k", k, flagged, flagged_frauds '
         "FROM quality_daily WHERE day >= %s AND day < %s ORDER BY day, role, model_version",
-        (first, last),
-    )
-
-
-def explored_declines(conn: Connection, first: date, last: date) -> pd.DataFrame:
-    """The would-be declines sent to review to learn their outcome (``policy.explore_share``)
-    on days ``[first, last)``, and how many were fraud: one row, ``explored`` and
-    ``frauds``."""
-    return _frame(
-        conn,
-        "SELECT count(*) AS explored, count(*) FILTER (WHERE l.is_fraud) AS frauds "
-        "FROM fraud_predictions p "
-        "LEFT JOIN LATERAL (SELECT bool_or(is_fraud) AS is_fraud FROM labels "
-        "                   WHERE labels.tx_id = p.tx_id) l ON true "
-        "WHERE 'explore' = ANY(p.rule_hits) AND p.event_time >= %s AND p.event_time < %s",
         (first, last),
     )
 

@@ -4,7 +4,7 @@ Reads what the engine measured once each day matured (``store.quality``)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, datetime, time, timedelta, timezone
 
 import pandas as pd
 import streamlit as st
@@ -12,7 +12,12 @@ import streamlit as st
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read, settings
 from fraudstream.dashboard.quality import budget, pr_curve
-from fraudstream.model.metrics import wilson_interval
+from fraudstream.store.quality import decline_precision
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=timezone.utc)
+
 
 st.title("Model quality")
 maturity = settings().engine.quality_maturity_days
@@ -23,7 +28,9 @@ try:
     measured_days = read(queries.quality_days, since, until)
     histogram = read(queries.quality_histogram, since, until)
     events = read(queries.model_events)
-    explored = read(queries.explored_declines, since, until - timedelta(days=maturity))
+    declines = read(
+        decline_precision, _midnight(since), _midnight(until - timedelta(days=maturity))
+    )
 except Unavailable:
     st.stop()
 daily = measured_days[measured_days["role"] == "champion"].drop(columns=["role"])
@@ -97,14 +104,15 @@ if not shadow.empty:
         "on). `fraudstream models gate` promotes it when it is better with significance; "
         "`fraudstream models promote VERSION` does it by hand."
     )
-if int(explored["explored"].iloc[0]):
+if declines.explored:
     st.subheader("Decline precision, from explored declines")
-    n, frauds = int(explored["explored"].iloc[0]), int(explored["frauds"].iloc[0])
-    low, high = wilson_interval(frauds, n)
-    interval = f"95 %: {low:.1%}–{high:.1%}"
-    st.metric("Decline precision (matured days)", f"{frauds / n:.1%}", interval, delta_color="off")
+    interval = f"95 %: {declines.low:.1%}–{declines.high:.1%}"
+    st.metric(
+        "Decline precision (matured days)", f"{declines.estimate:.1%}", interval,
+        delta_color="off",
+    )  # fmt: skip
     st.caption(
-        f"{n:,} of the model's would-be declines were sent to review instead "
+        f"{declines.explored:,} of the model's would-be declines were sent to review instead "
         "(policy.explore_share), chosen at random: their outcomes estimate what declines "
         "cost, which declined transactions themselves never tell."
     )
