@@ -31,9 +31,9 @@ from fraudstream.config import Settings
 from fraudstream.dashboard import queries
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.stack.postgres import EmbeddedPostgres
-from fraudstream.store import migrations
+from fraudstream.store import cases, migrations
 from fraudstream.store.db import connect, conninfo  # (the private server has no dashboard user)
-from fraudstream.store.projections import rollup_ctes
+from fraudstream.store.projections import Cases, rollup_ctes
 from fraudstream.store.quality import refresh_quality
 from fraudstream.store.sink import PredictionSink
 
@@ -42,6 +42,7 @@ __all__ = ["run"]
 Progress = Callable[[str], None]
 _CHUNK = 500_000
 _DAYS = 30
+_SLA = (60, 240, 1440)
 
 
 def run(base: Settings, *, rows: int, repeats: int, progress: Progress) -> list[Result]:
@@ -49,9 +50,9 @@ def run(base: Settings, *, rows: int, repeats: int, progress: Progress) -> list[
         now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
         with connect(settings) as conn:
             _fill(conn, rows, now, progress)
-            cards, terminals = _probes(conn)
+            cards, terminals, case_ids = _probes(conn)
         progress("measuring the dashboard's queries")
-        results = _measure(settings, now, rows, repeats, cards, terminals)
+        results = _measure(settings, now, rows, repeats, cards, terminals, case_ids)
         results.append(_freshness(settings, repeats))
     return results
 
@@ -124,6 +125,14 @@ def _fill(conn: psycopg.Connection[Any], rows: int, now: datetime, progress: Pro
         # The sink's own rollup definition, over the whole table instead of one batch.
         cursor.execute(f"WITH {rollup_ctes('fraud_predictions')} SELECT count(*) FROM rollup")  # noqa: S608
         conn.commit()
+        progress("dashboard: cases from the alerts, as the sink opens them; older ones resolved")
+        cursor.execute(f"WITH {Cases().ctes('fraud_predictions')} SELECT count(*) FROM case_linked")  # noqa: S608
+        cursor.execute(
+            "UPDATE cases SET status = 'resolved_legitimate', resolved_at = opened_at + "
+            "interval '1 hour', resolved_by = 'bench' WHERE opened_at < %s",
+            (now - timedelta(days=2),),
+        )
+        conn.commit()
         progress("dashboard: terminal counts, locations and the features' minute histograms")
         _fill_observed(cursor, now)
         conn.commit()
@@ -176,15 +185,18 @@ def _fill_observed(cursor: psycopg.Cursor[Any], now: datetime) -> None:
     )
 
 
-def _probes(conn: psycopg.Connection[Any]) -> tuple[list[str], list[str]]:
+def _probes(conn: psycopg.Connection[Any]) -> tuple[list[str], list[str], list[int]]:
     cards = [r[0] for r in conn.execute("SELECT card_id FROM fraud_predictions LIMIT 20")]
     terminals = [r[0] for r in conn.execute("SELECT terminal_id FROM fraud_predictions LIMIT 20")]
-    return cards, terminals
+    open_cases = conn.execute(
+        "SELECT case_id FROM cases WHERE resolved_at IS NULL ORDER BY case_id LIMIT 20"
+    )
+    return cards, terminals, [int(r[0]) for r in open_cases] or [0]
 
 
 def _measure(
     settings: Settings, now: datetime, rows: int, repeats: int, cards: list[str],
-    terminals: list[str],
+    terminals: list[str], case_ids: list[int],
 ) -> list[Result]:  # fmt: skip
     day = now.replace(hour=0, minute=0)
     page_queries: list[tuple[str, Callable[[psycopg.Connection[Any], int], object]]] = [
@@ -194,8 +206,14 @@ def _measure(
          lambda c, _i: queries.minute_series(c, now - timedelta(hours=1))),
         ("Live: latest alerts", lambda c, _i: queries.latest_alerts(c, 20)),
         ("Live/System: engines", lambda c, _i: queries.engines(c, now)),
-        ("Review: open cases", lambda c, _i: queries.review_queue(c, 50)),
-        ("Review: card history", lambda c, i: queries.card_history(c, cards[i % 20], 20)),
+        ("Cases: queue and the totals of every view",
+         lambda c, _i: (cases.case_queue(c, view="all open", user="ana", now=now,
+                                         sla_minutes=_SLA),
+                        cases.case_totals(c, user="ana", now=now, sla_minutes=_SLA))),
+        ("Cases: a case's alerts, card timeline, earlier cases",
+         lambda c, i: (cases.case_alerts(c, case_ids[i % len(case_ids)]),
+                       cases.card_timeline(c, case_ids[i % len(case_ids)]),
+                       cases.earlier_cases(c, case_ids[i % len(case_ids)]))),
         ("Explore: by card token", lambda c, i: queries.search(c, cards[i % 20])),
         ("Explore: by terminal", lambda c, i: queries.search(c, terminals[i % 20])),
         ("System: dead letters", lambda c, _i: (queries.dlq_counts(c, now),

@@ -53,11 +53,12 @@ def overrides_env(overrides: dict[str, str]) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str], timeout: float = 180
+    *args: str, env: dict[str, str], timeout: float = 180, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fraudstream", *args],
         env={**env, "COLUMNS": "200"},
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

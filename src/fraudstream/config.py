@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveInt,
     SecretStr,
     ValidationError,
     field_validator,
@@ -317,12 +318,15 @@ class DashboardSettings(_Section):
     host: str = Field(
         default="127.0.0.1",
         min_length=1,
-        description="Address to serve on; anything but loopback requires dashboard.password.",
+        description="Address to serve on; anything but loopback requires named users "
+        "(`fraudstream users create`), who sign in.",
     )
     port: Port = Field(default=8501, ge=1, le=65535)
     refresh_s: float = Field(default=2.0, ge=0.5, le=3600, description="Live pages' refresh.")
-    password: SecretStr | None = Field(
-        default=None, description="Login password (required when host is not loopback)."
+    sla_minutes: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        default=(60, 240, 1440),
+        description="Time to resolve a case of priority 1, 2 and 3 (minutes from its first "
+        "alert); past it the case is overdue.",
     )
     database_url: SecretStr | None = Field(
         default=None,

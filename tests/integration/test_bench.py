@@ -54,7 +54,7 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(quick_report: 
     assert "over 0 rows" not in text
     # The dashboard's queries over a (here tiny) stored table, and its freshness.
     assert "## Dashboard queries" in text and "20,000 predictions stored" in text
-    assert "dashboard query — Review: open cases" in text
+    assert "dashboard query — Cases: queue and the totals of every view" in text
     assert "dashboard freshness: stored → returned by the Live query" in text
     # The per-message baseline and the growth benchmarks (each has its own test below).
     assert "## Baseline: one message at a time, beside the local engine" in text

@@ -4,6 +4,7 @@ labels an analyst publishes), seeded through the engines' own sink."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
 from fraudstream.store.sink import PredictionSink
 from fraudstream.store.status import StatusReporter
+from fraudstream.store.users import User, create_user, disable_user
 
 from ..conftest import overrides_env
 from ..engine_kit import isolated
@@ -51,7 +53,8 @@ REASON = {
 @dataclass(frozen=True)
 class Seeded:
     settings: Settings
-    review_ids: list[str]  # highest score first
+    alerts_per_card: dict[str, int]  # reviews and declines of each card: one open case each
+    card_case: int  # the case of CARD
 
 
 def _predictions(prefix: str, n: int, event_time: datetime, card: str) -> pd.DataFrame:
@@ -144,11 +147,15 @@ def seeded(stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyP
         conn.commit()
     sink.conn.close()
     _environment(monkeypatch, settings)
-    review = pd.concat([live, matured])
-    review = review[review["decision"] == "review"].sort_values(
-        ["score", "tx_id"], ascending=[False, True]
-    )
-    return Seeded(settings, review["tx_id"].tolist())
+    stored = pd.concat([live, matured])
+    alerts = stored[stored["decision"] != "approve"].groupby("card_id").size()
+    with connect(settings) as conn:
+        found = conn.execute("SELECT case_id FROM cases WHERE card_id = %s", (CARD,)).fetchone()
+    assert found is not None
+    return Seeded(
+        settings, {str(k): int(v) for k, v in alerts.items()},
+        int(str(found[0])),
+    )  # fmt: skip
 
 
 def _page(name: str) -> AppTest:
@@ -180,55 +187,153 @@ def test_live_shows_volume_latency_lag_and_the_latest_alerts_masked(seeded: Seed
     assert CARD not in _all_text(app)
 
 
-def test_review_queue_lists_open_cases_highest_risk_first(seeded: Seeded) -> None:
-    app = _page("review")
+def _users(settings: Settings) -> None:
+    """An analyst, a supervisor and an admin (passwords: their name, doubled, and '-pass')."""
+    with connect(settings, autocommit=True) as conn:
+        for name, role in (("ana", "analyst"), ("sam", "supervisor"), ("adi", "admin")):
+            create_user(conn, name, role, f"{name}{name}-pass-word", by="test", at=NOW)
+
+
+def _signed_in(name: str, page: str = "cases") -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    app.text_input[0].input(name)  # a form: sent with the click
+    app.text_input[1].input(f"{name}{name}-pass-word")
+    app.button[0].click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    app.switch_page(f"pages/{page}.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def _button(app: AppTest, label: str):  # type: ignore[no-untyped-def]
+    return next(b for b in app.button if b.label == label)
+
+
+def _audit(settings: Settings) -> list[tuple[str, str, str]]:
+    with connect(settings) as conn:
+        rows = conn.execute(
+            "SELECT actor, action, object_id FROM audit_log WHERE actor <> 'test' ORDER BY id"
+        ).fetchall()
+    return [(str(a), str(b), str(c)) for a, b, c in rows]
+
+
+def test_alerts_become_one_case_per_card_with_totals_per_view(seeded: Seeded) -> None:
+    app = _page("cases")  # loopback, no user yet: the local operator
     queue = app.dataframe[0].value
-    assert queue["transaction"].tolist() == seeded.review_ids[:50]
-    assert CARD not in _all_text(app)
+    assert sorted(queue["alerts"]) == sorted(seeded.alerts_per_card.values())
+    assert queue["alerts"].sum() == sum(seeded.alerts_per_card.values())
+    assert queue["priority"].tolist() == sorted(queue["priority"])  # most urgent first
+    assert mask_token(CARD) in set(queue["card"]) and CARD not in _all_text(app)
+    views = app.radio[0].options
+    assert views[0] == f"All open ({len(seeded.alerts_per_card)})"
+    assert f"Unassigned ({len(seeded.alerts_per_card)})" in views and "Mine (0)" in views
+    app.selectbox[0].select(seeded.card_case).run()
+    alerts = app.dataframe[1].value
+    assert len(alerts) == seeded.alerts_per_card[CARD]
     assert "amount far above the card's 30-day mean" in _all_text(app)
+    timeline = app.dataframe[2].value
+    assert set(alerts["transaction"]) <= set(timeline["transaction"])
+    assert (timeline["in this case"] == "alert").sum() == len(alerts)
 
 
-def test_a_verdict_becomes_an_audited_label_published_and_leaves_the_queue(
+def test_a_case_worked_from_open_to_resolved_labels_its_alerts_and_audits_each_step(
     seeded: Seeded,
 ) -> None:
     settings = seeded.settings
+    _users(settings)
     consumer = Consumer(
         {**settings.kafka.client_config(), "group.id": uuid.uuid4().hex,
          "auto.offset.reset": "earliest"}
     )  # fmt: skip
     consumer.subscribe([settings.kafka.topics.labels])
-    app = _page("review")
-    case = seeded.review_ids[0]
-    app.text_input(key="analyst").input("ana").run()
-    app.selectbox[0].select(case).run()
-    app.text_input[1].input("called the card holder")  # a form: sent with the click
-    next(b for b in app.button if b.label == "Fraud").click().run()
-    assert not app.exception
-    assert f"{case} marked fraud by ana." in [s.value for s in app.success]
+    app = _signed_in("ana")
+    app.selectbox[0].select(seeded.card_case).run()
+    _button(app, "Assign to me").click().run()
+    assert f"Case {seeded.card_case} assigned to you." in [s.value for s in app.success]
+    assert app.radio[0].options[1] == "Mine (1)"
+    _button(app, "Investigate").click().run()
+    app.text_area[0].input("called the card holder: not their purchases")
+    _button(app, "Add note").click().run()
+    assert "called the card holder: not their purchases" in _all_text(app)
+    app.text_input[0].input("confirmed with the card holder")
+    _button(app, "Resolve: fraud").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert f"Case {seeded.card_case} resolved as fraud." in [s.value for s in app.success]
     with psycopg.connect(dashboard_conninfo(settings)) as conn:
-        review = conn.execute(
-            "SELECT verdict, analyst, comment FROM review_decisions WHERE tx_id = %s", (case,)
+        case = conn.execute(
+            "SELECT status, assignee, resolved_by FROM cases WHERE case_id = %s",
+            (seeded.card_case,),
         ).fetchone()
-        label = conn.execute(
-            "SELECT is_fraud FROM labels WHERE tx_id = %s AND source = 'analyst'", (case,)
-        ).fetchone()
-    assert review == ("fraud", "ana", "called the card holder")
-    assert label == (True,)
-    assert case not in app.dataframe[0].value["transaction"].tolist()
-    published = consumer.poll(30)
+        reviews = conn.execute(
+            "SELECT r.verdict, r.analyst, r.comment, l.is_fraud FROM case_alerts a "
+            "JOIN review_decisions r USING (tx_id) "
+            "JOIN labels l ON l.tx_id = a.tx_id AND l.source = 'analyst' WHERE a.case_id = %s",
+            (seeded.card_case,),
+        ).fetchall()
+    assert case == ("resolved_fraud", "ana", "ana")
+    assert len(reviews) == seeded.alerts_per_card[CARD]
+    assert set(reviews) == {("fraud", "ana", "confirmed with the card holder", True)}
+    published = set()
+    deadline = time.monotonic() + 30
+    while len(published) < len(reviews) and time.monotonic() < deadline:
+        message = consumer.poll(1)
+        if message is not None and message.error() is None:
+            label = json.loads(message.value())
+            assert label["is_fraud"] is True and label["source"] == "analyst"
+            published.add(label["tx_id"])
     consumer.close()
-    assert published is not None and published.error() is None
-    assert json.loads(published.value()) | {"reported_at": None} == {
-        "tx_id": case, "is_fraud": True, "source": "analyst", "reported_at": None,
-    }  # fmt: skip
+    assert len(published) == len(reviews)
+    case_id = str(seeded.card_case)
+    assert _audit(settings) == [
+        ("ana", "user.login", "ana"), ("ana", "case.assign", case_id),
+        ("ana", "case.status", case_id), ("ana", "case.note", case_id),
+        ("ana", "case.resolve", case_id),
+    ]  # fmt: skip
+    assert len(app.dataframe[0].value) == len(seeded.alerts_per_card) - 1  # left the queue
 
 
-def test_a_verdict_needs_the_analysts_name(seeded: Seeded) -> None:
-    app = _page("review")
-    next(b for b in app.button if b.label == "Legitimate").click().run()
-    assert "Enter your name (Analyst) before deciding a case." in [e.value for e in app.error]
-    with psycopg.connect(dashboard_conninfo(seeded.settings)) as conn:
-        assert conn.execute("SELECT count(*) FROM review_decisions").fetchone() == (0,)
+def test_an_escalated_case_is_resolved_by_a_supervisor_only(seeded: Seeded) -> None:
+    _users(seeded.settings)
+    app = _signed_in("ana")
+    app.selectbox[0].select(seeded.card_case).run()
+    _button(app, "Escalate").click().run()
+    _button(app, "Resolve: legitimate").click().run()
+    assert f"case {seeded.card_case} is escalated: a supervisor resolves it" in [
+        e.value for e in app.error
+    ]
+    st.cache_resource.clear()
+    supervisor = _signed_in("sam")
+    supervisor.selectbox[0].select(seeded.card_case).run()
+    _button(supervisor, "Resolve: legitimate").click().run()
+    assert not supervisor.error
+    with connect(seeded.settings) as conn:
+        status = conn.execute(
+            "SELECT status, resolved_by FROM cases WHERE case_id = %s", (seeded.card_case,)
+        ).fetchone()
+    assert status == ("resolved_legitimate", "sam")
+
+
+def test_the_audit_page_is_for_supervisors_and_filters_by_person_and_action(
+    seeded: Seeded,
+) -> None:
+    _users(seeded.settings)
+    analyst = _signed_in("ana")
+    analyst.selectbox[0].select(seeded.card_case).run()
+    _button(analyst, "Assign to me").click().run()
+    assert not any("Audit" in str(p) for p in analyst.sidebar)  # not in an analyst's menu
+    st.cache_resource.clear()
+    supervisor = _signed_in("sam", "audit")
+    log = supervisor.dataframe[0].value
+    assert {("ana", "case.assign"), ("ana", "user.login"), ("sam", "user.login")} <= set(
+        zip(log["who"], log["action"], strict=True)
+    )
+    assert {("test", "user.create")} <= set(zip(log["who"], log["action"], strict=True))
+    supervisor.text_input[0].input("ana").run()
+    supervisor.multiselect[0].select("case.assign").run()
+    log = supervisor.dataframe[0].value
+    assert log[["who", "action", "object"]].values.tolist() == [
+        ["ana", "case.assign", f"case {seeded.card_case}"]
+    ]
 
 
 def test_model_quality_over_matured_labels(seeded: Seeded) -> None:
@@ -360,6 +465,10 @@ def test_the_dashboard_user_reads_and_only_adds_reviews_and_labels(seeded: Seede
             "DELETE FROM labels",
             "INSERT INTO fraud_predictions (tx_id) VALUES ('x')",
             "TRUNCATE rollup_minute",
+            "UPDATE cases SET card_id = 'x'",  # people move cases; what they hold is the engine's
+            "INSERT INTO cases (card_id) VALUES ('x')",
+            "DELETE FROM case_notes",
+            "UPDATE app_users SET username = 'x'",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
@@ -386,19 +495,49 @@ def test_a_database_restart_shows_a_message_then_recovers(
     assert {m.label: m.value for m in app.metric}["PostgreSQL"] == "up"
 
 
-def test_beyond_loopback_the_dashboard_asks_for_its_password(
+def test_beyond_loopback_the_dashboard_needs_users_and_refuses_an_empty_password(
     seeded: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    login = {"dashboard.host": "0.0.0.0", "dashboard.password": "s3cret-pass"}
-    _environment(monkeypatch, seeded.settings, **login)
+    _environment(monkeypatch, seeded.settings, **{"dashboard.host": "0.0.0.0"})
     app = AppTest.from_file(APP, default_timeout=60).run()
-    assert not app.metric and app.text_input[0].label == "Password"
-    app.text_input[0].input("wrong")  # a form: sent with the click
+    assert not app.metric and any("has no users: refused" in e.value for e in app.error)
+    _users(seeded.settings)
+    app = AppTest.from_file(APP, default_timeout=60).run()
+    assert not app.metric and [t.label for t in app.text_input] == ["User", "Password"]
+    app.text_input[0].input("ana")
+    app.button[0].click().run()  # no password
+    assert "Enter your password: an empty password is refused." in [e.value for e in app.error]
+    app.text_input[1].input("wrong-password-here")
     app.button[0].click().run()
-    assert "Wrong password." in [e.value for e in app.error] and not app.metric
-    app.text_input[0].input("s3cret-pass")
+    assert "Wrong user name or password." in [e.value for e in app.error] and not app.metric
+    app.text_input[1].input("anaana-pass-word")
     app.button[0].click().run()
     assert {m.label for m in app.metric} >= {"Transactions / s", "Consumer lag"}
+    with connect(seeded.settings, autocommit=True) as conn:
+        disable_user(conn, "ana", by="adi", at=NOW)
+    later = AppTest.from_file(APP, default_timeout=60)
+    later.session_state["user"] = User("ana", "analyst")  # signed in before being disabled
+    later.run()
+    assert not later.metric and [t.label for t in later.text_input] == ["User", "Password"]
+
+
+def test_the_audit_log_is_append_only_for_every_role(seeded: Seeded) -> None:
+    _users(seeded.settings)
+    for conninfo in (dashboard_conninfo(seeded.settings), None):
+        with (
+            psycopg.connect(conninfo, autocommit=True)
+            if conninfo
+            else connect(seeded.settings, autocommit=True)
+        ) as conn:
+            for statement in ("UPDATE audit_log SET actor = 'x'", "DELETE FROM audit_log"):
+                with pytest.raises(
+                    (psycopg.errors.InsufficientPrivilege, psycopg.errors.RaiseException)
+                ):
+                    conn.execute(statement)
+    with connect(seeded.settings, autocommit=True) as conn:  # the owner: the trigger refuses
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            conn.execute("TRUNCATE audit_log")
+        assert conn.execute("SELECT count(*) FROM audit_log").fetchone() == (3,)
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
-"""The dashboard as a user sees it: `fraudstream dashboard` served on loopback, every page
-opened in headless Chromium (Debian's package, driven by Playwright), charts rendered without
-errors, a review done in the browser, screenshots saved.
+"""The dashboard as a user sees it: `fraudstream dashboard` served on loopback, signed in as
+named users in headless Chromium (Debian's package, driven by Playwright), every page opened
+and its charts rendered without errors, a case worked from open to resolved by an analyst in
+the browser, screenshots saved.
 
 Screenshots go to ``.pytest_artifacts/screenshots`` (or ``FRAUDSTREAM_TEST_SCREENSHOTS``, which
 is how ``docs/images`` is refreshed)."""
@@ -22,7 +23,7 @@ import pytest
 from fraudstream.store.db import dashboard_conninfo
 
 from ..conftest import free_port, overrides_env
-from .test_dashboard import Seeded, seeded  # noqa: F401 (the fixture)
+from .test_dashboard import CARD, Seeded, _users, seeded  # noqa: F401 (the fixture)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -31,14 +32,17 @@ FLAGS = [
 ]  # fmt: skip
 SHOTS = Path(os.environ.get("FRAUDSTREAM_TEST_SCREENSHOTS", ".pytest_artifacts/screenshots"))
 
-# url path, something the page shows once its data is there, and whether it draws charts
+# menu entry, something the page shows once its data is there, whether it draws charts, and
+# the screenshot's name
 PAGES = [
-    ("", "Transactions / s", True),
-    ("review", "The card's recent history", False),
-    ("quality", "Precision–recall", True),
-    ("drift", "Population stability index", True),
-    ("explore", "Enter an id to search", False),
-    ("system", "Rejected messages", False),
+    ("Live", "Transactions / s", True, "live"),
+    ("Cases", "Card timeline", False, "cases"),
+    ("Model quality", "Precision–recall", True, "quality"),
+    ("Drift", "Population stability index", True, "drift"),
+    ("Explore", "Enter an id to search", False, "explore"),
+    ("System", "Rejected messages", False, "system"),
+    ("Audit", "action(s)", False, "audit"),
+    ("Users", "Add a user", False, "users"),
 ]
 
 
@@ -92,7 +96,21 @@ def browser() -> Iterator[object]:
         launched.close()
 
 
-def test_every_page_renders_and_a_review_in_the_browser_becomes_a_label(
+def _sign_in(page, url: str, user: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(url)
+    page.get_by_role("textbox", name="User").fill(user)
+    page.get_by_role("textbox", name="Password").fill(f"{user}{user}-pass-word")
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text(f"Signed in as {user}").wait_for(timeout=30_000)
+
+
+def _open(page, entry: str, marker: str) -> None:  # type: ignore[no-untyped-def]
+    """Through the menu: a new URL would be a new session, signed out."""
+    page.get_by_role("link", name=entry, exact=True).click()
+    page.get_by_text(marker).first.wait_for(timeout=30_000)
+
+
+def test_every_page_renders_and_a_case_is_worked_to_resolved_in_the_browser(
     served: str,
     browser: object,
     seeded: Seeded,  # noqa: F811
@@ -100,38 +118,56 @@ def test_every_page_renders_and_a_review_in_the_browser_becomes_a_label(
     from playwright.sync_api import Browser
 
     assert isinstance(browser, Browser)
+    _users(seeded.settings)
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+    admin = browser.new_page(viewport={"width": 1440, "height": 1000})
     errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    for path, marker, charts in PAGES:
-        page.goto(f"{served}/{path}")
-        page.get_by_text(marker).first.wait_for(timeout=30_000)
-        if path == "explore":
-            page.get_by_role("textbox", name="Transaction id, card token or terminal id").fill("T1")
-            page.keyboard.press("Enter")
-            page.get_by_text("prediction(s)").first.wait_for(timeout=30_000)
+    admin.on("pageerror", lambda error: errors.append(str(error)))
+    admin.goto(served)
+    admin.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
+    admin.screenshot(path=str(SHOTS / "sign-in.png"))
+    _sign_in(admin, served, "adi")
+    for entry, marker, charts, name in PAGES:
+        _open(admin, entry, marker)
+        if name == "explore":
+            box = admin.get_by_role("textbox", name="Transaction id, card token or terminal id")
+            box.fill("T1")
+            admin.keyboard.press("Enter")
+            admin.get_by_text("prediction(s)").first.wait_for(timeout=30_000)
         if charts:  # Vega draws its marks once the chart's data arrived
-            page.locator("[data-testid='stVegaLiteChart'] svg .mark-group").first.wait_for(
+            admin.locator("[data-testid='stVegaLiteChart'] svg .mark-group").first.wait_for(
                 timeout=30_000
             )
-        page.wait_for_timeout(1_000)  # let the last fragments settle before the picture
-        assert page.locator("[data-testid='stException']").count() == 0, path
-        assert "Traceback" not in page.content()
-        page.screenshot(path=str(SHOTS / f"{path or 'live'}.png"), full_page=True)
+        admin.wait_for_timeout(1_000)  # let the last fragments settle before the picture
+        assert admin.locator("[data-testid='stException']").count() == 0, name
+        assert "Traceback" not in admin.content()
+        admin.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
     assert errors == []
 
-    page.goto(f"{served}/review")
-    page.get_by_text("The card's recent history").first.wait_for(timeout=30_000)
-    case = seeded.review_ids[0]
-    page.get_by_role("textbox", name="Analyst").fill("bea")
-    page.keyboard.press("Enter")
-    page.get_by_role("button", name="Fraud", exact=True).click()
-    page.get_by_text(f"{case} marked fraud by bea.").wait_for(timeout=30_000)
+    analyst = browser.new_page(viewport={"width": 1440, "height": 1000})
+    _sign_in(analyst, served, "ana")
+    assert analyst.get_by_role("link", name="Audit").count() == 0  # not an analyst's page
+    _open(analyst, "Cases", "Card timeline")
+    case = seeded.card_case
+    analyst.get_by_role("button", name="Assign to me").click()
+    analyst.get_by_text(f"Case {case} assigned to you.").wait_for(timeout=30_000)
+    analyst.get_by_role("button", name="Investigate").click()
+    analyst.get_by_text(f"Case {case} is now investigating.").wait_for(timeout=30_000)
+    analyst.get_by_role("textbox", name="Resolution comment (optional)").fill("card holder: not me")
+    analyst.get_by_role("button", name="Resolve: fraud").click()
+    analyst.get_by_text(f"Case {case} resolved as fraud.").wait_for(timeout=30_000)
     with psycopg.connect(dashboard_conninfo(seeded.settings)) as conn:
-        stored = conn.execute(
-            "SELECT r.verdict, r.analyst, l.is_fraud FROM review_decisions r "
-            "JOIN labels l ON l.tx_id = r.tx_id AND l.source = 'analyst' WHERE r.tx_id = %s",
+        case_row = conn.execute(
+            "SELECT status, assignee, resolved_by FROM cases WHERE case_id = %s", (case,)
+        ).fetchone()
+        labels = conn.execute(
+            "SELECT count(*), bool_and(l.is_fraud) FROM case_alerts a "
+            "JOIN labels l ON l.tx_id = a.tx_id AND l.source = 'analyst' WHERE a.case_id = %s",
             (case,),
         ).fetchone()
-    assert stored == ("fraud", "bea", True)
+        actions = conn.execute(
+            "SELECT action FROM audit_log WHERE actor = 'ana' ORDER BY id"
+        ).fetchall()
+    assert case_row == ("resolved_fraud", "ana", "ana")
+    assert labels == (seeded.alerts_per_card[CARD], True)
+    assert [a for (a,) in actions] == ["user.login", "case.assign", "case.status", "case.resolve"]

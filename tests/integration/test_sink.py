@@ -171,3 +171,52 @@ def test_observed_features_count_once_and_terminals_are_located_once(
     assert db.execute(
         "SELECT x, y, lat FROM terminal_locations WHERE terminal_id = %s", (f"T-{engine}",)
     ).fetchone() == (1.5, 2.5, None)
+
+
+def test_alerts_open_one_case_per_card_join_it_and_a_resolved_case_is_not_reopened(
+    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """Cases are written in the batch's transaction: a replay adds nothing, an alert on a
+    card with an unresolved case joins it (raising its priority), and after the case is
+    resolved the card's next alert opens a new one."""
+    from fraudstream.store.cases import resolve
+    from fraudstream.store.users import User
+
+    engine = f"e-{uuid.uuid4().hex[:6]}"
+    batch = _batch(engine, 12, engine).assign(card_id=lambda f: f["card_id"] + engine)
+    sink.write(batch, [])  # reviews at rows 0, 4, 8: cards 0, 1, 2
+    sink.write(batch, [])  # a replay
+    cases = db.execute(
+        "SELECT card_id, alert_count, priority, status FROM cases WHERE card_id LIKE %s "
+        "ORDER BY card_id",
+        (f"%{engine}",),
+    ).fetchall()
+    assert cases == [(f"card_{i}{engine}", 1, 3, "open") for i in range(3)]
+
+    urgent = _batch(f"{engine}-b", 1, engine).assign(
+        card_id=f"card_0{engine}", decision="decline", score=0.95
+    )
+    sink.write(urgent, [])
+    case_id, count, priority = db.execute(
+        "SELECT case_id, alert_count, priority FROM cases WHERE card_id = %s",
+        (f"card_0{engine}",),
+    ).fetchone()  # type: ignore[misc]
+    assert (count, priority) == (2, 1)
+    linked = db.execute(
+        "SELECT tx_id FROM case_alerts WHERE case_id = %s ORDER BY tx_id", (case_id,)
+    ).fetchall()
+    assert [t for (t,) in linked] == [f"{engine}-0", f"{engine}-b-0"]
+
+    db.execute(
+        "INSERT INTO app_users (username, role, password_hash, created_at, created_by) "
+        "VALUES ('sinktest', 'analyst', '$argon2id$x', now(), 'test') ON CONFLICT DO NOTHING"
+    )
+    labelled = resolve(db, case_id, fraud=True, by=User("sinktest", "analyst"), at=NOW)
+    db.commit()
+    assert sorted(labelled) == [f"{engine}-0", f"{engine}-b-0"]
+    again = _batch(f"{engine}-c", 1, engine).assign(card_id=f"card_0{engine}", decision="review")
+    sink.write(again, [])
+    assert db.execute(
+        "SELECT status, alert_count FROM cases WHERE card_id = %s ORDER BY case_id",
+        (f"card_0{engine}",),
+    ).fetchall() == [("resolved_fraud", 2), ("open", 1)]

@@ -37,11 +37,12 @@ IMAGE = "fraudstream:local"
 USER_ENV = {
     "POSTGRES_PASSWORD": "pg0password",
     "DASHBOARD_DB_PASSWORD": "db0password",
-    "DASHBOARD_PASSWORD": "ui0password",
+    "DASHBOARD_ADMIN_PASSWORD": "ui0password-admin",
     "API_DB_PASSWORD": "api0password",
 }
 ENGINES = ("local", "spark")
-NOT_SETTINGS = {"SPARK_LOCAL_IP"}  # read by Spark itself (where its UI listens)
+# Read by Spark itself (where its UI listens); read by `init` once (the first dashboard user).
+NOT_SETTINGS = {"SPARK_LOCAL_IP", "DASHBOARD_ADMIN_PASSWORD"}
 LONG_RUNNING = {"kafka", "postgres", "engine", "simulator", "dashboard", "api"}
 
 

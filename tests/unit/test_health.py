@@ -40,10 +40,7 @@ def server() -> Iterator[ThreadingHTTPServer]:
 
 
 def _settings(port: int, host: str = "127.0.0.1") -> Settings:
-    overrides = {"dashboard.port": str(port), "dashboard.host": host}
-    if host != "127.0.0.1":
-        overrides["dashboard.password"] = "pw"  # required beyond loopback
-    return load_settings(overrides=overrides)
+    return load_settings(overrides={"dashboard.port": str(port), "dashboard.host": host})
 
 
 def test_a_dashboard_that_answers_ok_is_healthy(server: ThreadingHTTPServer) -> None:

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from fraudstream.cli._options import err, fail, out, settings_of, stack_of
+from fraudstream.config import Settings
 from fraudstream.stack import ServiceError, Stack
 from fraudstream.stack import logs as service_logs
 
@@ -210,6 +211,34 @@ def init(ctx: typer.Context) -> None:
     out.print(
         f"trained and promoted a first model, {version}" if version else "model: one is current"
     )
+    _first_admin(settings)
+
+
+def _first_admin(settings: Settings) -> None:
+    """With DASHBOARD_ADMIN_PASSWORD in the environment and no dashboard user yet, the user
+    `admin` (how a container deployment gets its first sign-in; later users are created by it,
+    on the Users page)."""
+    import os
+
+    from fraudstream.clock import SystemClock
+    from fraudstream.store.db import connect
+    from fraudstream.store.users import UserError, create_user, user_count
+
+    password = os.environ.get(FIRST_ADMIN_PASSWORD)
+    if password is None:
+        return
+    with connect(settings, autocommit=True) as conn:
+        if user_count(conn):
+            out.print("dashboard users: exist")
+            return
+        try:
+            create_user(conn, "admin", "admin", password, by="init", at=SystemClock().now())
+        except UserError as error:
+            fail(f"{FIRST_ADMIN_PASSWORD}: {error}", 2)
+    out.print("dashboard user 'admin' created")
+
+
+FIRST_ADMIN_PASSWORD = "DASHBOARD_ADMIN_PASSWORD"  # noqa: S105 (the variable's name)
 
 
 def health(

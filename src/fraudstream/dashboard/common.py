@@ -18,8 +18,20 @@ import streamlit as st
 from fraudstream.config import Settings, SettingsError, load_settings
 from fraudstream.privacy import mask_token
 from fraudstream.store.db import dashboard_conninfo
+from fraudstream.store.users import User
 
-__all__ = ["Unavailable", "masked", "now", "read", "settings", "show_empty", "write"]
+__all__ = [
+    "LOCAL_OPERATOR",
+    "Unavailable",
+    "current_user",
+    "masked",
+    "now",
+    "read",
+    "settings",
+    "show_empty",
+    "stamp",
+    "write",
+]
 
 T = TypeVar("T")
 
@@ -68,7 +80,26 @@ def read(query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise Unavailable(first) from None
 
 
-write = read  # the review action goes through the same connection and error handling
+write = read  # actions go through the same connection and error handling
+
+LOCAL_OPERATOR = User("local", "admin")
+"""Who acts on a loopback dashboard before any user exists (audited as ``local``)."""
+
+
+def current_user() -> User:
+    """The signed-in user (``app.py`` lets no page run without one)."""
+    user = st.session_state.get("user")
+    if not isinstance(user, User):
+        st.error("Sign in first.")
+        st.stop()
+    return user
+
+
+def stamp(value: Any) -> str:
+    """A time as people read it on every page: UTC, to the second, zone named."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NaT:
+        return "—"
+    return f"{pd.Timestamp(value).tz_convert('UTC'):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def masked(frame: pd.DataFrame, column: str = "card_id") -> pd.DataFrame:

@@ -1,8 +1,9 @@
-"""Everything the dashboard reads from PostgreSQL, and the one thing it writes (a review).
+"""What the dashboard's monitoring pages read from PostgreSQL (cases, users and the audit have
+their own modules in ``fraudstream.store``).
 
 Every query is fixed SQL text with bound parameters; search input never becomes SQL. Charts
 read the per-minute rollups and the engines' status rows; lists of predictions go through an
-index (alerts by stored time, the review queue by score, a card's or terminal's history) and
+index (alerts by stored time, a card's or terminal's history) and
 a limit, so no page scans the predictions table.
 """
 
@@ -21,7 +22,6 @@ from fraudstream.store.projections import LATENCY_BUCKETS_MS, SCORE_BINS
 
 __all__ = [
     "LiveSummary",
-    "ReviewError",
     "card_history",
     "dlq_counts",
     "drift_model",
@@ -36,8 +36,6 @@ __all__ = [
     "percentile_ms",
     "quality_days",
     "quality_histogram",
-    "record_review",
-    "review_queue",
     "score_histogram",
     "search",
     "stored_span",
@@ -54,12 +52,6 @@ _PREDICTION = (
 _ALERTS = f"""
 SELECT {_PREDICTION} FROM fraud_predictions WHERE decision <> 'approve'
 ORDER BY stored_at DESC LIMIT %s
-"""  # noqa: S608
-_QUEUE = f"""
-SELECT {_PREDICTION} FROM fraud_predictions p
-WHERE decision = 'review'
-  AND NOT EXISTS (SELECT 1 FROM review_decisions r WHERE r.tx_id = p.tx_id)
-ORDER BY score DESC, tx_id LIMIT %s
 """  # noqa: S608
 _CARD = f"""
 SELECT {_PREDICTION} FROM fraud_predictions WHERE card_id = %s
@@ -186,11 +178,6 @@ def engines(
 def latest_alerts(conn: Connection, limit: int = 20) -> pd.DataFrame:
     """The newest review and decline decisions (index ``fraud_predictions_alerts``)."""
     return _frame(conn, _ALERTS, (limit,))
-
-
-def review_queue(conn: Connection, limit: int = 50) -> pd.DataFrame:
-    """Open cases: decision ``review`` with no analyst verdict yet, highest score first."""
-    return _frame(conn, _QUEUE, (limit,))
 
 
 def card_history(conn: Connection, card_id: str, limit: int = 20) -> pd.DataFrame:
@@ -337,47 +324,3 @@ def stored_span(conn: Connection) -> tuple[datetime, datetime] | None:
     """When the first and the last stored prediction arrived (from the minute rollups)."""
     row = conn.execute("SELECT min(minute), max(minute) FROM rollup_minute").fetchone()
     return None if row is None or row[0] is None else (row[0], row[1])
-
-
-class ReviewError(ValueError):
-    """A review that cannot be recorded (unknown transaction, already decided)."""
-
-
-def record_review(
-    conn: Connection,
-    tx_id: str,
-    verdict: str,
-    analyst: str,
-    comment: str | None,
-    now: datetime,
-) -> None:
-    """The analyst's verdict as an audited review decision and a label (source ``analyst``),
-    in one transaction; a case is decided once."""
-    if verdict not in ("fraud", "legitimate"):
-        raise ReviewError(f"verdict must be fraud or legitimate, not {verdict!r}")
-    if not analyst.strip():
-        raise ReviewError("the analyst's name is required")
-    with conn.transaction():
-        found = conn.execute(
-            "SELECT decision FROM fraud_predictions WHERE tx_id = %s", (tx_id,)
-        ).fetchone()
-        if found is None:
-            raise ReviewError(f"no prediction for transaction {tx_id!r}")
-        decided = conn.execute(
-            "SELECT analyst, decided_at FROM review_decisions WHERE tx_id = %s", (tx_id,)
-        ).fetchone()
-        if decided is not None:
-            raise ReviewError(f"{tx_id} was already decided by {decided[0]} at {decided[1]:%c}")
-        try:
-            conn.execute(
-                "INSERT INTO review_decisions (tx_id, verdict, analyst, comment, decided_at) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (tx_id, verdict, analyst.strip(), comment or None, now),
-            )
-        except psycopg.errors.UniqueViolation:
-            raise ReviewError(f"{tx_id} was decided by another analyst a moment ago") from None
-        conn.execute(
-            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
-            "VALUES (%s, 'analyst', %s, %s) ON CONFLICT (tx_id, source) DO NOTHING",
-            (tx_id, verdict == "fraud", now),
-        )

@@ -21,6 +21,7 @@ from fraudstream.clock import Clock
 from fraudstream.config import Settings
 from fraudstream.model.gate import Comparison, compare, daily_pairs
 from fraudstream.model.registry import Registry
+from fraudstream.store import audit
 
 __all__ = [
     "Retrained",
@@ -43,12 +44,25 @@ def record_event(
     previous: str | None = None,
     evidence: dict[str, Any] | None = None,
 ) -> None:
-    conn.execute(
+    """The change in ``model_events``, and in the audit log (one transaction)."""
+    row = conn.execute(
         "INSERT INTO model_events (action, version, previous, actor, evidence) "
-        "VALUES (%s, %s, %s, %s, %s)",
+        "VALUES (%s, %s, %s, %s, %s) RETURNING at",
         (action, version, previous, actor, Jsonb(evidence or {})),
-    )
+    ).fetchone()
+    assert row is not None
+    audit.record(
+        conn, at=row[0], actor=actor, action=_AUDITED[action], object_type="model",
+        object_id=version, detail={"event": action, "previous": previous},
+    )  # fmt: skip
     conn.commit()
+
+
+_AUDITED = {
+    "challenger": "model.challenge", "retired": "model.challenge", "kept": "model.challenge",
+    "promoted": "model.promote", "rolled_back": "model.rollback",
+}  # fmt: skip
+"""model_events' actions as audit actions."""
 
 
 def newest_event_day(conn: psycopg.Connection[Any]) -> date | None:

@@ -23,6 +23,7 @@ __all__ = [
     "DASHBOARD_PROJECTIONS",
     "LATENCY_BUCKETS_MS",
     "SCORE_BINS",
+    "Cases",
     "FeatureDrift",
     "MinuteRollups",
     "Observed",
@@ -69,8 +70,8 @@ class Projection(Protocol):
 
     def ctes(self, inserted: str) -> str | None:
         """CTEs (SQL, no leading comma) fed by ``inserted`` — the rows the core statement
-        inserted: tx_id, event_time, terminal_id, amount, score, decision, engine, stored_at,
-        late — joined to the core statement; None for none."""
+        inserted: tx_id, event_time, card_id, terminal_id, amount, score, decision, engine,
+        stored_at, late — joined to the core statement; None for none."""
         ...
 
     def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
@@ -252,10 +253,47 @@ class ShadowPredictions:
         return None
 
 
+class Cases:
+    """``cases`` and ``case_alerts``: each alert (a review or decline) opens a case for its
+    card or joins the card's unresolved one, raising its priority to the alert's
+    (``fs_case_priority``). A card lives in one partition, so one engine writes its cases."""
+
+    def ctes(self, inserted: str) -> str:
+        return f"""alerted AS (
+    SELECT tx_id, card_id, score, amount, stored_at,
+           fs_case_priority(decision, score, amount) AS priority
+    FROM {inserted} WHERE decision IN ('review', 'decline')
+), case_opened AS (
+    INSERT INTO cases AS c (card_id, priority, opened_at, last_alert_at, alert_count,
+                            max_score, total_amount, updated_at)
+    SELECT card_id, min(priority), min(stored_at), max(stored_at), count(*), max(score),
+           sum(amount), max(stored_at)
+    FROM alerted GROUP BY card_id
+    ON CONFLICT (card_id) WHERE status IN ('open', 'investigating', 'escalated')
+    DO UPDATE SET priority = least(c.priority, excluded.priority),
+        last_alert_at = greatest(c.last_alert_at, excluded.last_alert_at),
+        alert_count = c.alert_count + excluded.alert_count,
+        max_score = greatest(c.max_score, excluded.max_score),
+        total_amount = c.total_amount + excluded.total_amount,
+        updated_at = greatest(c.updated_at, excluded.updated_at)
+    RETURNING case_id, card_id
+), case_linked AS (
+    INSERT INTO case_alerts (tx_id, case_id)
+    SELECT a.tx_id, o.case_id FROM alerted a JOIN case_opened o USING (card_id)
+    RETURNING 1
+)"""  # noqa: S608 (``inserted`` is a name written in code)
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        return None
+
+    def committed(self) -> None:
+        return None
+
+
 def DASHBOARD_PROJECTIONS() -> list[Projection]:
     """A fresh set of the dashboard's projections (each sink keeps its own memory of what
-    it stored), and the challenger's shadow scores."""
-    return [MinuteRollups(), TerminalLocations(), FeatureDrift(), ShadowPredictions()]
+    it stored), the analysts' cases and the challenger's shadow scores."""
+    return [MinuteRollups(), TerminalLocations(), FeatureDrift(), Cases(), ShadowPredictions()]
 
 
 def _floats(column: pd.Series) -> list[float | None]:

@@ -1,7 +1,8 @@
 """The services' own PostgreSQL users, so that a bug or a crafted input in one cannot change
-what it has no business changing: the dashboard reads everything and may only add labels and
-review decisions; the decision API reads stored decisions and key digests and may only add
-degraded answers."""
+what it has no business changing: the dashboard reads everything and may only add labels,
+review decisions, case notes and audit lines, move cases and manage users (never change or
+remove an audit line, a prediction or a model's record); the decision API reads stored
+decisions and key digests and may only add degraded answers."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ API_ROLE = "fraudstream_api"
 
 def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
     """Create (or update) the dashboard's role and grant it exactly its rights on the current
-    database, including tables that later migrations create. Idempotent; needs CREATEROLE."""
+    database, including tables that later migrations create. Idempotent; needs CREATEROLE and
+    the schema at version 9 or later."""
     _ensure_role(
         conn,
         DASHBOARD_ROLE,
@@ -27,8 +29,12 @@ def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
         [
             "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
-            "GRANT INSERT ON labels, review_decisions TO {role}",
-            "GRANT USAGE ON SEQUENCE review_decisions_id_seq TO {role}",
+            "GRANT INSERT ON labels, review_decisions, case_notes, audit_log, app_users TO {role}",
+            "GRANT USAGE ON SEQUENCE review_decisions_id_seq, case_notes_id_seq, "
+            "audit_log_id_seq TO {role}",
+            "GRANT UPDATE (status, assignee, updated_at, resolved_at, resolved_by) ON cases "
+            "TO {role}",
+            "GRANT UPDATE (role, password_hash, disabled_at) ON app_users TO {role}",
         ],
     )
 

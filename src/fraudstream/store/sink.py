@@ -60,7 +60,8 @@ def _insert_sql(projections: list[Projection]) -> str:
     SELECT {", ".join(_CONVERTED.get(c, c) for c in COLUMNS)}
     FROM staging_predictions
     ON CONFLICT (tx_id) DO NOTHING
-    RETURNING tx_id, event_time, terminal_id, amount, score, decision, engine, stored_at, late
+    RETURNING tx_id, event_time, card_id, terminal_id, amount, score, decision, engine,
+        stored_at, late
 )""",  # noqa: S608
         """terminals AS (
     INSERT INTO terminal_daily AS t (terminal_id, day, tx_count)
