@@ -273,6 +273,10 @@ class EngineSettings(_Section):
     snapshot_interval_s: float = Field(default=30.0, gt=0, le=3600)
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)
     model_check_interval_s: float = Field(default=2.0, gt=0, le=3600)
+    rules_check_interval_s: float = Field(
+        default=2.0, gt=0, le=3600,
+        description="How often the rule book and the live lists are checked for a change.",
+    )  # fmt: skip
     quality_interval_s: float = Field(
         default=600.0, gt=0, le=86_400, description="How often matured days are measured."
     )

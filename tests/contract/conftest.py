@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.engines.base import decision_rules
+from fraudstream.engines.scoring import texts_of
 from fraudstream.features import FEATURE_NAMES, history_features
 from fraudstream.model.data import from_dataset
 from fraudstream.model.registry import Registry
@@ -171,8 +172,7 @@ def stream(
     scorer = Scorer(Registry(models_dir).load())
     scores = scorer.score(features)
     decisions = decide(
-        scores, features, frame["terminal_id"].to_numpy(), frame["card_id"].to_numpy(),
-        scorer.thresholds, decision_rules(stack_settings),
+        scores, features, texts_of(frame), scorer.thresholds, decision_rules(stack_settings),
     )  # fmt: skip
     expected = features.assign(score=scores, decision=decisions.decision)
     # The stream must exercise what the first round's tests could not see.

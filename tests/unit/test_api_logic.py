@@ -103,13 +103,24 @@ _conditions = st.builds(
     st.sampled_from(["above", "below"]),
     _limits,
 )
+_expressions = st.builds(
+    lambda feature, op, limit, terminal: {
+        "when": f"{feature} {op} {limit!r} or terminal_id in ['{terminal}']"
+    },
+    st.sampled_from(_FEATURES),
+    st.sampled_from(["<", ">=", "==", "!="]),
+    st.integers(-5, 5),
+    st.sampled_from(_TERMINALS),
+)
 _triggers = st.one_of(
     _conditions.map(lambda when: {"when": when}),
+    _expressions,
     st.lists(st.sampled_from(_TERMINALS), max_size=2).map(lambda ids: {"terminals": ids}),
     st.lists(st.sampled_from(_CARDS), max_size=2).map(lambda ids: {"cards": ids}),
 )
 _rule_sets = st.lists(
-    st.tuples(_triggers, st.sampled_from(["review", "decline"]), st.booleans()), max_size=6
+    st.tuples(_triggers, st.sampled_from(["review", "decline", "allow"]), st.booleans()),
+    max_size=6,
 ).map(
     lambda rules: RuleSet.model_validate(
         {
@@ -137,17 +148,22 @@ def test_rules_fired_agrees_with_decide(
     frame = pd.DataFrame(
         [{name: values.get(name, math.nan) for name in FEATURE_NAMES} for values, _, _ in rows]
     )
+    texts = {
+        "terminal_id": np.array([terminal for _, terminal, _ in rows], dtype=object),
+        "card_id": np.array([card for _, _, card in rows], dtype=object),
+    }
     batch = decide(
-        np.zeros(len(rows)), frame,
-        np.array([terminal for _, terminal, _ in rows], dtype=object),
-        np.array([card for _, _, card in rows], dtype=object),
+        np.zeros(len(rows)), frame, texts,
         {"review": 2.0, "decline": 3.0}, rules,  # no score reaches a threshold: rules only
     )  # fmt: skip
     severity = {"review": 1, "decline": 2}
     for index, (values, terminal, card) in enumerate(rows):
-        fired = rules_fired(rules, values, terminal, card)
+        fired = rules_fired(rules, values, {"terminal_id": terminal, "card_id": card})
         assert [name for name, _ in fired] == batch.rule_hits[index]
-        strongest = max((severity[action] for _, action in fired), default=0)
+        actions = {action for _, action in fired}
+        strongest = max((severity[a] for a in actions - {"allow"}), default=0)
+        if "allow" in actions and "decline" not in actions:
+            strongest = 0  # allowed, unless a rule declines
         assert ["approve", "review", "decline"][strongest] == batch.decision[index]
 
 

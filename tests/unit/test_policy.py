@@ -37,7 +37,9 @@ def test_thresholds_and_rules_take_the_stronger_decision(tmp_path: Path) -> None
     )
     terminals = np.array(["T1", "T1", "T1", "T1", "T1", "T1", "T9"])
     cards = np.array(["c1", "c2", "c3", "c4", "c5", "c6", "c7"])
-    result = decide(scores, features, terminals, cards, THRESHOLDS, rules)
+    result = decide(
+        scores, features, {"terminal_id": terminals, "card_id": cards}, THRESHOLDS, rules
+    )
     assert list(result.decision) == [
         "approve", "review", "decline", "decline", "review", "decline", "decline",
     ]  # fmt: skip
@@ -50,8 +52,7 @@ def test_missing_feature_values_never_fire_a_rule() -> None:
     result = decide(
         np.zeros(2),
         features,
-        np.array(["T", "T"]),
-        np.array(["c", "d"]),
+        {"terminal_id": np.array(["T", "T"]), "card_id": np.array(["c", "d"])},
         THRESHOLDS,
         default_rules(),
     )
@@ -120,7 +121,15 @@ def test_exploration_sends_a_share_of_the_models_declines_to_review() -> None:
     settings = load_settings(overrides={"policy.explore_share": "0.05"})
     rules = decision_rules(settings)
     assert rules.explore is not None and rules.version.endswith("+explore0.05")
-    got = decide(scores, features, tx_ids, tx_ids, thresholds, rules, tx_ids=tx_ids)
+    ids = {"terminal_id": tx_ids, "card_id": tx_ids}
+    got = decide(
+        scores,
+        features,
+        {"terminal_id": tx_ids, "card_id": tx_ids},
+        thresholds,
+        rules,
+        tx_ids=tx_ids,
+    )
     explored = np.array([EXPLORE in hits for hits in got.rule_hits])
     assert (got.decision[explored] == "review").all() and (
         got.decision[~explored] == "decline"
@@ -129,18 +138,18 @@ def test_exploration_sends_a_share_of_the_models_declines_to_review() -> None:
     share = explored.sum() / (features["amount"] <= 200).sum()
     assert 0.04 < share < 0.06
     # The same rows whatever the batch: the draw is the tx_id's.
-    again = decide(scores[::-1], features[::-1], tx_ids[::-1], tx_ids[::-1], thresholds, rules,
-                   tx_ids=tx_ids[::-1])  # fmt: skip
+    backwards = {name: values[::-1] for name, values in ids.items()}
+    again = decide(scores[::-1], features[::-1], backwards, thresholds, rules, tx_ids=tx_ids[::-1])
     assert (np.array([EXPLORE in h for h in again.rule_hits])[::-1] == explored).all()
     assert explore_draw("tx-1") == explore_draw("tx-1")
     # Off by default, and a rule's decline is never explored.
-    plain = decide(scores, features, tx_ids, tx_ids, thresholds, decision_rules(load_settings()),
-                   tx_ids=tx_ids)  # fmt: skip
+    default = decision_rules(load_settings())
+    plain = decide(scores, features, ids, thresholds, default, tx_ids=tx_ids)
     assert (plain.decision == "decline").all()
     ruled = rules.model_copy(update={"rule": (*rules.rule, *load_rules_text(
         '[[rule]]\nname = "big"\naction = "decline"\nwhen = { feature = "amount", below = 1e9 }'
     ).rule)})  # fmt: skip
-    assert (decide(scores, features, tx_ids, tx_ids, thresholds, ruled, tx_ids=tx_ids).decision
+    assert (decide(scores, features, ids, thresholds, ruled, tx_ids=tx_ids).decision
             == "decline").all()  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from fraudstream.features import FEATURE_NAMES
 from fraudstream.features.definitions import NIGHT_HOURS
 from fraudstream.policy import RuleSet, rules_fired
 from fraudstream.policy.decide import DECISIONS
+from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.schema import Transaction
 
 __all__ = ["Fallback", "fallback_decision"]
@@ -59,10 +60,14 @@ def fallback_decision(
     utc = record.event_time.astimezone(timezone.utc)  # as features.pipeline.calendar_features
     values.update(hour=utc.hour, is_night=float(utc.hour < NIGHT_HOURS))
     values["is_weekend"] = float(utc.weekday() >= 5)
-    fired = rules_fired(rules, values, record.terminal_id, record.card_id)
+    texts = {name: getattr(record, name) for name in TEXT_FIELDS}
+    fired = rules_fired(rules, values, texts)
     hits = [name for name, _action in fired]
     floor = "approve" if record.amount <= floor_amount else "review"
-    decision = max([floor, *(action for _name, action in fired)], key=_SEVERITY.index)
+    actions = {action for _name, action in fired}
+    decision = max([floor, *(actions - {"allow"})], key=_SEVERITY.index)
+    if "allow" in actions and "decline" not in actions:
+        decision = "approve"  # as policy.decide: allowed unless a rule declines
     reasons = [why]
     if floor == "review":
         reasons.append(f"amount {record.amount:.2f} is above the fallback floor {floor_amount:.2f}")

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+import psycopg
 from confluent_kafka import Producer
 
 from fraudstream.bus.alerts import publish_alerts
@@ -27,7 +28,9 @@ from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, default_rules, load_rules
 from fraudstream.policy.rules import Exploration
 from fraudstream.records import Rejected
+from fraudstream.store.lists import active_lists, lists_digest
 from fraudstream.store.projections import Observed
+from fraudstream.store.rulebook import published
 from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch, Unstorable
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "Engine",
     "EngineStats",
     "ModelHolder",
+    "PolicyWatcher",
     "StepOutput",
     "StepWriter",
     "create_engine",
@@ -131,16 +135,57 @@ class ModelHolder:
         log.info("scoring challenger %s in shadow", wanted)
 
 
-def decision_rules(settings: Settings) -> RuleSet:
-    """The operator's rules file when one is set, else the built-in rules; with
-    ``policy.explore_share`` the exploration it sets (its version then says so)."""
+def decision_rules(
+    settings: Settings, book: RuleSet | None = None, lists: dict[str, frozenset[str]] | None = None
+) -> RuleSet:
+    """The rules that decide: the rule book's published ``book`` when there is one, else the
+    operator's rules file when one is set, else the built-in rules; with the live ``lists``
+    in force and ``policy.explore_share``'s exploration. The version says all of it
+    (``book-7+lists-1a2b3c4d+explore0.05``)."""
     policy = settings.policy
-    rules = load_rules(policy.rules_file) if policy.rules_file else default_rules()
+    rules = book or (load_rules(policy.rules_file) if policy.rules_file else default_rules())
+    version = rules.version
+    if lists:
+        version += f"+lists-{lists_digest(lists)}"
+    update: dict[str, Any] = {"lists": dict(lists or {})}
     if policy.explore_share > 0:
-        explore = Exploration(share=policy.explore_share, max_amount=policy.explore_max_amount)
-        version = f"{rules.version}+explore{policy.explore_share:g}"[:64]
-        rules = rules.model_copy(update={"explore": explore, "version": version})
-    return rules
+        update["explore"] = Exploration(
+            share=policy.explore_share, max_amount=policy.explore_max_amount
+        )
+        version += f"+explore{policy.explore_share:g}"
+    return rules.model_copy(update={**update, "version": version[:64]})
+
+
+class PolicyWatcher:
+    """The rules an engine (or the decision API) decides with, and the shadow rules it
+    evaluates beside them: reloaded from the rule book and the live lists when either
+    changed, so that a published version or a list entry takes effect without a restart."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        self.settings, self.clock = settings, clock
+        self.rules = decision_rules(settings)
+        self.shadow: RuleSet | None = None
+        self._seen: tuple[object, ...] | None = None
+
+    def refresh(self, conn: psycopg.Connection[Any]) -> bool:
+        """Check the rule book and the lists (three small queries); True when they changed."""
+        live, shadow = published(conn, "live"), published(conn, "shadow")
+        lists = active_lists(conn, self.clock.now())
+        seen = (
+            None if live is None else live.version,
+            None if shadow is None else shadow.version,
+            lists_digest(lists) if lists else None,
+        )
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        self.rules = decision_rules(self.settings, None if live is None else live.rules, lists)
+        self.shadow = None if shadow is None else decision_rules(self.settings, shadow.rules, lists)
+        log.info(
+            "deciding with rules %s%s", self.rules.version,
+            "" if self.shadow is None else f"; rules {self.shadow.version} in shadow",
+        )  # fmt: skip
+        return True
 
 
 def engine_id(settings: Settings) -> str:

@@ -54,9 +54,9 @@ from fraudstream.config import Settings
 from fraudstream.engines.base import (
     EngineStats,
     ModelHolder,
+    PolicyWatcher,
     StepOutput,
     StepWriter,
-    decision_rules,
     engine_id,
 )
 from fraudstream.engines.scoring import observed
@@ -117,8 +117,10 @@ class LocalEngine:
         self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
         self.precomputed = None  # card features are computed here, from self.partitions
         self.models = ModelHolder(Registry(settings.models_dir))
-        self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)  # the main thread's: tables, labels, status, snapshots
+        self.policy = PolicyWatcher(settings, clock)
+        self.policy.refresh(self.conn)
+        self.rules: RuleSet = self.policy.rules
         self.sink = PredictionSink(
             connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
         )  # the writer thread's
@@ -154,6 +156,7 @@ class LocalEngine:
             topic=self.topic, log_ends=self.consumer,
         )  # fmt: skip
         self._model_checked = 0.0
+        self._rules_checked = time.monotonic()
         self._status_written = 0.0
         self._quality_checked = time.monotonic()  # not in the first minutes of a (re)start
         self._expired_at = time.monotonic()
@@ -338,6 +341,7 @@ class LocalEngine:
             seen = observed(
                 result.batch, result.features, self.scorer, self.name,
                 self.models.challenger, self.rules,
+                shadow_rules=self.policy.shadow, scores=result.predictions["score"].to_numpy(),
             )  # fmt: skip
         next_offsets: dict[int, int] = {}
         for item in items:
@@ -564,6 +568,10 @@ class LocalEngine:
         if now - self._model_checked >= self.settings.engine.model_check_interval_s:
             self._model_checked = now
             self.models.refresh()
+        if now - self._rules_checked >= self.settings.engine.rules_check_interval_s:
+            self._rules_checked = now
+            if self.policy.refresh(self.conn):
+                self.rules = self.policy.rules
         if now - self._status_written >= self.settings.engine.status_interval_s:
             self._status_written = now
             self._write_status()

@@ -16,10 +16,11 @@ import pandas as pd
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
+from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.records import BATCH_SOURCE_COLUMNS, PREDICTION_COLUMNS
-from fraudstream.store.projections import Observed, ShadowScores
+from fraudstream.store.projections import Observed, ShadowRuleDecisions, ShadowScores
 
-__all__ = ["Scored", "empty_predictions", "observed", "predictions_frame"]
+__all__ = ["Scored", "empty_predictions", "observed", "predictions_frame", "texts_of"]
 
 log = logging.getLogger("fraudstream.engine")
 
@@ -55,6 +56,11 @@ def _per_row(
     return results, failed
 
 
+def texts_of(batch: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The batch's text fields the rules may read (``expressions.TEXT_FIELDS``)."""
+    return {name: batch[name].to_numpy(dtype=object) for name in TEXT_FIELDS if name in batch}
+
+
 def predictions_frame(
     batch: pd.DataFrame,
     features: pd.DataFrame,
@@ -81,8 +87,8 @@ def predictions_frame(
     if len(failed):
         batch, features, scores = batch.iloc[kept], features.iloc[kept], scores[kept]
     decisions = decide(
-        scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
-        scorer.thresholds, rules, tx_ids=batch["tx_id"].to_numpy(),
+        scores, features, texts_of(batch), scorer.thresholds, rules,
+        tx_ids=batch["tx_id"].to_numpy(),
     )  # fmt: skip
     reasons: list[list[dict[str, object]]] = [[] for _ in range(len(batch))]
     flagged = np.flatnonzero(decisions.decision != "approve")
@@ -139,6 +145,9 @@ def observed(
     engine: str,
     challenger: Scorer | None = None,
     rules: RuleSet | None = None,
+    *,
+    shadow_rules: RuleSet | None = None,
+    scores: np.ndarray | None = None,
 ) -> Observed:
     """What the sink keeps besides predictions: the batch's terminals with their
     coordinates, its feature values counted into the model's training bins, and, when a
@@ -157,6 +166,32 @@ def observed(
         profile=None if profile is None else profile.as_dict(),
         feature_counts=None if profile is None else profile.counts(features),
         shadow=None if challenger is None else _shadow(batch, features, challenger, rules),
+        shadow_rules=None
+        if shadow_rules is None or scores is None
+        else _shadow_rules(batch, features, scores, scorer, shadow_rules),
+    )
+
+
+def _shadow_rules(
+    batch: pd.DataFrame, features: pd.DataFrame, scores: np.ndarray, scorer: Scorer,
+    rules: RuleSet,
+) -> ShadowRuleDecisions | None:  # fmt: skip
+    """What the shadow rules would have decided with the champion's scores; None (and a
+    warning) when they cannot: a shadow never stops the live decisions."""
+    try:
+        decisions = decide(
+            scores, features, texts_of(batch), scorer.thresholds, rules,
+            tx_ids=batch["tx_id"].to_numpy(),
+        )  # fmt: skip
+    except Exception as error:
+        log.warning("shadow rules %s could not decide a batch: %s", rules.version, error)
+        return None
+    return ShadowRuleDecisions(
+        rules_version=rules.version,
+        tx_ids=batch["tx_id"].to_numpy(),
+        event_times=pd.to_datetime(batch["event_time"], utc=True).to_numpy(),
+        decisions=np.asarray(decisions.decision),
+        rule_hits=decisions.rule_hits,
     )
 
 
@@ -168,9 +203,8 @@ def _shadow(
     try:
         scores = np.clip(challenger.score(features), 0.0, 1.0)
         decisions = decide(
-            scores, features, batch["terminal_id"].to_numpy(), batch["card_id"].to_numpy(),
-            challenger.thresholds, rules or RuleSet(version="model only"),
-            tx_ids=batch["tx_id"].to_numpy(),
+            scores, features, texts_of(batch), challenger.thresholds,
+            rules or RuleSet(version="model only"), tx_ids=batch["tx_id"].to_numpy(),
         )  # fmt: skip
     except Exception as error:  # the champion's decisions stand; the shadow has a gap
         log.warning("challenger %s could not score a batch: %s", challenger.version, error)

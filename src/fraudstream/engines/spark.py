@@ -43,9 +43,9 @@ from fraudstream.config import Settings
 from fraudstream.engines.base import (
     EngineStats,
     ModelHolder,
+    PolicyWatcher,
     StepOutput,
     StepWriter,
-    decision_rules,
     engine_id,
 )
 from fraudstream.engines.scoring import empty_predictions, observed
@@ -229,8 +229,10 @@ class SparkEngine:
         self.group = f"spark:{settings.engine.group_id}"
         self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
         self.models = ModelHolder(Registry(settings.models_dir))
-        self.rules: RuleSet = decision_rules(settings)
         self.conn = connect(settings)
+        self.policy = PolicyWatcher(settings, clock)
+        self.policy.refresh(self.conn)
+        self.rules: RuleSet = self.policy.rules
         self.sink = self._new_sink(connect(settings))
         self.producer = engine_producer(settings.kafka)
         self.stats = EngineStats()
@@ -462,6 +464,8 @@ class SparkEngine:
         }
         self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
         self.models.refresh()
+        if self.policy.refresh(self.conn):  # once per micro-batch: the next one decides by it
+            self.rules = self.policy.rules
         if frame.empty and len(self._deferred) == len(items):
             return  # a retry that changed nothing
         if time.monotonic() - self._reported >= self.settings.engine.status_interval_s:
@@ -550,7 +554,8 @@ class SparkEngine:
         if len(result.predictions):
             seen = observed(
                 result.batch, result.features, self.scorer, self.name,
-                self.models.challenger, self.rules,
+                self.models.challenger, self.rules, shadow_rules=self.policy.shadow,
+                scores=result.predictions["score"].to_numpy(),
             )  # fmt: skip
         next_offsets: dict[int, int] = {}
         for item in items:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from fraudstream.policy.rules import RuleSet
+from fraudstream.policy.rules import RuleSet, Texts
 
 __all__ = ["DECISIONS", "EXPLORE", "Decisions", "decide", "explore_draw", "rules_fired"]
 
@@ -28,38 +27,36 @@ class Decisions:
 def decide(
     scores: np.ndarray,
     features: pd.DataFrame,
-    terminal_ids: np.ndarray,
-    card_ids: np.ndarray,
+    texts: Texts,
     thresholds: dict[str, float],
     rules: RuleSet,
     tx_ids: np.ndarray | None = None,
 ) -> Decisions:
-    """The stronger of the model's decision (by threshold) and every rule that fires; with
-    ``rules.explore`` and ``tx_ids``, a share of the model's own declines goes to review
-    (rule hit ``explore``)."""
+    """The stronger of the model's decision (by threshold) and every review or decline rule
+    that fires; an ``allow`` rule approves unless a rule declines; with ``rules.explore`` and
+    ``tx_ids``, a share of the model's own declines goes to review (rule hit ``explore``).
+    ``texts``: the batch's text fields by name (card_id and terminal_id at least)."""
     model = np.where(
         scores >= thresholds["decline"], 2, np.where(scores >= thresholds["review"], 1, 0)
     )
     severity = model.copy()
+    allowed = np.zeros(len(scores), dtype=bool)
+    declined = np.zeros(len(scores), dtype=bool)
     hits: list[list[str]] = [[] for _ in range(len(scores))]
+    columns = {name: features[name].to_numpy(dtype=float) for name in features.columns}
     for rule in rules.active:
-        if rule.when is not None:
-            values = features[rule.when.feature].to_numpy(dtype=float)
-            with np.errstate(invalid="ignore"):
-                fired = (
-                    values > rule.when.above
-                    if rule.when.above is not None
-                    else values < rule.when.below
-                )
-        elif rule.terminals:
-            fired = np.isin(terminal_ids, list(rule.terminals))
-        else:
-            fired = np.isin(card_ids, list(rule.cards))
+        fired = rule.fired(columns, texts, rules.lists)
         for row in np.flatnonzero(fired):
             hits[row].append(rule.name)
+        if rule.action == "allow":
+            allowed |= fired
+            continue
         severity = np.where(fired, np.maximum(severity, _SEVERITY[rule.action]), severity)
         if rule.action == "decline":
+            declined |= fired
             model = np.where(fired, -1, model)  # a rule's decline is policy: never explored
+    severity = np.where(allowed & ~declined, 0, severity)
+    model = np.where(allowed, -1, model)
     if rules.explore is not None and tx_ids is not None:
         amounts = features["amount"].to_numpy(dtype=float)
         for row in np.flatnonzero((model == 2) & (amounts <= rules.explore.max_amount)):
@@ -81,21 +78,12 @@ def explore_draw(tx_id: str) -> float:
 
 
 def rules_fired(
-    rules: RuleSet, values: Mapping[str, float], terminal_id: str, card_id: str
+    rules: RuleSet, values: Mapping[str, float], texts: Mapping[str, str | None]
 ) -> list[tuple[str, str]]:
     """(name, action) of each active rule that fires on one row: ``decide``'s rules without
     pandas, for a single answer that must be fast (a missing or NaN value never fires)."""
-    fired: list[tuple[str, str]] = []
-    for rule in rules.active:
-        if rule.when is not None:
-            value = values.get(rule.when.feature, math.nan)
-            hit = (
-                value > rule.when.above if rule.when.above is not None else value < rule.when.below  # type: ignore[operator]
-            )
-        elif rule.terminals:
-            hit = terminal_id in rule.terminals
-        else:
-            hit = card_id in rule.cards
-        if hit:
-            fired.append((rule.name, rule.action))
-    return fired
+    return [
+        (rule.name, rule.action)
+        for rule in rules.active
+        if rule.fires_one(values, texts, rules.lists)
+    ]

@@ -1,19 +1,27 @@
-"""Declarative, versioned decision rules, loaded from a TOML file that needs no code change.
+"""Declarative, versioned decision rules: from a TOML file, or authored by analysts and
+published through the rule book (``store/rulebook.py``) without a restart.
 
-A rule names a condition on one feature (``above`` / ``below`` a value) or a list of terminals
-or cards, and the action it forces (``review`` or ``decline``).
+A rule's trigger is an expression (``when = "card_tx_count_1h > 5 and amount > 3 ×
+card_amount_mean_30d"``, ``policy/expressions.py``; lists by name: ``terminal_id in
+blocked_terminals``), a one-feature threshold (``when = {feature, above|below}``), or an inline
+list of terminals or cards. Its action: ``review`` or ``decline`` force at least that;
+``allow`` approves whatever the model or a review rule says, but never overrides a rule's
+decline.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Collection, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from fraudstream.features import FEATURE_NAMES
+from fraudstream.policy.expressions import Expression, ExpressionError, parse
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,6 +36,7 @@ __all__ = [
     "RulesError",
     "default_rules",
     "load_rules",
+    "rules_from",
 ]
 
 
@@ -51,15 +60,20 @@ class Condition(BaseModel):
         return self
 
 
+Texts = Mapping[str, np.ndarray]
+"""Text fields of a batch by name (``expressions.TEXT_FIELDS``); an absent one is missing."""
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")
-    action: Literal["review", "decline"]
-    when: Condition | None = None
+    action: Literal["review", "decline", "allow"]
+    when: Condition | str | None = None
     terminals: frozenset[str] = frozenset()
     cards: frozenset[str] = frozenset()
     enabled: bool = True
+    _expression: Expression | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _one_trigger(self) -> Rule:
@@ -67,7 +81,57 @@ class Rule(BaseModel):
         triggers = sum([self.when is not None, "terminals" in given, "cards" in given])
         if triggers != 1:
             raise ValueError("a rule needs exactly one of 'when', 'terminals' or 'cards'")
+        if isinstance(self.when, str):
+            try:
+                self._expression = parse(self.when)
+            except ExpressionError as error:
+                raise ValueError(f"when: {error}") from None
         return self
+
+    @property
+    def lists(self) -> frozenset[str]:
+        """The live lists the rule reads."""
+        return frozenset() if self._expression is None else self._expression.lists
+
+    def fired(
+        self, features: Mapping[str, np.ndarray], texts: Texts, lists: Mapping[str, Collection[str]]
+    ) -> np.ndarray:
+        """Where the rule fires in a batch (a missing value never fires)."""
+        if self._expression is not None:
+            n = len(next(iter(features.values())))
+            columns = {
+                name: features[name] if name in features else texts.get(name, np.full(n, None))
+                for name in self._expression.names
+            }
+            return self._expression.evaluate(columns, lists)
+        if isinstance(self.when, Condition):
+            values = np.asarray(features[self.when.feature], dtype=float)
+            with np.errstate(invalid="ignore"):
+                above, below = self.when.above, self.when.below
+                return values > above if above is not None else values < below
+        if self.terminals:
+            return np.isin(texts["terminal_id"], list(self.terminals))
+        return np.isin(texts["card_id"], list(self.cards))
+
+    def fires_one(
+        self,
+        values: Mapping[str, float],
+        texts: Mapping[str, str | None],
+        lists: Mapping[str, Collection[str]],
+    ) -> bool:
+        """``fired`` for one row, without numpy: the decision API's fallback."""
+        if self._expression is not None:
+            row: dict[str, float | str | None] = {**values, **texts}
+            return self._expression.evaluate_one(
+                {name: row.get(name) for name in self._expression.names}, lists
+            )
+        if isinstance(self.when, Condition):
+            value = values.get(self.when.feature, float("nan"))
+            above, below = self.when.above, self.when.below
+            return bool(value > above if above is not None else value < below)  # type: ignore[operator]
+        if self.terminals:
+            return texts.get("terminal_id") in self.terminals
+        return texts.get("card_id") in self.cards
 
 
 class Exploration(BaseModel):
@@ -88,6 +152,8 @@ class RuleSet(BaseModel):
     version: str = Field(min_length=1, max_length=64)
     rule: tuple[Rule, ...] = ()
     explore: Exploration | None = None
+    lists: dict[str, frozenset[str]] = Field(default_factory=dict, exclude=True)
+    """The live lists' entries at the time (``store/lists.py``), by list name."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> RuleSet:
@@ -107,6 +173,12 @@ def _parse(text: str, origin: str) -> RuleSet:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise RulesError(f"{origin} is not valid TOML: {error}") from None
+    return rules_from(data, origin)
+
+
+def rules_from(data: Mapping[str, object], origin: str) -> RuleSet:
+    """A rule set from its mapping (a parsed file, or a stored version); errors name the rule
+    and the field."""
     try:
         return RuleSet.model_validate(data)
     except ValidationError as error:
@@ -115,7 +187,7 @@ def _parse(text: str, origin: str) -> RuleSet:
             location = ".".join(str(part) for part in issue["loc"])
             if location.startswith("rule."):
                 index = int(location.split(".")[1])
-                names = data.get("rule", [])
+                names: list[dict[str, object]] = data.get("rule", [])  # type: ignore[assignment]
                 name = names[index].get("name", f"#{index + 1}") if index < len(names) else index
                 location = f"rule {name!r}" + location[len(f"rule.{index}") :]
             problems.append(f"{location}: {issue['msg']}")

@@ -29,6 +29,8 @@ __all__ = [
     "Observed",
     "Projection",
     "ShadowPredictions",
+    "ShadowRuleDecisions",
+    "ShadowRules",
     "ShadowScores",
     "TerminalLocations",
     "rollup_ctes",
@@ -51,6 +53,19 @@ class Observed:
     profile: dict[str, Any] | None = None
     feature_counts: Mapping[str, np.ndarray] | None = None
     shadow: ShadowScores | None = None
+    shadow_rules: ShadowRuleDecisions | None = None
+
+
+@dataclass(frozen=True)
+class ShadowRuleDecisions:
+    """What a rule set in shadow would have decided of a batch's rows (with the champion's
+    scores): stored beside the live decisions, never acted on."""
+
+    rules_version: str
+    tx_ids: np.ndarray
+    event_times: np.ndarray  # datetime64, UTC
+    decisions: np.ndarray
+    rule_hits: list[list[str]]
 
 
 @dataclass(frozen=True)
@@ -290,10 +305,42 @@ class Cases:
         return None
 
 
+class ShadowRules:
+    """``shadow_rule_decisions``: a shadow rule set's decision of each row, in the batch's
+    transaction (a replayed batch finds them stored)."""
+
+    def ctes(self, inserted: str) -> None:
+        return None
+
+    def write(self, cursor: psycopg.Cursor[Any], observed: Observed | None, all_new: bool) -> None:
+        shadow = None if observed is None else observed.shadow_rules
+        if shadow is None or not len(shadow.tx_ids):
+            return
+        cursor.execute(
+            "INSERT INTO shadow_rule_decisions (tx_id, rules_version, event_time, decision, "
+            "rule_hits) SELECT t, %s, e, d, coalesce(string_to_array(h, ','), '{}') "
+            "FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::text[]) AS u(t, e, d, h) "
+            "ON CONFLICT (tx_id, rules_version) DO NOTHING",
+            (
+                shadow.rules_version, [str(t) for t in shadow.tx_ids],
+                pd.to_datetime(shadow.event_times, utc=True).to_pydatetime().tolist(),
+                [str(d) for d in shadow.decisions],
+                [",".join(hits) or None for hits in shadow.rule_hits],
+            ),
+        )  # fmt: skip
+
+    def committed(self) -> None:
+        return None
+
+
 def DASHBOARD_PROJECTIONS() -> list[Projection]:
     """A fresh set of the dashboard's projections (each sink keeps its own memory of what
-    it stored), the analysts' cases and the challenger's shadow scores."""
-    return [MinuteRollups(), TerminalLocations(), FeatureDrift(), Cases(), ShadowPredictions()]
+    it stored), the analysts' cases and the shadows: the challenger's scores, the shadow
+    rules' decisions."""
+    return [
+        MinuteRollups(), TerminalLocations(), FeatureDrift(), Cases(), ShadowPredictions(),
+        ShadowRules(),
+    ]  # fmt: skip
 
 
 def _floats(column: pd.Series) -> list[float | None]:
