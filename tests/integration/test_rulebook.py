@@ -8,11 +8,13 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 
 from fraudstream.config import Settings
-from fraudstream.policy import default_rules
+from fraudstream.policy import RuleSet, default_rules
 from fraudstream.schema import Transaction
 from fraudstream.simulator.publish import Publisher
 from fraudstream.store.db import connect, conninfo
@@ -194,3 +196,55 @@ def test_a_published_rule_and_a_list_entry_reach_a_running_engine_then_roll_back
         assert seen[0][1].startswith(f"book-{first}+lists-") and seen[0][2] == []
     finally:
         stop_engine(engine, log)
+
+
+def test_a_backtest_counts_what_a_draft_would_have_flagged_per_day(
+    stack_settings: Settings, models_dir: Path
+) -> None:
+    """Two days of stored predictions; the draft reviews amounts over 100 and every card on a
+    list; figures checked against a direct count of the same rows."""
+    from fraudstream.store.backtest import backtest
+    from fraudstream.store.sink import PredictionSink
+
+    from .test_dashboard import _predictions
+
+    settings = isolated(stack_settings, models_dir)
+    today = _now().replace(hour=12, minute=0, second=0, microsecond=0)
+    old = _predictions("old", 300, today - timedelta(days=10), "tok_watch")
+    new = _predictions("new", 200, today - timedelta(days=1), "tok_watch")
+    sink = PredictionSink(connect(settings), consumer_group="g", features_version="1")
+    sink.write(old, [])
+    sink.write(new, [])
+    sink.conn.close()
+    frauds = old["tx_id"][old["amount"] > 250].tolist()  # labelled frauds: the old big ones
+    with connect(settings, autocommit=True) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO labels (tx_id, source, is_fraud, reported_at) VALUES (%s, 'test', "
+            "true, now())",
+            [(tx,) for tx in frauds],
+        )
+        draft = RuleSet.model_validate(
+            {"version": "draft", "rule": [
+                {"name": "big", "action": "review", "when": "amount > 100"},
+                {"name": "listed", "action": "decline", "when": "card_id in watched"},
+            ], "lists": {"watched": frozenset({"tok_other00000000000000000003"})}}
+        )  # fmt: skip
+        result = backtest(
+            conn, draft, first=(today - timedelta(days=10)).date(), last=today.date(),
+            thresholds={"review": 2.0, "decline": 3.0},  # no score reaches them: rules only
+            matured_before=(today - timedelta(days=7)).date(), capacity=50,
+        )  # fmt: skip
+    both = pd.concat([old, new])
+    flagged = (both["amount"] > 100) | (both["card_id"] == "tok_other00000000000000000003")
+    assert result.rows == 500 and result.unread == []
+    days = result.days.set_index("day")
+    assert days["transactions"].tolist() == [300, 200]
+    assert days["flagged"].tolist() == [int(flagged[:300].sum()), int(flagged[300:].sum())]
+    assert days["declined"].sum() == (both["card_id"] == "tok_other00000000000000000003").sum()
+    caught = flagged[:300] & old["amount"].gt(250)
+    assert result.totals["precision"] == pytest.approx(caught.sum() / flagged[:300].sum())
+    assert result.totals["recall"] == pytest.approx(1.0)  # every big one is over 100
+    assert np.isnan(days["precision"].iloc[1])  # the recent day's labels are not in yet
+    live = both["decision"] != "approve"
+    assert result.totals["overlap"] == pytest.approx((flagged & live).sum() / flagged.sum())
+    assert days["cards"].iloc[0] == both[:300][flagged[:300]]["card_id"].nunique()

@@ -89,6 +89,15 @@ class Rule(BaseModel):
         return self
 
     @property
+    def reads(self) -> frozenset[str]:
+        """The features and text fields the rule reads."""
+        if self._expression is not None:
+            return self._expression.names
+        if isinstance(self.when, Condition):
+            return frozenset({self.when.feature})
+        return frozenset({"terminal_id" if self.terminals else "card_id"})
+
+    @property
     def lists(self) -> frozenset[str]:
         """The live lists the rule reads."""
         return frozenset() if self._expression is None else self._expression.lists
