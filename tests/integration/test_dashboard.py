@@ -29,9 +29,11 @@ from fraudstream.records import Rejected
 from fraudstream.stack import Stack
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import connect, dashboard_conninfo
+from fraudstream.store.lists import active_lists
 from fraudstream.store.projections import Observed
 from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
+from fraudstream.store.rulebook import published
 from fraudstream.store.sink import PredictionSink
 from fraudstream.store.status import StatusReporter
 from fraudstream.store.users import User, create_user, disable_user
@@ -493,6 +495,53 @@ def test_a_database_restart_shows_a_message_then_recovers(
     app.run()
     assert not app.exception and not app.error
     assert {m.label: m.value for m in app.metric}["PostgreSQL"] == "up"
+
+
+def test_a_rule_set_is_drafted_backtested_approved_by_another_and_published(
+    seeded: Seeded,
+) -> None:
+    _users(seeded.settings)
+    analyst = _signed_in("ana", "rules")
+    assert analyst.dataframe[0].value["name"].tolist()[:3] == [
+        "amount_over_limit", "card_velocity_1h", "impossible_travel_speed",
+    ]  # fmt: skip
+    analyst.text_input[0].input("as shipped, under the rule book")
+    _button(analyst, "Backtest").click().run()
+    assert not analyst.exception and not analyst.error, [e.value for e in analyst.error]
+    figures = {m.label: m.value for m in analyst.metric}
+    assert figures["Transactions"] == "500"
+    _button(analyst, "Save draft").click().run()
+    assert "Version 1 drafted: a supervisor approves it." in [s.value for s in analyst.success]
+    _button(analyst, "Approve").click().run()  # an analyst cannot approve
+    assert "a supervisor approves rules" in [e.value for e in analyst.error]
+    st.cache_resource.clear()
+    supervisor = _signed_in("sam", "rules")
+    _button(supervisor, "Approve").click().run()
+    assert "Version 1 approved." in [s.value for s in supervisor.success]
+    _button(supervisor, "Publish").click().run()
+    assert "Version 1 is live." in [s.value for s in supervisor.success]
+    with connect(seeded.settings) as conn:
+        live = published(conn)
+    assert live is not None and live.version == 1 and live.rules.version == "book-1"
+    assert [a for _, a, _ in _audit(seeded.settings) if a.startswith("rules.")] == [
+        "rules.draft", "rules.approve", "rules.publish",
+    ]  # fmt: skip
+
+
+def test_a_supervisor_blocks_a_card_on_the_lists_page(seeded: Seeded) -> None:
+    _users(seeded.settings)
+    analyst = _signed_in("ana", "lists")
+    assert "Supervisors change lists." in [c.value for c in analyst.caption]
+    st.cache_resource.clear()
+    supervisor = _signed_in("sam", "lists")
+    supervisor.text_input[0].input(CARD)
+    supervisor.text_input[1].input("confirmed fraud on case 5")
+    _button(supervisor, "Add").click().run()
+    assert not supervisor.error, [e.value for e in supervisor.error]
+    table = supervisor.dataframe[0].value
+    assert table["value"].tolist() == [mask_token(CARD)] and CARD not in _all_text(supervisor)
+    with connect(seeded.settings) as conn:
+        assert active_lists(conn, NOW + timedelta(days=365)) == {"blocked_cards": {CARD}}
 
 
 def test_beyond_loopback_the_dashboard_needs_users_and_refuses_an_empty_password(

@@ -248,3 +248,40 @@ def test_a_backtest_counts_what_a_draft_would_have_flagged_per_day(
     live = both["decision"] != "approve"
     assert result.totals["overlap"] == pytest.approx((flagged & live).sum() / flagged.sum())
     assert days["cards"].iloc[0] == both[:300][flagged[:300]]["card_id"].nunique()
+
+
+def test_the_rule_book_and_lists_by_command(
+    stack_settings: Settings, models_dir: Path, tmp_path: Path
+) -> None:
+    from ..conftest import run_cli
+    from ..engine_kit import engine_env
+
+    settings = isolated(stack_settings, models_dir)
+    _people(settings)
+    env = engine_env(settings)
+    rules_file = tmp_path / "rules.toml"
+    rules_file.write_text(
+        'version = "mine"\n[[rule]]\nname = "night_big"\naction = "review"\n'
+        'when = "is_night == 1 and amount > 500"\n'
+    )
+    drafted = run_cli("rules", "draft", str(rules_file), "--by", "ana", "--note", "x", env=env)
+    assert drafted.returncode == 0, drafted.stderr
+    refused = run_cli("rules", "approve", "1", "--by", "ana", env=env)
+    assert refused.returncode == 2 and "a supervisor approves rules" in refused.stderr
+    assert run_cli("rules", "approve", "1", "--by", "sam", env=env).returncode == 0
+    assert run_cli("rules", "publish", "1", "--by", "sam", env=env).returncode == 0
+    listed = run_cli("rules", "list", env=env)
+    assert listed.stdout.startswith("1\tlive\t1 rules\tdrafted by ana\tapproved by sam")
+    nobody = run_cli("rules", "publish", "1", "--by", "mallory", env=env)
+    assert nobody.returncode == 2 and "no active dashboard user" in nobody.stderr
+    tested = run_cli("rules", "backtest", "--version", "1", env=env)
+    assert tested.returncode == 0 and "0 predictions" in tested.stderr
+    added = run_cli(
+        "lists", "add", "blocked_terminals", "T-9", "--reason", "skimmer found", "--by", "bo",
+        "--until", "2099-01-01", env=env,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    shown = run_cli("lists", "show", env=env)
+    assert "blocked_terminals\tT-9\tskimmer found\tbo\t2099-01-01 23:59:59" in shown.stdout
+    assert run_cli("lists", "remove", "1", "--by", "bo", env=env).returncode == 0
+    assert run_cli("lists", "show", env=env).stdout == ""

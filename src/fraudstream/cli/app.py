@@ -15,7 +15,7 @@ import typer
 
 from fraudstream import __version__
 from fraudstream.bus import BusError, DeliveryError
-from fraudstream.cli import api, bench, dashboard, data, engine, model, stack, users
+from fraudstream.cli import api, bench, dashboard, data, engine, model, rules, stack, users
 from fraudstream.cli._options import Options, out, parse_overrides, print_error
 from fraudstream.cli.config import show_config
 from fraudstream.config import CONFIG_FILE_ENV, SettingsError, env_name
@@ -85,6 +85,8 @@ _register(
 app.add_typer(model.models_app, name="models")
 app.add_typer(api.keys_app, name="api-keys")
 app.add_typer(users.users_app, name="users")
+app.add_typer(rules.rules_app, name="rules")
+app.add_typer(rules.lists_app, name="lists")
 
 
 def main() -> None:

@@ -74,6 +74,8 @@ if signed_in is not None:
     pages = [
         st.Page(_PAGES / "live.py", title="Live", icon=":material/monitoring:", default=True),
         st.Page(_PAGES / "cases.py", title="Cases", icon=":material/fact_check:"),
+        st.Page(_PAGES / "rules.py", title="Rules", icon=":material/rule:"),
+        st.Page(_PAGES / "lists.py", title="Lists", icon=":material/list_alt:"),
         st.Page(_PAGES / "quality.py", title="Model quality", icon=":material/target:"),
         st.Page(_PAGES / "drift.py", title="Drift", icon=":material/waves:"),
         st.Page(_PAGES / "explore.py", title="Explore", icon=":material/search:"),

@@ -1,8 +1,9 @@
 """The services' own PostgreSQL users, so that a bug or a crafted input in one cannot change
 what it has no business changing: the dashboard reads everything and may only add labels,
-review decisions, case notes and audit lines, move cases and manage users (never change or
-remove an audit line, a prediction or a model's record); the decision API reads stored
-decisions and key digests and may only add degraded answers."""
+review decisions, case notes, audit lines, rule versions and list entries, move cases,
+approve and publish rules, remove list entries and manage users (never change or remove an
+audit line, a prediction, a rule version's content or a model's record); the decision API
+reads stored decisions and key digests and may only add degraded answers."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ API_ROLE = "fraudstream_api"
 def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
     """Create (or update) the dashboard's role and grant it exactly its rights on the current
     database, including tables that later migrations create. Idempotent; needs CREATEROLE and
-    the schema at version 9 or later."""
+    the schema at version 10 or later."""
     _ensure_role(
         conn,
         DASHBOARD_ROLE,
@@ -35,6 +36,11 @@ def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
             "GRANT UPDATE (status, assignee, updated_at, resolved_at, resolved_by) ON cases "
             "TO {role}",
             "GRANT UPDATE (role, password_hash, disabled_at) ON app_users TO {role}",
+            "GRANT INSERT ON rule_versions, rule_publications, list_entries TO {role}",
+            "GRANT USAGE ON SEQUENCE rule_versions_version_seq, rule_publications_id_seq, "
+            "list_entries_id_seq TO {role}",
+            "GRANT UPDATE (approved_by, approved_at) ON rule_versions TO {role}",
+            "GRANT UPDATE (removed_by, removed_at) ON list_entries TO {role}",
         ],
     )
 

@@ -26,6 +26,7 @@ __all__ = [
     "Published",
     "RuleBookError",
     "approve",
+    "checked_rules",
     "draft",
     "publish",
     "published",
@@ -49,7 +50,8 @@ class Published:
     rules: RuleSet
 
 
-def _checked(rules: Sequence[Mapping[str, Any]], name: str) -> RuleSet:
+def checked_rules(rules: Sequence[Mapping[str, Any]], name: str = "the draft") -> RuleSet:
+    """``rules`` as a rule set named ``name``, checked as a rules file is."""
     try:
         return rules_from({"version": name, "rule": list(rules)}, name)
     except RulesError as error:
@@ -65,7 +67,7 @@ def draft(
     at: datetime,
 ) -> int:
     """A new version from ``rules`` (checked as a rules file is); returns its number."""
-    checked = _checked(rules, "the draft")
+    checked = checked_rules(rules, "the draft")
     stored = [rule.model_dump(mode="json", exclude_unset=True) for rule in checked.rule]
     with conn.transaction():
         row = conn.execute(
@@ -165,7 +167,7 @@ def version_rules(conn: psycopg.Connection[Any], version: int) -> RuleSet:
     row = conn.execute("SELECT rules FROM rule_versions WHERE version = %s", (version,)).fetchone()
     if row is None:
         raise RuleBookError(f"no rule version {version}")
-    return _checked(row[0], f"book-{version}")
+    return checked_rules(row[0], f"book-{version}")
 
 
 def published(conn: psycopg.Connection[Any], target: Target = "live") -> Published | None:
@@ -180,7 +182,7 @@ def published(conn: psycopg.Connection[Any], target: Target = "live") -> Publish
     if row is None or row[0] is None:
         return None
     version = int(str(row[0]))
-    return Published(version, _checked(row[1], f"book-{version}"))
+    return Published(version, checked_rules(row[1], f"book-{version}"))
 
 
 def versions(conn: psycopg.Connection[Any]) -> pd.DataFrame:
