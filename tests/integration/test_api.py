@@ -21,7 +21,7 @@ import pytest
 from fraudstream.api.recorder import _INSERT as RECORD_DEGRADED
 from fraudstream.api.schemas import DecisionResponse
 from fraudstream.config import Settings
-from fraudstream.store.db import api_conninfo, conninfo
+from fraudstream.store.db import api_conninfo, connect, conninfo
 from fraudstream.store.roles import API_ROLE
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
@@ -203,6 +203,42 @@ def test_an_engine_that_is_away_costs_a_degraded_answer_within_budget_never_a_de
         lambda: _count(api.settings, "fraud_predictions", tx_ids) == 3, 90,
         "the full decisions of the degraded requests",
     )  # fmt: skip
+
+
+def test_the_fallback_decides_by_the_published_rules_and_the_lists_in_force(api: Api) -> None:
+    """A card blocked on a list under a published rule is declined even by the degraded
+    answer, within seconds and without a restart of the API."""
+    from fraudstream.store.lists import add_entry
+    from fraudstream.store.rulebook import approve, draft, publish
+    from fraudstream.store.users import User
+
+    stop_engine(api.engine, api.log)
+    ana, sam = User("ana", "analyst"), User("sam", "supervisor")
+    now = datetime.now(timezone.utc)
+    block = {"name": "blocked_card", "action": "decline", "when": "card_id in blocked_cards"}
+    with connect(api.settings, autocommit=True) as conn:
+        for user in (ana, sam):
+            conn.execute(
+                "INSERT INTO app_users (username, role, password_hash, created_at, created_by) "
+                "VALUES (%s, %s, '$argon2id$test', now(), 'test')",
+                (user.username, user.role),
+            )
+        version = draft(conn, [block], note="block lists", by=ana, at=now)
+        approve(conn, version, by=sam, at=now)
+        publish(conn, version, by=sam, at=now)
+        add_entry(conn, "blocked_cards", "card-stolen", reason="reported", by=sam, at=now)
+
+    def declined() -> bool:
+        reply = api.client.post(_tx(card_id="card-stolen", amount=5.0))
+        assert reply.status == 200 and reply.body["degraded"], reply.body
+        return reply.body["decision"] == "decline"
+
+    wait_for(declined, 30, "the degraded answer to follow the published rules and lists")
+    reply = api.client.post(_tx(card_id="card-stolen", amount=5.0)).body
+    assert reply["rule_hits"] == ["blocked_card"]
+    assert reply["rules_version"].startswith(f"book-{version}+lists-")
+    other = api.client.post(_tx(card_id="card-fine", amount=5.0)).body
+    assert other["decision"] == "approve" and other["rule_hits"] == []
 
 
 def test_nothing_is_lost_when_the_engine_is_killed_mid_traffic(api: Api) -> None:

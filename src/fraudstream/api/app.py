@@ -27,10 +27,11 @@ from fraudstream.api.decisions import Conflict, Decider, Unprocessable
 from fraudstream.api.keys import KeyRing
 from fraudstream.api.limits import RateLimiter
 from fraudstream.api.recorder import DegradedRecorder
+from fraudstream.api.reloading import Reloader
 from fraudstream.api.schemas import ERROR_RESPONSES, DecisionResponse
 from fraudstream.clock import Clock, SystemClock
 from fraudstream.config import Settings
-from fraudstream.engines.base import decision_rules
+from fraudstream.engines.base import PolicyWatcher
 from fraudstream.schema import MAX_MESSAGE_BYTES, Transaction
 from fraudstream.store.db import api_conninfo
 
@@ -145,6 +146,13 @@ class _DecisionsFirst:
         await send({"type": "http.response.body", "body": content})
 
 
+def _refresh(policy: PolicyWatcher, database: _Database, decider: Decider | None = None) -> None:
+    """The fallback's rules: the rule book's and the lists' as the engines have them."""
+    with database.connect() as conn:
+        if policy.refresh(conn) and decider is not None:
+            decider.rules = policy.rules
+
+
 def create_app(settings: Settings, clock: Clock | None = None) -> _DecisionsFirst:
     """The ASGI application: FastAPI behind a front that serves decisions directly."""
     clock = clock or SystemClock()
@@ -160,12 +168,19 @@ def create_app(settings: Settings, clock: Clock | None = None) -> _DecisionsFirs
         await asyncio.to_thread(bridge.start)
         recorder = DegradedRecorder(database.connect)
         recorder.start()
+        policy = PolicyWatcher(settings, clock)
+        await asyncio.to_thread(_refresh, policy, database)
+        rules = Reloader(
+            "rules", lambda: _refresh(policy, database, state.get("decider")),
+            settings.engine.rules_check_interval_s,
+        )  # fmt: skip
+        rules.start()
         state.update(
             keys=keys,
             bridge=bridge,
             limiter=RateLimiter(settings.api.rate_per_key, settings.api.burst_per_key),
             decider=Decider(
-                bridge=bridge, rules=decision_rules(settings), clock=clock,
+                bridge=bridge, rules=policy.rules, clock=clock,
                 budget_ms=settings.api.budget_ms, floor_amount=settings.api.fallback_floor_amount,
                 stored=database.stored, recorder=recorder,
             ),
@@ -174,6 +189,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> _DecisionsFirs
         try:
             yield
         finally:
+            rules.close()
             keys.close()
             recorder.close()
             bridge.close()

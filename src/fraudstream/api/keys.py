@@ -10,15 +10,15 @@ key stops working within ``RELOAD_EVERY_S``.
 from __future__ import annotations
 
 import hashlib
-import logging
 import re
 import secrets
-import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import psycopg
+
+from fraudstream.api.reloading import Reloader
 
 __all__ = [
     "KEY_PREFIX",
@@ -31,7 +31,6 @@ __all__ = [
     "revoke_key",
 ]
 
-log = logging.getLogger("fraudstream.api")
 
 KEY_PREFIX = "fsk_"
 RELOAD_EVERY_S = 5.0
@@ -109,8 +108,7 @@ class KeyRing:
     def __init__(self, connect: Any) -> None:
         self._connect = connect  # () -> psycopg.Connection
         self._active: dict[bytes, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._reload_often, name="keys", daemon=True)
+        self._reloader = Reloader("API keys", self.reload, RELOAD_EVERY_S)
 
     def reload(self) -> None:
         with self._connect() as conn:
@@ -120,18 +118,10 @@ class KeyRing:
         self._active = {bytes(digest): name for digest, name in rows}
 
     def start(self) -> None:
-        self._thread.start()
+        self._reloader.start()
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _reload_often(self) -> None:
-        while not self._stop.wait(RELOAD_EVERY_S):
-            try:
-                self.reload()
-            except Exception as error:  # the database away or refusing: keep the known keys
-                log.warning("reloading API keys: %s", error)
+        self._reloader.close()
 
     def name_of(self, token: str | None) -> str | None:
         """The name of the active key ``token``, or None."""

@@ -48,13 +48,16 @@ def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
 def ensure_api_role(conn: psycopg.Connection[Any], password: str) -> None:
     """Create (or update) the decision API's role and grant it exactly its rights on the
     current database: the stored decisions (replays) and the keys, read; degraded answers,
-    added. Idempotent; needs CREATEROLE and the schema at version 7 or later."""
+    added; the rule book and the lists, read. Idempotent; needs CREATEROLE and the schema at
+    version 10 or later."""
     _ensure_role(
         conn,
         API_ROLE,
         password,
         [
             "GRANT SELECT ON fraud_predictions, api_keys TO {role}",
+            # The fallback decides by the published rules and the lists in force.
+            "GRANT SELECT ON rule_versions, rule_publications, list_entries TO {role}",
             "GRANT INSERT ON degraded_decisions TO {role}",
             # ON CONFLICT (tx_id) reads the arbiter's column: that column, not the rows.
             "GRANT SELECT (tx_id) ON degraded_decisions TO {role}",
