@@ -37,6 +37,8 @@ SHOTS = Path(os.environ.get("FRAUDSTREAM_TEST_SCREENSHOTS", ".pytest_artifacts/s
 PAGES = [
     ("Live", "Transactions / s", True, "live"),
     ("Cases", "Card timeline", False, "cases"),
+    ("Rules", "Draft and backtest", False, "rules"),
+    ("Lists", "Add an entry", False, "lists"),
     ("Model quality", "Precision–recall", True, "quality"),
     ("Drift", "Population stability index", True, "drift"),
     ("Explore", "Enter an id to search", False, "explore"),
@@ -171,3 +173,36 @@ def test_every_page_renders_and_a_case_is_worked_to_resolved_in_the_browser(
     assert case_row == ("resolved_fraud", "ana", "ana")
     assert labels == (seeded.alerts_per_card[CARD], True)
     assert [a for (a,) in actions] == ["user.login", "case.assign", "case.status", "case.resolve"]
+
+    # A rule set drafted and backtested by the analyst, approved and published by a
+    # supervisor; a card blocked on a list.
+    _open(analyst, "Rules", "Draft and backtest")
+    analyst.get_by_role("textbox", name="What changes, and why").fill("as shipped")
+    analyst.get_by_role("button", name="Backtest").click()
+    analyst.get_by_text("Overlap with live").wait_for(timeout=30_000)
+    analyst.get_by_role("button", name="Save draft").click()
+    analyst.get_by_text("Version 1 drafted: a supervisor approves it.").wait_for(timeout=30_000)
+    supervisor = browser.new_page(viewport={"width": 1440, "height": 1000})
+    _sign_in(supervisor, served, "sam")
+    _open(supervisor, "Rules", "Draft and backtest")
+    supervisor.get_by_role("tab", name="Versions").click()
+    supervisor.get_by_role("button", name="Approve").click()
+    supervisor.get_by_text("Version 1 approved.").wait_for(timeout=30_000)
+    supervisor.get_by_role("tab", name="Versions").click()
+    supervisor.get_by_role("button", name="Publish").click()
+    supervisor.get_by_text("Version 1 is live.").wait_for(timeout=30_000)
+    _open(supervisor, "Lists", "Add an entry")
+    supervisor.get_by_role("textbox", name="Card token or terminal id").fill(CARD)
+    supervisor.get_by_role("textbox", name="Why").fill("card reported stolen")
+    supervisor.get_by_role("button", name="Add", exact=True).click()
+    supervisor.get_by_text("Added to blocked_cards").wait_for(timeout=30_000)
+    supervisor.screenshot(path=str(SHOTS / "lists.png"), full_page=True)
+    with psycopg.connect(dashboard_conninfo(seeded.settings)) as conn:
+        trail = conn.execute(
+            "SELECT actor, action FROM audit_log WHERE action LIKE 'rules.%%' "
+            "OR action LIKE 'list.%%' ORDER BY id"
+        ).fetchall()
+    assert trail == [
+        ("ana", "rules.draft"), ("sam", "rules.approve"), ("sam", "rules.publish"),
+        ("sam", "list.add"),
+    ]  # fmt: skip

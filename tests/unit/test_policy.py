@@ -157,3 +157,35 @@ def load_rules_text(body: str):  # type: ignore[no-untyped-def]
     from fraudstream.policy.rules import _parse
 
     return _parse('version = "t"\n' + body, "test")
+
+
+def test_expression_rules_lists_and_allow_decide_as_documented() -> None:
+    """An expression over features and text fields, a named live list, and an allow rule
+    that approves what the model or a review rule flagged but never overrides a decline."""
+    rules = load_rules_text(
+        '[[rule]]\nname = "burst"\naction = "review"\n'
+        'when = "card_tx_count_1h > 5 and amount > 3 × card_amount_mean_30d"\n'
+        '[[rule]]\nname = "blocked"\naction = "decline"\n'
+        'when = "terminal_id in blocked_terminals"\n'
+        '[[rule]]\nname = "vip"\naction = "allow"\nwhen = "card_id in allowed_cards"\n'
+    ).model_copy(update={"lists": {"blocked_terminals": frozenset({"T9"}),
+                                    "allowed_cards": frozenset({"c3", "c4"})}})  # fmt: skip
+    features = _features(
+        amount=[100, 100, 100, 100, 100], card_tx_count_1h=[6, 6, 1, 6, 1],
+        card_amount_mean_30d=[10, 50, 10, 10, np.nan],
+    )  # fmt: skip
+    texts = {
+        "terminal_id": np.array(["T1", "T1", "T1", "T9", "T1"], dtype=object),
+        "card_id": np.array(["c1", "c2", "c3", "c4", "c5"], dtype=object),
+    }
+    scores = np.array([0.1, 0.1, 0.99, 0.1, 0.1])
+    result = decide(scores, features, texts, THRESHOLDS, rules)
+    assert list(result.decision) == ["review", "approve", "approve", "decline", "approve"]
+    assert result.rule_hits == [["burst"], [], ["vip"], ["burst", "blocked", "vip"], []]
+    assert rules.rule[0].reads == {"card_tx_count_1h", "amount", "card_amount_mean_30d"}
+    assert rules.rule[1].lists == {"blocked_terminals"}
+
+
+def test_a_bad_expression_names_the_rule_and_the_position() -> None:
+    with pytest.raises(RulesError, match=r"rule 'typo'.*column 1: unknown name 'amont'"):
+        load_rules_text('[[rule]]\nname = "typo"\naction = "review"\nwhen = "amont > 5"\n')

@@ -95,7 +95,12 @@ class Rule(BaseModel):
             return self._expression.names
         if isinstance(self.when, Condition):
             return frozenset({self.when.feature})
-        return frozenset({"terminal_id" if self.terminals else "card_id"})
+        return frozenset({"terminal_id" if self.by_terminal else "card_id"})
+
+    @property
+    def by_terminal(self) -> bool:
+        """An inline list rule of terminals (else of cards); either may be empty."""
+        return "terminals" in self.model_fields_set
 
     @property
     def lists(self) -> frozenset[str]:
@@ -118,7 +123,7 @@ class Rule(BaseModel):
             with np.errstate(invalid="ignore"):
                 above, below = self.when.above, self.when.below
                 return values > above if above is not None else values < below
-        if self.terminals:
+        if self.by_terminal:
             return np.isin(texts["terminal_id"], list(self.terminals))
         return np.isin(texts["card_id"], list(self.cards))
 
@@ -138,7 +143,7 @@ class Rule(BaseModel):
             value = values.get(self.when.feature, float("nan"))
             above, below = self.when.above, self.when.below
             return bool(value > above if above is not None else value < below)  # type: ignore[operator]
-        if self.terminals:
+        if self.by_terminal:
             return texts.get("terminal_id") in self.terminals
         return texts.get("card_id") in self.cards
 

@@ -53,11 +53,10 @@ def _table(rules) -> pd.DataFrame:  # type: ignore[no-untyped-def]
     for rule in rules.rule:
         when = rule.when
         if when is None:
-            when = (
-                "terminal_id in " + repr(sorted(rule.terminals))
-                if rule.terminals
-                else ("card_id in " + repr(sorted(rule.cards)))
+            column, values = (
+                ("terminal_id", rule.terminals) if rule.by_terminal else ("card_id", rule.cards)
             )
+            when = f"{column} in {sorted(values)!r}"
         elif not isinstance(when, str):
             side = "above" if when.above is not None else "below"
             when = f"{when.feature} {'>' if side == 'above' else '<'} {when.above or when.below}"
