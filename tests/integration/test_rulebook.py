@@ -19,7 +19,14 @@ from fraudstream.schema import Transaction
 from fraudstream.simulator.publish import Publisher
 from fraudstream.store.db import connect, conninfo
 from fraudstream.store.lists import ListError, active_lists, add_entry, remove_entry
-from fraudstream.store.rulebook import RuleBookError, approve, draft, publish, published
+from fraudstream.store.rulebook import (
+    RuleBookError,
+    approve,
+    draft,
+    publish,
+    published,
+    shadow_days,
+)
 from fraudstream.store.users import User, create_user
 
 from ..engine_kit import isolated, start_engine, stop_engine, wait_for
@@ -164,12 +171,39 @@ def test_a_published_rule_and_a_list_entry_reach_a_running_engine_then_roll_back
             second = draft(conn, [*_default_rules(), WATCH], note="watch", by=ANA, at=_now())
             for version in (first, second):
                 approve(conn, version, by=SAM, at=_now())
-            publish(conn, second, by=SAM, at=_now())
+            publish(conn, second, by=SAM, at=_now(), target="shadow")
             add_entry(
                 conn, "watched_cards", "card-watch", reason="reported stolen", by=BO, at=_now()
             )
-        published_at = time.monotonic()
+
+        def in_shadow() -> bool:
+            ids = _send(settings, "card-watch", [20.0], f"shadow-{time.monotonic_ns()}")
+            wait_for(lambda: len(_decisions(settings, ids)) == 1, 60, "a decision")
+            with psycopg.connect(conninfo(settings)) as conn:
+                shadowed = conn.execute(
+                    "SELECT decision, rule_hits, rules_version FROM shadow_rule_decisions "
+                    "WHERE tx_id = %s", (ids[0],),
+                ).fetchone()  # fmt: skip
+            live = _decisions(settings, ids)[0]
+            seen[:] = [live]
+            return (
+                shadowed is not None
+                and shadowed[0] == "decline"
+                and (
+                    shadowed[1] == ["watched_card_spends"]
+                    and str(shadowed[2]).startswith(f"book-{second}+lists-")
+                )
+            )
+
         seen: list[tuple[str, str, list[str]]] = []
+        wait_for(in_shadow, 60, "the shadow rules' decision stored beside the live one")
+        assert "watched_card_spends" not in seen[0][2]  # shadow: never acted on
+        with connect(settings, autocommit=True) as conn:
+            days = shadow_days(conn, _now() - timedelta(days=1))
+        assert days["shadow_flagged"].sum() >= 1 and days["differ"].sum() >= 0
+        with connect(settings, autocommit=True) as conn:
+            publish(conn, second, by=SAM, at=_now())
+        published_at = time.monotonic()
 
         def declined_by_the_rule() -> bool:
             ids = _send(settings, "card-watch", [20.0], f"after-{time.monotonic_ns()}")

@@ -30,6 +30,7 @@ __all__ = [
     "draft",
     "publish",
     "published",
+    "shadow_days",
     "stop_shadow",
     "version_rules",
     "versions",
@@ -183,6 +184,34 @@ def published(conn: psycopg.Connection[Any], target: Target = "live") -> Publish
         return None
     version = int(str(row[0]))
     return Published(version, checked_rules(row[1], f"book-{version}"))
+
+
+def shadow_days(conn: psycopg.Connection[Any], since: datetime) -> pd.DataFrame:
+    """Each shadow rule set beside the live decisions of the same rows, day by day (UTC):
+    how many each flagged (review or decline), where they differ, and the labelled frauds
+    each caught so far."""
+    with conn.cursor() as cursor:
+        rows = cursor.execute(
+            """
+            SELECT s.rules_version, (s.event_time AT TIME ZONE 'UTC')::date AS day,
+                   count(*) AS transactions,
+                   count(*) FILTER (WHERE p.decision <> 'approve') AS live_flagged,
+                   count(*) FILTER (WHERE s.decision <> 'approve') AS shadow_flagged,
+                   count(*) FILTER (WHERE s.decision <> p.decision) AS differ,
+                   count(*) FILTER (WHERE f.tx_id IS NOT NULL) AS frauds,
+                   count(*) FILTER (WHERE f.tx_id IS NOT NULL AND p.decision <> 'approve')
+                       AS live_caught,
+                   count(*) FILTER (WHERE f.tx_id IS NOT NULL AND s.decision <> 'approve')
+                       AS shadow_caught
+            FROM shadow_rule_decisions s JOIN fraud_predictions p USING (tx_id)
+            LEFT JOIN (SELECT DISTINCT tx_id FROM labels WHERE is_fraud) f USING (tx_id)
+            WHERE s.event_time >= %s
+            GROUP BY 1, 2 ORDER BY 2 DESC, 1
+            """,
+            (since,),
+        ).fetchall()
+        columns = [c.name for c in cursor.description or []]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def versions(conn: psycopg.Connection[Any]) -> pd.DataFrame:

@@ -148,6 +148,15 @@ with draft_tab:
         st.rerun()
 
 with versions_tab:
+    compared = read(rulebook.shadow_days, now() - timedelta(days=30))
+    if not compared.empty:
+        st.subheader("Shadow beside live, day by day")
+        st.caption("The same transactions: what each rule set flagged (review or decline).")
+        st.dataframe(
+            compared.rename(columns=lambda c: c.replace("_", " ")),
+            hide_index=True,
+            width="stretch",
+        )
     if history.empty:
         st.info("No version yet: the rules file decides. Draft one above.")
         st.stop()
