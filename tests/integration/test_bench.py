@@ -56,6 +56,7 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(quick_report: 
     assert "## Dashboard queries" in text and "20,000 predictions stored" in text
     assert "dashboard query — Cases: queue and the totals of every view" in text
     assert "dashboard freshness: stored → returned by the Live query" in text
+    assert "rules backtest: the shipped rules + an aggregate expression + a list" in text
     # The per-message baseline and the growth benchmarks (each has its own test below).
     assert "## Baseline: one message at a time, beside the local engine" in text
     assert "## Growth: cards and stored rows" in text
