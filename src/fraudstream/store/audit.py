@@ -16,6 +16,8 @@ import pandas as pd
 import psycopg
 from psycopg.types.json import Jsonb
 
+from fraudstream.store.db import frame
+
 __all__ = ["ACTIONS", "audit_entries", "record"]
 
 ACTIONS = (
@@ -75,7 +77,4 @@ def audit_entries(
         "since": since, "until": until, "actor": actor, "actions": list(actions),
         "object_id": object_id, "limit": limit,
     }  # fmt: skip
-    with conn.cursor() as cursor:
-        rows = cursor.execute(query, params).fetchall()
-        columns = [c.name for c in cursor.description or []]
-    return pd.DataFrame(rows, columns=columns)
+    return frame(conn, query, params)

@@ -17,6 +17,7 @@ import pandas as pd
 import psycopg
 
 from fraudstream.store import audit
+from fraudstream.store.db import frame
 from fraudstream.store.users import User
 
 __all__ = [
@@ -54,13 +55,6 @@ _TIMELINE_AFTER = timedelta(days=1)
 
 class CaseError(ValueError):
     """A case change that cannot be made; the message says why."""
-
-
-def _frame(conn: psycopg.Connection[Any], query: str, params: Any) -> pd.DataFrame:
-    with conn.cursor() as cursor:
-        rows = cursor.execute(query, params).fetchall()
-        columns = [c.name for c in cursor.description or []]
-    return pd.DataFrame(rows, columns=columns)
 
 
 _DUE = "c.opened_at + make_interval(mins => (%(sla)s::int[])[c.priority])"
@@ -101,7 +95,7 @@ def case_queue(
     if view not in _VIEW_FILTERS:
         raise CaseError(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
     order = "c.opened_at" if oldest_first else "c.priority, c.opened_at"
-    return _frame(
+    return frame(
         conn,
         f"SELECT c.case_id, c.card_id, c.status, c.priority, c.assignee, c.opened_at, "  # noqa: S608
         f"{_DUE} AS due_at, {_DUE} < %(now)s AS overdue, c.alert_count, c.max_score, "
@@ -115,7 +109,7 @@ def case_queue(
 def get_case(
     conn: psycopg.Connection[Any], case_id: int, *, now: datetime, sla_minutes: Sequence[int]
 ) -> dict[str, Any] | None:
-    found = _frame(
+    found = frame(
         conn,
         f"SELECT c.*, {_DUE} AS due_at, {_DUE} < %(now)s AND c.resolved_at IS NULL AS overdue "  # noqa: S608
         "FROM cases c WHERE c.case_id = %(case)s",
@@ -126,7 +120,7 @@ def get_case(
 
 def case_alerts(conn: psycopg.Connection[Any], case_id: int) -> pd.DataFrame:
     """The case's alerts with what the engine decided, why, and any verdict or label since."""
-    return _frame(
+    return frame(
         conn,
         "SELECT p.tx_id, p.event_time, p.amount, p.terminal_id, p.score, p.decision, "
         "p.rule_hits, p.reasons, r.verdict, r.analyst, "
@@ -142,7 +136,7 @@ def card_timeline(conn: psycopg.Connection[Any], case_id: int, *, limit: int = 5
     """The card's transactions around the case, newest first: from a week before its first
     alert to a day after its last, each marked when it is one of the case's alerts, with any
     label."""
-    return _frame(
+    return frame(
         conn,
         "SELECT p.event_time, p.tx_id, p.amount, p.terminal_id, p.score, p.decision, "
         "a.case_id IS NOT NULL AS in_case, "
@@ -161,7 +155,7 @@ def card_timeline(conn: psycopg.Connection[Any], case_id: int, *, limit: int = 5
 
 def earlier_cases(conn: psycopg.Connection[Any], case_id: int) -> pd.DataFrame:
     """The card's other cases, newest first."""
-    return _frame(
+    return frame(
         conn,
         "SELECT o.case_id, o.status, o.opened_at, o.resolved_at, o.resolved_by, o.alert_count "
         "FROM cases c JOIN cases o ON o.card_id = c.card_id AND o.case_id <> c.case_id "
@@ -171,7 +165,7 @@ def earlier_cases(conn: psycopg.Connection[Any], case_id: int) -> pd.DataFrame:
 
 
 def case_notes(conn: psycopg.Connection[Any], case_id: int) -> pd.DataFrame:
-    return _frame(
+    return frame(
         conn,
         "SELECT at, author, note FROM case_notes WHERE case_id = %s ORDER BY at, id",
         (case_id,),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import psycopg
 from pydantic import SecretStr
 
@@ -13,7 +14,7 @@ from fraudstream.config import Settings
 if TYPE_CHECKING:
     from fraudstream.stack.postgres import EmbeddedPostgres
 
-__all__ = ["api_conninfo", "connect", "conninfo", "dashboard_conninfo"]
+__all__ = ["api_conninfo", "connect", "conninfo", "dashboard_conninfo", "frame"]
 
 
 def conninfo(settings: Settings) -> str:
@@ -60,3 +61,11 @@ def connect(
         connect_timeout=max(1, int(settings.database.connect_timeout_s)),
         application_name="fraudstream",
     )
+
+
+def frame(conn: psycopg.Connection[Any], query: str, params: Any = None) -> pd.DataFrame:
+    """A query's rows as a DataFrame with its column names (empty, with them, when none)."""
+    with conn.cursor() as cursor:
+        rows = cursor.execute(query, params).fetchall()
+        columns = [column.name for column in cursor.description or []]
+    return pd.DataFrame(rows, columns=columns)

@@ -17,6 +17,7 @@ import pandas as pd
 import psycopg
 
 from fraudstream.store import audit
+from fraudstream.store.db import frame
 from fraudstream.store.users import User
 
 __all__ = ["ListError", "active_lists", "add_entry", "entries", "lists_digest", "remove_entry"]
@@ -114,11 +115,9 @@ def entries(
 ) -> pd.DataFrame:
     """The entries in force (or every entry), newest first."""
     where = "TRUE" if include_past else _IN_FORCE
-    with conn.cursor() as cursor:
-        rows = cursor.execute(
-            "SELECT id, list_name, value, reason, added_by, added_at, expires_at, removed_by, "  # noqa: S608
-            f"removed_at FROM list_entries WHERE {where} ORDER BY added_at DESC, id DESC",
-            {"at": at},
-        ).fetchall()
-        columns = [c.name for c in cursor.description or []]
-    return pd.DataFrame(rows, columns=columns)
+    return frame(
+        conn,
+        "SELECT id, list_name, value, reason, added_by, added_at, expires_at, removed_by, "  # noqa: S608
+        f"removed_at FROM list_entries WHERE {where} ORDER BY added_at DESC, id DESC",
+        {"at": at},
+    )

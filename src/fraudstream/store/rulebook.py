@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 
 from fraudstream.policy.rules import RulesError, RuleSet, rules_from
 from fraudstream.store import audit
+from fraudstream.store.db import frame
 from fraudstream.store.users import User
 
 __all__ = [
@@ -190,54 +191,50 @@ def shadow_days(conn: psycopg.Connection[Any], since: datetime) -> pd.DataFrame:
     """Each shadow rule set beside the live decisions of the same rows, day by day (UTC):
     how many each flagged (review or decline), where they differ, and the labelled frauds
     each caught so far."""
-    with conn.cursor() as cursor:
-        rows = cursor.execute(
-            """
-            SELECT s.rules_version, (s.event_time AT TIME ZONE 'UTC')::date AS day,
-                   count(*) AS transactions,
-                   count(*) FILTER (WHERE p.decision <> 'approve') AS live_flagged,
-                   count(*) FILTER (WHERE s.decision <> 'approve') AS shadow_flagged,
-                   count(*) FILTER (WHERE s.decision <> p.decision) AS differ,
-                   count(*) FILTER (WHERE f.tx_id IS NOT NULL) AS frauds,
-                   count(*) FILTER (WHERE f.tx_id IS NOT NULL AND p.decision <> 'approve')
-                       AS live_caught,
-                   count(*) FILTER (WHERE f.tx_id IS NOT NULL AND s.decision <> 'approve')
-                       AS shadow_caught
-            FROM shadow_rule_decisions s JOIN fraud_predictions p USING (tx_id)
-            LEFT JOIN (SELECT DISTINCT tx_id FROM labels WHERE is_fraud) f USING (tx_id)
-            WHERE s.event_time >= %s
-            GROUP BY 1, 2 ORDER BY 2 DESC, 1
-            """,
-            (since,),
-        ).fetchall()
-        columns = [c.name for c in cursor.description or []]
-    return pd.DataFrame(rows, columns=columns)
+    return frame(
+        conn,
+        """
+        SELECT s.rules_version, (s.event_time AT TIME ZONE 'UTC')::date AS day,
+               count(*) AS transactions,
+               count(*) FILTER (WHERE p.decision <> 'approve') AS live_flagged,
+               count(*) FILTER (WHERE s.decision <> 'approve') AS shadow_flagged,
+               count(*) FILTER (WHERE s.decision <> p.decision) AS differ,
+               count(*) FILTER (WHERE f.tx_id IS NOT NULL) AS frauds,
+               count(*) FILTER (WHERE f.tx_id IS NOT NULL AND p.decision <> 'approve')
+                   AS live_caught,
+               count(*) FILTER (WHERE f.tx_id IS NOT NULL AND s.decision <> 'approve')
+                   AS shadow_caught
+        FROM shadow_rule_decisions s JOIN fraud_predictions p USING (tx_id)
+        LEFT JOIN (SELECT DISTINCT tx_id FROM labels WHERE is_fraud) f USING (tx_id)
+        WHERE s.event_time >= %s
+        GROUP BY 1, 2 ORDER BY 2 DESC, 1
+        """,
+        (since,),
+    )
 
 
 def versions(conn: psycopg.Connection[Any]) -> pd.DataFrame:
     """Every version, newest first, with its status: draft, approved, live, shadow or
     retired (was live), and when it was last published."""
-    with conn.cursor() as cursor:
-        rows = cursor.execute(
-            """
-            WITH latest AS (
-                SELECT DISTINCT ON (target) target, version FROM rule_publications
-                ORDER BY target, id DESC
-            )
-            SELECT v.version, v.note, v.rules, v.drafted_by, v.drafted_at, v.approved_by,
-                   v.approved_at,
-                   CASE WHEN v.version = (SELECT version FROM latest WHERE target = 'live')
-                            THEN 'live'
-                        WHEN v.version = (SELECT version FROM latest WHERE target = 'shadow')
-                            THEN 'shadow'
-                        WHEN EXISTS (SELECT 1 FROM rule_publications p
-                                     WHERE p.version = v.version) THEN 'retired'
-                        WHEN v.approved_by IS NOT NULL THEN 'approved'
-                        ELSE 'draft' END AS status,
-                   (SELECT max(published_at) FROM rule_publications p
-                    WHERE p.version = v.version) AS published_at
-            FROM rule_versions v ORDER BY v.version DESC
-            """
-        ).fetchall()
-        columns = [c.name for c in cursor.description or []]
-    return pd.DataFrame(rows, columns=columns)
+    return frame(
+        conn,
+        """
+        WITH latest AS (
+            SELECT DISTINCT ON (target) target, version FROM rule_publications
+            ORDER BY target, id DESC
+        )
+        SELECT v.version, v.note, v.rules, v.drafted_by, v.drafted_at, v.approved_by,
+               v.approved_at,
+               CASE WHEN v.version = (SELECT version FROM latest WHERE target = 'live')
+                        THEN 'live'
+                    WHEN v.version = (SELECT version FROM latest WHERE target = 'shadow')
+                        THEN 'shadow'
+                    WHEN EXISTS (SELECT 1 FROM rule_publications p
+                                 WHERE p.version = v.version) THEN 'retired'
+                    WHEN v.approved_by IS NOT NULL THEN 'approved'
+                    ELSE 'draft' END AS status,
+               (SELECT max(published_at) FROM rule_publications p
+                WHERE p.version = v.version) AS published_at
+        FROM rule_versions v ORDER BY v.version DESC
+        """,
+    )

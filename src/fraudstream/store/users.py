@@ -18,6 +18,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from fraudstream.store import audit
+from fraudstream.store.db import frame
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
@@ -191,11 +192,8 @@ def record_login(conn: psycopg.Connection[Any], user: User, *, at: datetime) -> 
 
 
 def list_users(conn: psycopg.Connection[Any]) -> pd.DataFrame:
-    with conn.cursor() as cursor:
-        rows = cursor.execute(
-            "SELECT username, role, created_at, created_by, disabled_at FROM app_users "
-            "ORDER BY disabled_at IS NOT NULL, username"
-        ).fetchall()
-    return pd.DataFrame(
-        rows, columns=["username", "role", "created_at", "created_by", "disabled_at"]
+    return frame(
+        conn,
+        "SELECT username, role, created_at, created_by, disabled_at FROM app_users "
+        "ORDER BY disabled_at IS NOT NULL, username",
     )
