@@ -12,7 +12,10 @@ from typing import Annotated, Any
 
 import msgspec
 
+from fraudstream.privacy import is_card_number
+
 __all__ = [
+    "CARD_NUMBER_REFUSED",
     "MAX_MESSAGE_BYTES",
     "Invalid",
     "Label",
@@ -140,7 +143,18 @@ def decode_transaction(payload: bytes, *, now: datetime) -> Transaction | Invali
             f"[{_EARLIEST.date()}, now + {_FUTURE_SLACK.days} day]"
         )
     unstorable = _unstorable_text(record)
-    return Invalid(f"invalid transaction: {unstorable}") if unstorable else record
+    if unstorable:
+        return Invalid(f"invalid transaction: {unstorable}")
+    if is_card_number(record.card_id):
+        return Invalid(f"invalid transaction: {CARD_NUMBER_REFUSED}")
+    return record
+
+
+CARD_NUMBER_REFUSED = (
+    "card_id looks like a card number (13 to 19 digits passing the Luhn check): send a token, "
+    "never the number (`fraudstream replay` tokenises card numbers)"
+)
+"""Why a transaction carrying a card number is refused (its dead letter is redacted)."""
 
 
 def decode_label(payload: bytes) -> Label | Invalid:

@@ -154,6 +154,7 @@ def test_keys_are_required_checked_and_revocable(api: Api) -> None:
         ({k: v for k, v in _tx().items() if k != "card_id"}, 422, "card_id", "missing required"),
         (_tx(surprise=1), 422, "surprise", "unknown field"),
         (_tx(card_id="ab\x00cd"), 422, "card_id", "NUL"),
+        (_tx(card_id="4111 1111 1111 1111"), 422, "card_id", "looks like a card number"),
         (_tx(event_time="2026-13-45"), 422, "event_time", "datetime"),
         (_tx(event_time=(datetime.now(timezone.utc) + timedelta(days=3)).isoformat()), 422,
          "event_time", "outside"),
@@ -162,7 +163,7 @@ def test_keys_are_required_checked_and_revocable(api: Api) -> None:
         (_tx(tx_id="x" * 200), 422, "tx_id", "length <= 128"),
         (json.dumps(_tx(merchant_category="m" * 70_000)).encode(), 413, None, None),
     ],
-    ids=["wrong type", "negative", "missing", "unknown", "NUL", "bad date", "future",
+    ids=["wrong type", "negative", "missing", "unknown", "NUL", "card number", "bad date", "future",
          "not JSON", "not an object", "too long", "oversized"],
 )  # fmt: skip
 def test_bad_input_is_refused_naming_the_field_and_the_rule(

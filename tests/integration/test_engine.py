@@ -44,6 +44,8 @@ from ..engine_kit import (
     wait_for,
 )
 
+PAN = "4111111111111111"  # a Luhn-valid test card number
+
 
 def todays_transactions(count_customers: int, seed: int) -> pd.DataFrame:
     """One simulated day of traffic, moved into today (UTC) before now."""
@@ -87,10 +89,12 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
         json.dumps({**valid, "amount": "12"}).encode(): "Expected `float`, got `str`",
         json.dumps({**valid, "event_time": "1999-01-01T00:00:00Z"}).encode(): "is outside",
         json.dumps({**valid, "channel": "x" * 20_000}).encode(): "exceeds the 16384-byte limit",
+        json.dumps({**valid, "card_id": PAN}).encode(): "card_id looks like a card number",
     }
     producer = Producer(settings.kafka.client_config())
     for payload in malformed:
-        producer.produce(settings.kafka.topics.transactions, key=b"bad", value=payload)
+        key = PAN.encode() if PAN.encode() in payload else b"bad"  # keyed by card, as producers
+        producer.produce(settings.kafka.topics.transactions, key=key, value=payload)
     producer.flush(30)
 
     stats = LocalEngine(settings, SystemClock()).run(max_idle_s=4)
@@ -123,7 +127,17 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
     assert located == (frame["terminal_id"].nunique(),) * 2
 
     dead = _drain(settings, settings.kafka.topics.dlq, len(malformed))
-    assert {m.value() for m in dead} == set(malformed)  # the original bytes, kept
+    # The original bytes, kept; a card number never (the message kept without it).
+    redacted = {p.replace(PAN.encode(), b"[card number removed]") for p in malformed}
+    assert {m.value() for m in dead} == redacted
+    assert not any(PAN.encode() in (m.key() or b"") + m.value() for m in dead)
+    with psycopg.connect(conninfo(settings)) as conn:
+        everywhere = conn.execute(
+            "SELECT count(*) FROM fraud_predictions WHERE card_id = %(pan)s OR tx_id = %(pan)s"
+            " UNION ALL SELECT count(*) FROM dlq_events WHERE reason LIKE %(like)s",
+            {"pan": PAN, "like": f"%{PAN}%"},
+        ).fetchall()
+    assert everywhere == [(0,), (0,)]
     for message in dead:
         headers = dict(message.headers())
         assert (

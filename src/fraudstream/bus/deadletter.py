@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from msgspec.structs import replace
 
+from fraudstream.privacy import redact_card_numbers
 from fraudstream.records import Rejected
 
 __all__ = ["EXCERPT_BYTES", "DeadLetterError", "dead_letter"]
@@ -70,6 +71,9 @@ def dead_letter(
             excerpt = excerpt_round or not _fits(letter, max_message_bytes)
             value = letter.value[:EXCERPT_BYTES] if excerpt else letter.value
             key = (letter.key or b"")[:EXCERPT_BYTES] if excerpt else letter.key
+            # No card number is kept anywhere, dead letters included.
+            value = redact_card_numbers(value)
+            key = None if key is None else redact_card_numbers(key)
 
             def delivered(
                 error: KafkaError | None,
