@@ -4,12 +4,14 @@ labels an analyst publishes), seeded through the engines' own sink."""
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import psycopg
@@ -17,6 +19,7 @@ import pytest
 import streamlit as st
 from confluent_kafka import Consumer
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Block, Column
 
 from fraudstream.config import Settings
 from fraudstream.dashboard.queries import terminal_risk
@@ -425,7 +428,7 @@ def test_explore_finds_a_card_by_token_and_shows_it_masked(seeded: Seeded) -> No
     app = _page("explore")
     app.text_input[0].input(CARD).run()
     found = app.dataframe[0].value
-    assert len(found) == 200 and set(found["card_id"]) == {mask_token(CARD)}
+    assert len(found) == 200 and set(found["card"]) == {mask_token(CARD)}
     assert CARD not in _all_text(app)
     app.text_input[0].input("'; DROP TABLE fraud_predictions; --").run()
     assert not app.exception and "Nothing stored for" in app.warning[0].value
@@ -621,10 +624,10 @@ def test_model_quality_shows_champion_and_challenger_on_the_same_days(seeded: Se
         compared = app.dataframe[1].value.reset_index()
         assert set(compared["role"]) == {"champion", "shadow"}
         shadow = compared[compared["role"] == "shadow"].iloc[0]
-        assert shadow["model_version"] == "m-challenger" and shadow["CP@k"] == 0.2
+        assert shadow["model"] == "m-challenger" and shadow["CP@k"] == 0.2
         assert shadow["money recall@k"] == 0.7
         events = app.dataframe[-1].value
-        assert events.iloc[0]["action"] == "challenger" and events.iloc[0]["actor"] == "ana"
+        assert events.iloc[0]["action"] == "challenger" and events.iloc[0]["by"] == "ana"
     finally:
         with connect(seeded.settings) as conn:
             conn.execute("DELETE FROM quality_daily WHERE role = 'shadow'")
@@ -673,3 +676,157 @@ def test_wilson_interval_is_the_textbook_one() -> None:
     low, high = wilson_interval(8, 10)  # 0.8 of 10: Wilson 95 % is about 0.490–0.943
     assert round(low, 3) == 0.490 and round(high, 3) == 0.943
     assert wilson_interval(0, 0) != wilson_interval(0, 0)  # NaN: nothing to estimate
+
+
+LIVE_TILES = {
+    "Transactions / s", "Alerts / min", "Consumer lag", "Declined (amount)",
+    "Under review (amount)", "Processing p50 / p99",
+}  # fmt: skip
+STAMP = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC"
+
+
+def _charts(app: AppTest) -> list[dict[str, Any]]:
+    """The Vega-Lite specs of the page's charts, one layer each (the first of layered ones)."""
+    charts = app.get("arrow_vega_lite_chart") or app.get("vega_lite_chart")
+    specs = [json.loads(chart.proto.spec) for chart in charts]
+    return [spec["layer"][0] if "layer" in spec else spec for spec in specs]
+
+
+def _readable_tables(app: AppTest) -> None:
+    """Every table has headers for people and numbers rounded (to at most three decimals)."""
+    assert app.dataframe
+    for frame in (f.value for f in app.dataframe):
+        assert not [c for c in frame.columns if "_" in str(c)], frame.columns
+        for column in frame.select_dtypes("float"):
+            values = frame[column].dropna()
+            assert ((values * 1000).round() == values * 1000).all(), (column, values.head())
+
+
+def test_live_tiles_fit_two_rows_and_show_processing_latency(seeded: Seeded) -> None:
+    app = _page("live")
+    metrics = {m.label: m.value for m in app.metric}
+    assert set(metrics) == LIVE_TILES
+    assert all(len(value) <= 12 for value in metrics.values()), metrics  # readable at 1,400 px
+    assert [len(row) for row in _tile_rows(app)] == [3, 3]
+    # Most seeded rows reached Kafka 9 days before they were stored: days, not "≥ 30 s".
+    assert re.fullmatch(r"[\d.,]+ / [\d.,]+ d", metrics["Processing p50 / p99"])
+    text = _all_text(app)
+    assert "Kafka append → stored" in text and "event time → stored (secondary" in text
+    alerts = app.dataframe[0].value
+    assert alerts["stored"].str.fullmatch(STAMP).all()
+    assert (alerts["score"] == alerts["score"].round(3)).all()
+    assert not [r for r in alerts["why"] if "rule" not in r and REASON["text"] not in r]
+    assert [spec["encoding"]["x"]["title"] for spec in _charts(app)] == ["minute (UTC)"] * 3
+
+
+def _tile_rows(app: AppTest) -> list[list[str]]:
+    """The metric labels of each row of columns that holds metrics, top to bottom."""
+    rows = []
+    for node in app.main:
+        if not isinstance(node, Block) or isinstance(node, Column) or not node.children:
+            continue
+        if all(isinstance(child, Column) for child in node.children.values()):
+            labels = [m.label for column in node.children.values() for m in column.metric]
+            if labels:
+                rows.append(labels)
+    return rows
+
+
+def test_live_says_when_the_stream_is_catching_up_on_history(
+    stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events an hour old, appended to Kafka seconds ago: the stream is catching up. The
+    processing latency stays seconds; the notice names how far behind the events are."""
+    settings = isolated(stack_settings, tmp_path / "models")
+    with connect(settings) as conn:
+        ensure_dashboard_role(conn, EmbeddedPostgres(settings).dashboard_password())
+    sink = PredictionSink(connect(settings), consumer_group="g", features_version="1")
+    wall = datetime.now(timezone.utc)
+    history = _predictions("history", 50, wall - timedelta(hours=1), CARD)
+    sink.write(history.assign(kafka_time=wall - timedelta(seconds=2), scored_at=wall), [])
+    _environment(monkeypatch, settings)
+    app = _page("live")
+    notice = [w.value for w in app.warning if w.value.startswith("Catching up")]
+    assert len(notice) == 1 and "events are 60 min behind" in notice[0], notice
+    processing = {m.label: m.value for m in app.metric}["Processing p50 / p99"]
+    assert re.fullmatch(r"[\d.]+ / [\d.]+ s", processing), processing
+    assert "p99 ≥ 30 s" in _all_text(app)  # event time → stored: kept, and labelled secondary
+    current = _predictions("current", 50, datetime.now(timezone.utc), CARD)
+    sink.write(current.assign(kafka_time=datetime.now(timezone.utc)), [])
+    sink.conn.close()
+    app.run()
+    assert not [w for w in app.warning if w.value.startswith("Catching up")]
+
+
+def test_system_tables_have_headers_for_people_and_rounded_numbers(seeded: Seeded) -> None:
+    with connect(seeded.settings) as conn:
+        conn.execute(
+            "UPDATE engine_status SET throughput_tps = 502.5388, batch_ms_p50 = 12.34567, "
+            "batch_ms_p99 = 80.98765"
+        )
+        conn.commit()
+    app = _page("system")
+    engines, rejected = (f.value for f in app.dataframe)
+    row = engines.iloc[0]
+    assert (row["engine"], row["tx/s"], row["lag (messages)"]) == ("e-1", 502.5, 12)
+    assert (row["batch p50 (ms)"], row["batch p99 (ms)"]) == (12.3, 81.0)
+    assert re.fullmatch(STAMP, row["last heartbeat"]) and re.fullmatch(STAMP, row["started"])
+    assert rejected.columns.tolist() == ["received", "topic", "partition", "offset", "reason"]
+    assert re.fullmatch(STAMP, rejected["received"].iloc[0])
+    assert "throughput_tps" not in _all_text(app) and "502.5388" not in _all_text(app)
+    _readable_tables(app)
+
+
+def test_every_monitoring_page_shows_tables_for_people(seeded: Seeded) -> None:
+    for name in ("live", "system", "drift", "quality"):
+        _readable_tables(_page(name))
+    explore = _page("explore")
+    explore.text_input[0].input("T1").run()
+    _readable_tables(explore)
+    assert explore.dataframe[0].value["event time"].str.fullmatch(STAMP).all()
+    timeline = _page("explore")
+    timeline.text_input[0].input(CARD).run()
+    assert _charts(timeline)[-1]["encoding"]["x"]["title"] == "event time (UTC)"
+
+
+def test_drift_draws_score_shares_on_a_log_scale(seeded: Seeded) -> None:
+    app = _page("drift")
+    score = _charts(app)[0]
+    assert score["encoding"]["y"]["scale"]["type"] == "log"
+
+
+def test_the_precision_recall_curve_is_drawn_in_steps(seeded: Seeded) -> None:
+    app = _page("quality")
+    curve = next(c for c in _charts(app) if c["encoding"]["x"].get("field") == "recall")
+    assert curve["mark"] == {"type": "line", "interpolate": "step-before"}
+    assert _charts(app)[0]["encoding"]["x"]["title"] == "day (UTC)"  # the per-day measures
+
+
+def test_explore_shows_labels_and_verdicts_and_finds_a_card_by_part_of_its_token(
+    seeded: Seeded,
+) -> None:
+    with connect(seeded.settings) as conn:  # old-0000: a review of CARD, labelled a fraud
+        conn.execute(
+            "INSERT INTO review_decisions (tx_id, verdict, analyst, comment) "
+            "VALUES ('old-0000', 'fraud', 'ana', 'confirmed')"
+        )
+        conn.commit()
+    app = _page("explore")
+    app.text_input[0].input("old-0000").run()
+    found = app.dataframe[0].value.set_index("transaction")
+    assert found.loc["old-0000", ["label", "analyst verdict"]].tolist() == [
+        "fraud (test)", "fraud (ana)",
+    ]  # fmt: skip
+    for fragment in (CARD[-6:], CARD[:8]):  # the end, the start
+        app.text_input[0].input(fragment).run()
+        assert not app.exception and not app.warning, [w.value for w in app.warning]
+        found = app.dataframe[0].value
+        assert set(found["card"]) == {mask_token(CARD)} and len(found) == 200
+        assert "fraud (test)" in set(found["label"]) and "none yet" in set(found["label"])
+        assert any("1 card(s) whose token starts or ends with" in c.value for c in app.caption)
+        assert any("stored in the last 60 min" in c.value for c in app.caption)
+        assert CARD not in _all_text(app)
+    for fragment in (CARD[-5:], "%%%%%%", "______", CARD[2:10]):  # short, wildcards, middle
+        app.text_input[0].input(fragment).run()
+        assert not app.exception and not app.dataframe
+        assert app.warning[0].value.startswith(f"Nothing stored for {fragment!r}")

@@ -3,7 +3,7 @@ named users in headless Chromium (Debian's package, driven by Playwright), every
 and its charts rendered without errors, a case worked from open to resolved by an analyst in
 the browser, screenshots saved.
 
-Screenshots go to ``.pytest_artifacts/screenshots`` (or ``FRAUDSTREAM_TEST_SCREENSHOTS``, which
+Screenshots go to ``.pytest_artifacts/screenshots`` (or ``SCREENSHOTS_DIR``, which
 is how ``docs/images`` is refreshed)."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SHOTS = Path(os.environ.get("FRAUDSTREAM_TEST_SCREENSHOTS", ".pytest_artifacts/screenshots"))
+SHOTS = Path(os.environ.get("SCREENSHOTS_DIR", ".pytest_artifacts/screenshots"))
 
 # menu entry, something the page shows once its data is there, whether it draws charts, and
 # the screenshot's name

@@ -4,14 +4,16 @@ their own modules in ``fraudstream.store``).
 Every query is fixed SQL text with bound parameters; search input never becomes SQL. Charts
 read the per-minute rollups and the engines' status rows; lists of predictions go through an
 index (alerts by stored time, a card's or terminal's history) and
-a limit, so no page scans the predictions table.
+a limit, so no page scans the predictions table. What only the predictions know — processing
+latency, a card found by a fragment of its token — is read from a short recent stretch of
+them, bounded by ``stored_at`` (its BRIN index).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -22,6 +24,8 @@ from fraudstream.store.projections import LATENCY_BUCKETS_MS, SCORE_BINS
 
 __all__ = [
     "LiveSummary",
+    "Processing",
+    "card_fragment",
     "card_history",
     "dlq_counts",
     "drift_model",
@@ -34,6 +38,7 @@ __all__ = [
     "model_events",
     "model_profile",
     "percentile_ms",
+    "processing",
     "quality_days",
     "quality_histogram",
     "score_histogram",
@@ -57,7 +62,30 @@ _CARD = f"""
 SELECT {_PREDICTION} FROM fraud_predictions WHERE card_id = %s
 ORDER BY event_time DESC LIMIT %s
 """  # noqa: S608
-_SEARCH = f"""
+
+
+def _with_outcomes(found: str) -> str:
+    """The predictions of ``found`` (SQL written in this module) with what is known of them
+    since: their labels (``fraud (chargeback)``, one per source) and the analyst's verdict,
+    both through their tx_id indexes."""
+    return f"""
+WITH found AS ({found})
+SELECT f.*, l.label, r.verdict FROM found f
+LEFT JOIN LATERAL (
+    SELECT string_agg(CASE WHEN is_fraud THEN 'fraud' ELSE 'legitimate' END
+                      || ' (' || source || ')', ', ' ORDER BY source) AS label
+    FROM labels WHERE labels.tx_id = f.tx_id
+) l ON true
+LEFT JOIN LATERAL (
+    SELECT verdict || ' (' || analyst || ')' AS verdict
+    FROM review_decisions WHERE review_decisions.tx_id = f.tx_id
+) r ON true
+ORDER BY f.event_time DESC
+"""  # noqa: S608
+
+
+_SEARCH = _with_outcomes(
+    f"""
 (SELECT {_PREDICTION} FROM fraud_predictions WHERE tx_id = %(q)s)
 UNION ALL
 (SELECT {_PREDICTION} FROM fraud_predictions WHERE card_id = %(q)s
@@ -66,6 +94,23 @@ UNION ALL
 (SELECT {_PREDICTION} FROM fraud_predictions WHERE terminal_id = %(q)s
  ORDER BY event_time DESC LIMIT %(limit)s)
 """  # noqa: S608
+)
+# No index serves the end of a token, nor its start unless the database collates as C: the
+# cards are looked for among the predictions stored since a bound, then each one's history
+# through the card index.
+_FRAGMENT = _with_outcomes(
+    f"""
+WITH cards AS (
+    SELECT card_id FROM fraud_predictions
+    WHERE stored_at > %(since)s AND (card_id LIKE %(starts)s OR card_id LIKE %(ends)s)
+    GROUP BY card_id ORDER BY max(stored_at) DESC LIMIT %(cards)s
+)
+SELECT p.* FROM cards c CROSS JOIN LATERAL (
+    SELECT {_PREDICTION} FROM fraud_predictions WHERE card_id = c.card_id
+    ORDER BY event_time DESC LIMIT %(limit)s
+) p
+"""  # noqa: S608
+)
 
 
 def _frame(conn: Connection, query: str, params: tuple[Any, ...] | dict[str, Any]) -> pd.DataFrame:
@@ -132,6 +177,44 @@ def live_summary(conn: Connection, now: datetime, window: timedelta) -> LiveSumm
     )
 
 
+@dataclass(frozen=True)
+class Processing:
+    """The predictions stored in the last ``window``: how long they took from the broker's
+    append to PostgreSQL (``start`` "append"; "scored" when no row has a broker time: from
+    scoring, the engine's part only), and how far the newest of their events lies behind
+    the newest of them stored (a stream catching up on history is far behind)."""
+
+    window: timedelta
+    rows: int
+    start: Literal["append", "scored"]
+    p50_ms: float | None
+    p99_ms: float | None
+    behind_s: float | None
+    newest_event: datetime | None
+
+
+def processing(conn: Connection, now: datetime, window: timedelta) -> Processing:
+    """``Processing`` of the predictions stored in the last ``window`` (the BRIN index on
+    stored_at bounds the read to them)."""
+    row = conn.execute(
+        "SELECT count(*), "
+        "  percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY "
+        "    greatest(extract(epoch FROM stored_at - kafka_time), 0)::float8 * 1000) "
+        "    FILTER (WHERE kafka_time IS NOT NULL), "
+        "  percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY "
+        "    greatest(extract(epoch FROM stored_at - scored_at), 0)::float8 * 1000), "
+        "  extract(epoch FROM max(stored_at) - max(event_time))::float8, max(event_time) "
+        "FROM fraud_predictions WHERE stored_at > %s",
+        (now - window,),
+    ).fetchone()
+    assert row is not None
+    rows, appended, scored, behind, newest = row
+    start: Literal["append", "scored"] = "append" if appended is not None else "scored"
+    percentiles = appended if appended is not None else scored
+    p50, p99 = percentiles if percentiles is not None else (None, None)
+    return Processing(window, int(rows), start, p50, p99, behind, newest)
+
+
 def minute_series(conn: Connection, since: datetime) -> pd.DataFrame:
     """Per minute (all engines): volume, decisions, amounts and latency p50/p99."""
     frame = _frame(
@@ -185,8 +268,29 @@ def card_history(conn: Connection, card_id: str, limit: int = 20) -> pd.DataFram
 
 
 def search(conn: Connection, text: str, limit: int = 200) -> pd.DataFrame:
-    """Predictions whose transaction id, card token or terminal id is exactly ``text``."""
+    """Predictions whose transaction id, card token or terminal id is exactly ``text``, newest
+    first, with their labels and verdict (``label``, ``verdict``: None while unknown)."""
     return _frame(conn, _SEARCH, {"q": text.strip(), "limit": limit})
+
+
+def _like(text: str) -> str:
+    """``text`` matched literally by LIKE (its wildcards and the escape character escaped)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def card_fragment(
+    conn: Connection, fragment: str, since: datetime, cards: int = 10, limit: int = 200
+) -> pd.DataFrame:
+    """The predictions of the cards (at most ``cards``, the most recently stored first) whose
+    token starts or ends with ``fragment`` among the predictions stored after ``since``: each
+    card's latest ``limit``, with labels and verdict as ``search`` gives them."""
+    literal = _like(fragment.strip())
+    return _frame(
+        conn,
+        _FRAGMENT,
+        {"since": since, "starts": literal + "%", "ends": "%" + literal, "cards": cards,
+         "limit": limit},
+    )  # fmt: skip
 
 
 def dlq_counts(conn: Connection, now: datetime) -> dict[str, int]:

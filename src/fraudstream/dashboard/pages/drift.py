@@ -4,13 +4,16 @@ a stored reference period, by the population stability index (PSI)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from itertools import pairwise
 
+import altair as alt
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read
+from fraudstream.dashboard.format import table
 from fraudstream.dashboard.quality import psi
 from fraudstream.model.profile import SCORE_BINS
 
@@ -25,6 +28,36 @@ def verdict(index: float) -> str:
 def bin_labels(cuts: list[float]) -> list[str]:
     """Readable names of a profile's bins: ≤ each cut, above the last, missing."""
     return [f"≤ {cut:,.4g}" for cut in cuts] + [f"> {cuts[-1]:,.4g}" if cuts else "all", "missing"]
+
+
+def score_chart(periods: dict[str, np.ndarray]) -> alt.Chart:
+    """Each period's share of predictions per score bin, side by side, shares on a log
+    scale (a share of zero has no place on it: its bar is left out)."""
+    edges = np.linspace(0, 1, SCORE_BINS + 1)
+    bins = [f"{low:.2f}–{high:.2f}" for low, high in pairwise(edges)]
+    shares = pd.concat(
+        pd.DataFrame({"score": bins, "period": name, "share": counts / counts.sum(),
+                      "predictions": np.rint(counts).astype(int)})
+        for name, counts in periods.items()
+    )  # fmt: skip
+    chart: alt.Chart = (
+        alt.Chart(shares[shares["share"] > 0])
+        .mark_bar()
+        .encode(
+            x=alt.X("score:N", scale=alt.Scale(domain=bins), title="score"),
+            xOffset=alt.XOffset("period:N", sort=list(periods)),
+            y=alt.Y(
+                "share:Q",
+                scale=alt.Scale(type="log"),
+                stack=None,  # side by side: a stack would start at zero, off a log scale
+                axis=alt.Axis(format="%"),
+                title="share of predictions (log scale)",
+            ),
+            color=alt.Color("period:N", sort=list(periods), title=None),
+            tooltip=["period", "score", alt.Tooltip("share:Q", format=".3%"), "predictions"],
+        )
+    )
+    return chart
 
 
 st.title("Drift")
@@ -91,16 +124,13 @@ st.subheader("Score")
 index = psi(reference_scores, current_scores)
 st.metric("Population stability index (score)", f"{index:.3f}", verdict(index),
           delta_color="off")  # fmt: skip
-edges = np.linspace(0, 1, SCORE_BINS + 1)
-st.bar_chart(
-    pd.DataFrame(
-        {
-            "reference": reference_scores / reference_scores.sum(),
-            f"last {current_hours} h": current_scores / current_scores.sum(),
-        },
-        index=[f"{low:.2f}" for low in edges[:-1]],
-    ),
-    stack=False,
+st.altair_chart(
+    score_chart({"reference": reference_scores, f"last {current_hours} h": current_scores}),
+    width="stretch",
+)
+st.caption(
+    "Share of each period's predictions per score bin, on a log scale so that the few high "
+    "scores show beside the many low ones; an empty bin draws no bar."
 )
 
 st.subheader("Key features")
@@ -132,7 +162,9 @@ indices = pd.DataFrame(
     }
 ).sort_values("PSI", ascending=False, ignore_index=True)
 indices["shift"] = indices["PSI"].map(verdict)
-st.dataframe(indices, hide_index=True, width="stretch",
+st.dataframe(table(indices, {"feature": "feature", "PSI": "PSI", "shift": "shift"},
+                   digits={"PSI": 3}),
+             hide_index=True, width="stretch",
              column_config={"PSI": st.column_config.NumberColumn(format="%.3f")})  # fmt: skip
 chosen = st.selectbox("Feature", indices["feature"])
 cuts = profile.cuts[chosen]

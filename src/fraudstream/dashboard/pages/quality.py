@@ -6,17 +6,51 @@ from __future__ import annotations
 
 from datetime import date, datetime, time, timedelta, timezone
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read, settings
+from fraudstream.dashboard.format import pr_steps, table
 from fraudstream.dashboard.quality import budget, pr_curve
 from fraudstream.store.quality import decline_precision
+
+MEASURES = ["AP", "AUC-ROC", "CP@k", "money recall@k", "precision", "recall"]
+_DAILY = {
+    "day": "day (UTC)", "model_version": "model", "transactions": "transactions",
+    "frauds": "frauds", "AP": "AP", "AUC-ROC": "AUC-ROC", "CP@k": "CP@k",
+    "money recall@k": "money recall@k", "k": "k", "flagged": "flagged",
+    "precision": "precision", "recall": "recall",
+}  # fmt: skip
+_EVENTS = {"at": "when", "action": "action", "version": "version", "previous": "previous",
+           "actor": "by", "evidence": "evidence"}  # fmt: skip
 
 
 def _midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=timezone.utc)
+
+
+def _per_model(frame: pd.DataFrame, keys: list[str], measures: list[str]) -> pd.DataFrame:
+    """Volume summed and ``measures`` averaged per ``keys``, as a table for people."""
+    totals = frame.groupby(keys, as_index=False).agg(
+        {"transactions": "sum", "frauds": "sum", **dict.fromkeys(measures, "mean")}
+    )
+    names = {key: _DAILY.get(key, key) for key in [*keys, "transactions", "frauds", *measures]}
+    return table(totals, names, digits=dict.fromkeys(measures, 3))
+
+
+def _pr_chart(steps: pd.DataFrame) -> alt.LayerChart:
+    """The operating points and the steps between them: a threshold's precision holds until
+    the next threshold reaches a higher recall; the curve ends where the points end."""
+    base = alt.Chart(steps).encode(
+        x=alt.X("recall:Q", scale=alt.Scale(domain=[0, 1]), title="recall"),
+        y=alt.Y("precision:Q", scale=alt.Scale(domain=[0, 1]), title="precision"),
+        tooltip=[alt.Tooltip("threshold:Q", title="flag at or above", format=".2f"),
+                 alt.Tooltip("recall:Q", format=".1%"), alt.Tooltip("precision:Q", format=".1%")],
+    )  # fmt: skip
+    chart: alt.LayerChart = base.mark_line(interpolate="step-before") + base.mark_point(filled=True)
+    return chart
 
 
 st.title("Model quality")
@@ -53,8 +87,9 @@ shown = daily.assign(
     recall=daily["flagged_frauds"] / daily["frauds"].where(daily["frauds"] > 0),
 ).drop(columns=["flagged_frauds"])
 st.subheader("Per day")
-st.line_chart(shown.groupby("day")[["AP", "AUC-ROC", "CP@k"]].mean())
-st.dataframe(shown, hide_index=True, width="stretch")
+st.line_chart(shown.groupby("day")[["AP", "AUC-ROC", "CP@k"]].mean(), x_label="day (UTC)")
+st.dataframe(table(shown, _DAILY, digits=dict.fromkeys(MEASURES, 3)), hide_index=True,
+             width="stretch")  # fmt: skip
 
 curve_col, budget_col = st.columns(2)
 with curve_col:
@@ -63,7 +98,7 @@ with curve_col:
     if curve.empty:
         st.info("No fraud in this period: no curve to draw.")
     else:
-        st.line_chart(curve, x="recall", y="precision")
+        st.altair_chart(_pr_chart(pr_steps(curve)), width="stretch")
 with budget_col:
     st.subheader("Threshold and alert budget")
     threshold = st.slider("Flag scores at or above", 0.0, 1.0, 0.5, 0.01)
@@ -77,26 +112,22 @@ with budget_col:
 if daily["model_version"].nunique() > 1:
     st.subheader("Models compared")
     st.dataframe(
-        shown.groupby("model_version")[["transactions", "frauds", "AP", "AUC-ROC", "CP@k"]].agg(
-            {"transactions": "sum", "frauds": "sum", "AP": "mean", "AUC-ROC": "mean",
-             "CP@k": "mean"}
-        ),
+        _per_model(shown, ["model_version"], ["AP", "AUC-ROC", "CP@k"]),
+        hide_index=True,
         width="stretch",
-    )  # fmt: skip
+    )
 
 shadow = measured_days[measured_days["role"] == "shadow"]
 if not shadow.empty:
     st.subheader("Champion and challenger, on the same days")
     same_days = measured_days[measured_days["day"].isin(set(shadow["day"]))]
     label = same_days["role"] + " " + same_days["model_version"]
-    st.line_chart(same_days.assign(model=label), x="day", y="CP@k", color="model")
+    st.line_chart(same_days.assign(model=label), x="day", y="CP@k", color="model",
+                  x_label="day (UTC)")  # fmt: skip
     st.dataframe(
-        same_days.groupby(["role", "model_version"])[
-            ["transactions", "frauds", "AP", "AUC-ROC", "CP@k", "money recall@k"]
-        ].agg(
-            {"transactions": "sum", "frauds": "sum", "AP": "mean", "AUC-ROC": "mean",
-             "CP@k": "mean", "money recall@k": "mean"}
-        ),
+        _per_model(same_days, ["role", "model_version"],
+                   ["AP", "AUC-ROC", "CP@k", "money recall@k"]),
+        hide_index=True,
         width="stretch",
     )  # fmt: skip
     st.caption(
@@ -118,4 +149,4 @@ if declines.explored:
     )
 if not events.empty:
     st.subheader("Model changes")
-    st.dataframe(events, hide_index=True, width="stretch")
+    st.dataframe(table(events, _EVENTS), hide_index=True, width="stretch")

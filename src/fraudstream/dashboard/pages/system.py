@@ -7,6 +7,19 @@ import streamlit as st
 from fraudstream import bus
 from fraudstream.dashboard import queries
 from fraudstream.dashboard.common import Unavailable, now, read, settings
+from fraudstream.dashboard.format import table
+
+_ENGINES = {
+    "engine_id": "engine", "engine": "kind", "consumer_group": "consumer group",
+    "model_version": "model", "partitions": "partitions", "throughput_tps": "tx/s",
+    "lag": "lag (messages)", "batch_ms_p50": "batch p50 (ms)", "batch_ms_p99": "batch p99 (ms)",
+    "dlq_total": "rejected", "started_at": "started", "heartbeat_at": "last heartbeat",
+    "heartbeat_age_s": "heartbeat age (s)",
+}  # fmt: skip
+_REJECTED = {
+    "received_at": "received", "source_topic": "topic", "source_partition": "partition",
+    "source_offset": "offset", "reason": "reason",
+}  # fmt: skip
 
 st.title("System")
 
@@ -39,11 +52,15 @@ def system() -> None:
     if engines.empty:
         st.info("No engine has reported yet — `fraudstream status`, `fraudstream logs engine`.")
     else:
+        shown = engines.assign(
+            partitions=engines["partitions"].map(lambda p: ", ".join(map(str, p)))
+        )
         st.dataframe(
-            engines.assign(partitions=engines["partitions"].map(lambda p: ", ".join(map(str, p)))),
+            table(shown, _ENGINES, digits={"throughput_tps": 1, "lag": 0, "batch_ms_p50": 1,
+                                           "batch_ms_p99": 1, "heartbeat_age_s": 1}),
             hide_index=True,
             width="stretch",
-        )
+        )  # fmt: skip
     st.subheader("Dead-letter topic")
     left, right = st.columns(2)
     left.metric("Rejected messages", f"{dlq['total']:,}")
@@ -51,7 +68,7 @@ def system() -> None:
     if rejected.empty:
         st.info("No message has been rejected.")
     else:
-        st.dataframe(rejected, hide_index=True, width="stretch")
+        st.dataframe(table(rejected, _REJECTED), hide_index=True, width="stretch")
 
 
 system()
