@@ -491,6 +491,13 @@ def setting_paths(model: type[BaseModel] = Settings, prefix: str = "") -> dict[s
     return paths
 
 
+def secret_paths() -> frozenset[str]:
+    """The settings that hold secrets (passwords, URLs with a password, keys)."""
+    return frozenset(
+        path for path, field in setting_paths().items() if "SecretStr" in str(field.annotation)
+    )
+
+
 def env_name(path: str) -> str:
     """The environment variable that sets a dotted setting path."""
     return ENV_PREFIX + path.replace(".", ENV_DELIMITER).upper()

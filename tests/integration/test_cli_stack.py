@@ -178,6 +178,30 @@ def test_a_bad_flag_value_fails_with_a_clear_message(tmp_path: Path) -> None:
     assert result.returncode == 2 and "expected KEY=VALUE" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "secret", ["database.password", "database.url", "privacy.token_key", "kafka.sasl_password"]
+)
+def test_a_secret_on_the_command_line_is_refused_without_repeating_it(
+    tmp_path: Path, secret: str
+) -> None:
+    env = overrides_env({"state_dir": str(tmp_path / "state")})
+    result = run_cli("--set", f"{secret}=hunter2-secret", "status", env=env)
+    assert result.returncode == 2
+    variable = "FRAUDSTREAM_" + secret.upper().replace(".", "__")
+    assert f"{secret} is a secret: give it in the environment" in " ".join(result.stderr.split())
+    assert variable in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_config_in_a_pipe_is_tab_separated_and_never_cut(tmp_path: Path) -> None:
+    env = overrides_env({"state_dir": str(tmp_path / "state")})
+    result = run_cli("config", env=env)
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert "start_timeout_s\t90.0\tFRAUDSTREAM_START_TIMEOUT_S" in lines
+    assert all(len(line.split("\t")) == 3 for line in lines) and "…" not in result.stdout
+
+
 def test_a_dashboard_beyond_loopback_needs_a_user(tmp_path: Path) -> None:
     env = overrides_env({"state_dir": str(tmp_path / "state"), "dashboard.host": "0.0.0.0"})
     result = run_cli("dashboard", env=env)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from rich.console import Console
 
-from fraudstream.config import CONFIG_FILE_ENV, Settings, env_name, load_settings
+from fraudstream.config import CONFIG_FILE_ENV, Settings, env_name, load_settings, secret_paths
 from fraudstream.stack import Stack
 
 if TYPE_CHECKING:
@@ -38,10 +38,18 @@ class Options:
 
 def parse_overrides(values: list[str]) -> dict[str, str]:
     overrides = {}
+    secrets = secret_paths()
     for item in values:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise typer.BadParameter(f"expected KEY=VALUE (e.g. kafka.port=9095), got {item!r}")
+        if key.strip().lower() in secrets:
+            # Named without the value: the value is what must not show anywhere.
+            raise typer.BadParameter(
+                f"{key.strip()} is a secret: give it in the environment "
+                f"({env_name(key.strip().lower())}) or a --config file, never on the command "
+                "line, where every local user can read it in the process list"
+            )
         overrides[key.strip()] = value
     return overrides
 
