@@ -171,7 +171,10 @@ def replay(
     show_bad: Annotated[int, typer.Option(min=0, help="Bad rows to list.")] = 20,
 ) -> None:
     """Stream a dataset into Kafka (card numbers tokenised on the way in), with its own
-    transaction ids. Replaying a file again sends the same transactions again: the engine
+    transaction ids. A Handbook or Sparkov/Kaggle file carries no report times: each fraud's
+    label is reported simulator.label_delay_days (7) after its transaction (the Handbook's
+    assumption) and sent in time order among the transactions, a week of them later.
+    Replaying a file again sends the same transactions again: the engine
     dead-letters each as a replay (reason "replay: tx_id … already processed with identical
     content") and changes nothing."""
     from fraudstream.clock import SystemClock

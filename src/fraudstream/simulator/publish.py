@@ -243,7 +243,7 @@ def simulate_live(
             checkpoint(point)
 
     saved = clock.monotonic()
-    started = clock.monotonic()
+    began = started = clock.monotonic()  # `started` moves when the stream waits for the present
     chunk = max(1, int(rate / 200))  # about 5 ms of traffic per step
     while not stop.is_set():
         elapsed = clock.monotonic() - started
@@ -272,7 +272,7 @@ def simulate_live(
         for index, event_time in enumerate(times):
             publisher.send_transaction(records.record(index, event_time))
         report.sent += len(rows)
-        report.seconds = clock.monotonic() - started + 1 / rate
+        report.seconds = clock.monotonic() - began  # wall time, waits included
         _queue_labels(rows, times, pending, report)
         now = times[-1] if accelerated else clock.now()
         while pending and pending[0][0] <= now:
