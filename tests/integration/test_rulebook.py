@@ -319,3 +319,26 @@ def test_the_rule_book_and_lists_by_command(
     assert "blocked_terminals\tT-9\tskimmer found\tbo\t2099-01-01 23:59:59" in shown.stdout
     assert run_cli("lists", "remove", "1", "--by", "bo", env=env).returncode == 0
     assert run_cli("lists", "show", env=env).stdout == ""
+
+
+def test_reloading_the_rules_leaves_the_engines_connection_idle(
+    stack_settings: Settings, models_dir: Path
+) -> None:
+    """The engine's main connection is not autocommit: a transaction left open by the rule
+    check would make its next `with conn.transaction()` a savepoint, never committed (its
+    status rows, for one, were never seen)."""
+    from psycopg.pq import TransactionStatus
+
+    from fraudstream.clock import SystemClock
+    from fraudstream.engines.base import PolicyWatcher
+
+    settings = isolated(stack_settings, models_dir)
+    watcher = PolicyWatcher(settings, SystemClock())
+    with connect(settings) as conn:
+        assert watcher.refresh(conn)
+        assert conn.info.transaction_status == TransactionStatus.IDLE
+        with conn.transaction():
+            conn.execute("INSERT INTO dlq_events (source_topic, source_partition, "
+                         "source_offset, reason) VALUES ('t', 0, 1, 'x')")  # fmt: skip
+    with connect(settings) as other:
+        assert other.execute("SELECT count(*) FROM dlq_events").fetchone() == (1,)

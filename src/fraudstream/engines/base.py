@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 from confluent_kafka import Producer
+from psycopg.pq import TransactionStatus
 
 from fraudstream.bus.alerts import publish_alerts
 from fraudstream.bus.deadletter import dead_letter
@@ -168,9 +169,16 @@ class PolicyWatcher:
         self._seen: tuple[object, ...] | None = None
 
     def refresh(self, conn: psycopg.Connection[Any]) -> bool:
-        """Check the rule book and the lists (three small queries); True when they changed."""
-        live, shadow = published(conn, "live"), published(conn, "shadow")
-        lists = active_lists(conn, self.clock.now())
+        """Check the rule book and the lists (three small queries); True when they changed.
+        Leaves ``conn`` as it found it: a transaction these reads opened is ended here (left
+        open, it would turn the caller's next transaction into a savepoint, never committed)."""
+        opened = not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            live, shadow = published(conn, "live"), published(conn, "shadow")
+            lists = active_lists(conn, self.clock.now())
+        finally:
+            if opened:
+                conn.rollback()  # (only reads)
         seen = (
             None if live is None else live.version,
             None if shadow is None else shadow.version,
