@@ -190,7 +190,7 @@ def test_a_published_rule_and_a_list_entry_reach_a_running_engine_then_roll_back
                 shadowed is not None
                 and shadowed[0] == "decline"
                 and (
-                    shadowed[1] == ["watched_card_spends"]
+                    "watched_card_spends" in shadowed[1]
                     and str(shadowed[2]).startswith(f"book-{second}+lists-")
                 )
             )
@@ -214,7 +214,9 @@ def test_a_published_rule_and_a_list_entry_reach_a_running_engine_then_roll_back
         wait_for(declined_by_the_rule, 60, "the published rule and the list entry")
         took = time.monotonic() - published_at
         _decision, version, hits = seen[0]
-        assert version.startswith(f"book-{second}+lists-") and hits == ["watched_card_spends"]
+        # (Each try is another transaction of the same card: on a slow machine the shipped
+        # velocity rule may fire beside it.)
+        assert version.startswith(f"book-{second}+lists-") and "watched_card_spends" in hits
         print(f"published → first decision by it: {took:.1f} s")  # (reported, not asserted)
 
         with connect(settings, autocommit=True) as conn:
@@ -227,7 +229,8 @@ def test_a_published_rule_and_a_list_entry_reach_a_running_engine_then_roll_back
             return seen[0][1].startswith(f"book-{first}+")
 
         wait_for(rolled_back, 60, "the rolled-back rules")
-        assert seen[0][1].startswith(f"book-{first}+lists-") and seen[0][2] == []
+        assert seen[0][1].startswith(f"book-{first}+lists-")
+        assert "watched_card_spends" not in seen[0][2]
     finally:
         stop_engine(engine, log)
 
