@@ -31,7 +31,7 @@ from fraudstream.policy.rules import Exploration
 from fraudstream.records import Rejected
 from fraudstream.store.lists import active_lists, lists_digest
 from fraudstream.store.projections import Observed
-from fraudstream.store.rulebook import published
+from fraudstream.store.rulebook import published_versions, version_rules
 from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch, Unstorable
 
 __all__ = [
@@ -174,21 +174,20 @@ class PolicyWatcher:
         open, it would turn the caller's next transaction into a savepoint, never committed)."""
         opened = not conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
         try:
-            live, shadow = published(conn, "live"), published(conn, "shadow")
+            versions = published_versions(conn)
+            live, shadow = versions.get("live"), versions.get("shadow")
             lists = active_lists(conn, self.clock.now())
+            seen = (live, shadow, lists_digest(lists) if lists else None)
+            if seen == self._seen:
+                return False
+            book = None if live is None else version_rules(conn, live)
+            shadowed = None if shadow is None else version_rules(conn, shadow)
         finally:
             if opened:
                 conn.rollback()  # (only reads)
-        seen = (
-            None if live is None else live.version,
-            None if shadow is None else shadow.version,
-            lists_digest(lists) if lists else None,
-        )
-        if seen == self._seen:
-            return False
         self._seen = seen
-        self.rules = decision_rules(self.settings, None if live is None else live.rules, lists)
-        self.shadow = None if shadow is None else decision_rules(self.settings, shadow.rules, lists)
+        self.rules = decision_rules(self.settings, book, lists)
+        self.shadow = None if shadowed is None else decision_rules(self.settings, shadowed, lists)
         log.info(
             "deciding with rules %s%s", self.rules.version,
             "" if self.shadow is None else f"; rules {self.shadow.version} in shadow",

@@ -31,6 +31,7 @@ __all__ = [
     "draft",
     "publish",
     "published",
+    "published_versions",
     "shadow_days",
     "stop_shadow",
     "version_rules",
@@ -185,6 +186,16 @@ def published(conn: psycopg.Connection[Any], target: Target = "live") -> Publish
         return None
     version = int(str(row[0]))
     return Published(version, checked_rules(row[1], f"book-{version}"))
+
+
+def published_versions(conn: psycopg.Connection[Any]) -> dict[str, int | None]:
+    """The newest published version of each target (a stopped shadow: None), without their
+    rules: what an engine checks every few seconds, parsing rules only when one changed."""
+    rows = conn.execute(
+        "SELECT DISTINCT ON (target) target, version FROM rule_publications "
+        "ORDER BY target, id DESC"
+    ).fetchall()
+    return {str(target): None if version is None else int(str(version)) for target, version in rows}
 
 
 def shadow_days(conn: psycopg.Connection[Any], since: datetime) -> pd.DataFrame:

@@ -80,12 +80,11 @@ st.dataframe(
     width="stretch",
 )
 
+cards_of = dict(zip(queue["case_id"], queue["card_id"], strict=True))
 chosen = st.selectbox(
     "Case",
     list(queue["case_id"]),
-    format_func=lambda case_id: (
-        f"#{case_id} · card {mask_token(queue.set_index('case_id').at[case_id, 'card_id'])}"
-    ),
+    format_func=lambda case_id: f"#{case_id} · card {mask_token(cards_of[case_id])}",
 )
 case = read(cases.get_case, int(chosen), now=now(), sla_minutes=sla)
 if case is None:
