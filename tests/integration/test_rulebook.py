@@ -200,7 +200,9 @@ def test_a_published_rule_and_a_list_entry_reach_a_running_engine_then_roll_back
         assert "watched_card_spends" not in seen[0][2]  # shadow: never acted on
         with connect(settings, autocommit=True) as conn:
             days = shadow_days(conn, _now() - timedelta(days=1))
-        assert days["shadow_flagged"].sum() >= 1 and days["differ"].sum() >= 0
+        assert days["shadow_flagged"].sum() >= 1
+        if seen[0][0] != "decline":  # the shadow declined what the live rules did not
+            assert days["differ"].sum() >= 1
         with connect(settings, autocommit=True) as conn:
             publish(conn, second, by=SAM, at=_now())
         published_at = time.monotonic()
