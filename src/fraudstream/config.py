@@ -270,7 +270,16 @@ class EngineSettings(_Section):
         "arrived meanwhile (no wait to fill it: small when traffic is light, larger under a "
         "backlog).",
     )
-    snapshot_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    snapshot_interval_s: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="How often each partition checkpoints its card state (the rows appended "
+        "since the last checkpoint; sooner when 500,000 are waiting).",
+    )  # fmt: skip
+    card_cache_mib: int = Field(
+        default=512, ge=16, le=1_048_576,
+        description="Card histories kept in memory, across the engine's partitions; the rest "
+        "are read from the card store on local disk (<state_dir>/cards).",
+    )  # fmt: skip
     status_interval_s: float = Field(default=5.0, gt=0, le=3600)
     model_check_interval_s: float = Field(default=2.0, gt=0, le=3600)
     rules_check_interval_s: float = Field(

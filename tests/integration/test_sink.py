@@ -14,7 +14,14 @@ from fraudstream.config import Settings
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store.db import connect
 from fraudstream.store.projections import Observed
-from fraudstream.store.sink import Checkpoint, PredictionSink, Snapshot, Unstorable
+from fraudstream.store.sink import (
+    CHANGES_KEPT,
+    Checkpoint,
+    PredictionSink,
+    Snapshot,
+    StoredState,
+    Unstorable,
+)
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -57,7 +64,8 @@ def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
 ) -> None:
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 40, engine)
-    snapshot = Snapshot(38, None, b"state-at-38")  # a snapshot may stand before the offsets
+    # A card checkpoint may stand before the offsets.
+    snapshot = Snapshot(38, None, b"changes-1", sequence=1, newest_us=1_700_000_000_000_000)
     first = sink.write(batch, [Checkpoint("transactions", 0, 40, snapshot=snapshot)])
     assert (first.rows, first.inserted) == (40, 40)
     stored = db.execute(
@@ -82,7 +90,9 @@ def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
         "SELECT sum(tx_count) FROM rollup_minute WHERE engine = %s", (engine,)
     ).fetchone() == (40,)
     assert sink.offsets("transactions") == {0: 40}
-    assert sink.snapshots("transactions") == {0: (38, b"state-at-38", None)}
+    assert sink.card_states("transactions") == {0: StoredState(38, None, 1, None)}
+    assert list(sink.card_changes("transactions", 0, after=0)) == [(1, b"changes-1")]
+    assert list(sink.card_changes("transactions", 0, after=1)) == []
     kept = db.execute(
         "SELECT content_hash, features[1], features[2] = 'NaN', rules_version, late "
         "FROM fraud_predictions WHERE tx_id = %s",
@@ -220,3 +230,19 @@ def test_alerts_open_one_case_per_card_join_it_and_a_resolved_case_is_not_reopen
         "SELECT status, alert_count FROM cases WHERE card_id = %s ORDER BY case_id",
         (f"card_0{engine}",),
     ).fetchall() == [("resolved_fraud", 2), ("open", 1)]
+
+
+def test_card_changes_no_card_can_need_are_dropped(sink: PredictionSink) -> None:
+    """A checkpoint's card changes are kept while a card could still see them: up to the
+    TTL plus the longest window behind the newest stored; the rest are deleted."""
+    day = 86_400 * 1_000_000
+    start = 1_700_000_000_000_000
+    for sequence, days in enumerate([0, 10, 50, 80], start=1):
+        snapshot = Snapshot(sequence, None, f"c{sequence}".encode(), sequence, start + days * day)
+        sink.write(_batch("x", 0, "x"), [Checkpoint("cards", 2, sequence, snapshot=snapshot)])
+    kept = [sequence for sequence, _blob in sink.card_changes("cards", 2, after=0)]
+    assert CHANGES_KEPT == timedelta(days=65)
+    assert kept == [3, 4]  # the newest is day 80: what ends before day 15 is dropped
+    sink.forget_card_state("cards", 2)
+    assert list(sink.card_changes("cards", 2, after=0)) == []
+    assert sink.card_states("cards") == {}

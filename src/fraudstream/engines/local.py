@@ -22,6 +22,7 @@ again, and resumes from what PostgreSQL recorded: the same recovery as after a c
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -59,6 +60,7 @@ from fraudstream.engines.base import (
     StepWriter,
     engine_id,
 )
+from fraudstream.engines.card_store import DiskCardState, StoredCards, open_cards
 from fraudstream.engines.scoring import observed
 from fraudstream.engines.step import (
     Decoded,
@@ -68,7 +70,7 @@ from fraudstream.engines.step import (
     late_after_seal,
 )
 from fraudstream.engines.terminals import LabelReader, TerminalTables
-from fraudstream.features import FEATURES_VERSION, CardState, TerminalTable
+from fraudstream.features import FEATURES_VERSION, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
 from fraudstream.features.watermarks import NO_WATERMARK
 from fraudstream.model.lifecycle import rollback_if_below_floor
@@ -92,6 +94,7 @@ __all__ = ["EngineStats", "LocalEngine"]
 log = logging.getLogger("fraudstream.engine")
 
 _BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
+_CHANGES_MAX_ROWS = 500_000  # a partition checkpoints at least this often (bounded memory)
 _EXPIRE_EVERY_S = 300.0  # how often idle cards are forgotten (a pass over every card)
 _BLOCKED_RETRY_S = 0.2  # how often a waiting partition asks whether its table can be sealed
 _LABELS_EVERY_S = 5.0  # how often labels are read into PostgreSQL besides sealing tables
@@ -129,6 +132,7 @@ class LocalEngine:
         self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
         self._taken: dict[int, Snapshot] = {}  # snapshots taken, written with the next step
+        self._written: list[tuple[int, int]] = []  # (partition, sequence) in the batch in flight
         self.blocked: dict[int, np.datetime64] = {}  # partition → day whose table it waits for
         self.stats = EngineStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
@@ -199,32 +203,48 @@ class LocalEngine:
             self._wait_written()  # the next owner resumes from what is committed
         except Exception as error:  # not committed: the next owner scores the batch again
             log.warning("batch in flight at revocation not stored: %s", error)
+        self._close_cards()
         self.owned, self.partitions, self.expected, self.snapshot_due = [], {}, {}, {}
         self.blocked, self._taken = {}, {}
         consumer.unassign()
 
     def _restore(self) -> dict[int, int]:
-        """Card state, watermark and resume offset of every owned partition, from PostgreSQL."""
-        snapshots = self.sink.snapshots(self.topic)
+        """Card state, watermark and resume offset of every owned partition: the card store
+        on local disk brought up to the last checkpoint stored in PostgreSQL."""
+        self._close_cards()
+        stored = self.sink.card_states(self.topic)
         offsets = {}
         self.partitions, self.expected, self.snapshot_due, self.blocked = {}, {}, {}, {}
-        self._taken = {}
+        self._taken, self._written = {}, []
+        cache_bytes = self.settings.engine.card_cache_mib * 2**20 // max(len(self.owned), 1)
         for partition in self.owned:
-            stored = snapshots.get(partition)
-            if stored is None:
-                self.partitions[partition] = PartitionState()
-                offsets[partition] = OFFSET_BEGINNING
-                self.expected[partition] = None  # whatever the log starts at
-            else:
-                offset, blob, watermark = stored
-                self.partitions[partition] = PartitionState(
-                    CardState.from_bytes(blob),
-                    int(NO_WATERMARK) if watermark is None else watermark,
-                )
-                offsets[partition] = offset
-                self.expected[partition] = offset
+            state = stored.get(partition)
+            if state is None:  # nothing stored for this feature set: from the beginning
+                self.sink.forget_card_state(self.topic, partition)
+            cards = open_cards(
+                self.settings.state_dir / "cards" / self.group / self.topic / str(partition),
+                StoredCards(
+                    0 if state is None else state.sequence,
+                    None if state is None else state.base,
+                    functools.partial(self.sink.card_changes, self.topic, partition),
+                ),
+                cache_bytes=cache_bytes,
+                features_version=FEATURES_VERSION,
+            )
+            watermark = None if state is None else state.watermark
+            self.partitions[partition] = PartitionState(
+                cards, int(NO_WATERMARK) if watermark is None else watermark
+            )
+            offsets[partition] = OFFSET_BEGINNING if state is None else state.next_offset
+            self.expected[partition] = None if state is None else state.next_offset
             self.snapshot_due[partition] = 0.0  # snapshot at the first batch
         return offsets
+
+    def _close_cards(self) -> None:
+        for state in self.partitions.values():
+            if isinstance(state.cards, DiskCardState):
+                state.cards.close()
+        self.partitions = {}
 
     # --- main loop -----------------------------------------------------------------------
 
@@ -293,6 +313,7 @@ class LocalEngine:
         self._writer.shutdown(wait=True)
         self.producer.flush(10)
         self.writer.replies.flush(1)
+        self._close_cards()
         try:
             self.consumer.close()
             self.labels.close()
@@ -446,6 +467,9 @@ class LocalEngine:
                 predictions["kafka_partition"], predictions["kafka_offset"], strict=True,
             )
         }  # fmt: skip
+        self._written = [
+            (c.partition, c.snapshot.sequence) for c in output.checkpoints if c.snapshot
+        ]
         self._in_flight = self._writer.submit(self._write, output, flush_alerts_first)
 
     def _wait_written(self) -> None:
@@ -454,6 +478,11 @@ class LocalEngine:
         if in_flight is not None:
             self.stats.stored += in_flight.result().inserted
             self._unstored = {}
+            written, self._written = self._written, []
+            for partition, sequence in written:  # committed: the cards go to disk
+                cards = self.partitions[partition].cards
+                assert isinstance(cards, DiskCardState)
+                cards.persist(sequence, FEATURES_VERSION)
 
     def _write(self, output: StepOutput, flush_alerts_first: bool) -> StoredBatch:
         if flush_alerts_first and self.producer.flush(30):
@@ -465,7 +494,7 @@ class LocalEngine:
     def _recover(self) -> None:
         """Drop what is in flight, wait for PostgreSQL and Kafka, resume from stored state."""
         in_flight, self._in_flight = self._in_flight, None
-        self._unstored = {}
+        self._unstored, self._written = {}, []
         if in_flight is not None:
             try:
                 in_flight.result()  # committed or not, the stored state says which
@@ -549,9 +578,15 @@ class LocalEngine:
             checkpoints.append(
                 Checkpoint(self.topic, partition, next_offset, state.watermark, ready)
             )
-            if now >= self.snapshot_due.get(partition, 0.0):
+            cards = state.cards
+            assert isinstance(cards, DiskCardState)
+            if (
+                now >= self.snapshot_due.get(partition, 0.0)
+                or len(cards.changes or ()) >= _CHANGES_MAX_ROWS
+            ):
+                sequence, changes, newest = cards.take()
                 self._taken[partition] = Snapshot(
-                    next_offset, state.watermark, state.cards.to_bytes()
+                    next_offset, state.watermark, changes, sequence, newest
                 )
                 self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
         return checkpoints, snapshotting

@@ -24,7 +24,7 @@ from fraudstream.features.definitions import (
     window_name,
 )
 
-__all__ = ["CardInputs", "CardState", "card_features"]
+__all__ = ["CardChanges", "CardInputs", "CardState", "append_changes", "card_features"]
 
 _US = 1_000_000
 _MAX_WINDOW_US = int(max(CARD_WINDOWS).total_seconds() * _US)
@@ -37,13 +37,27 @@ _EARTH_KM = 6371.0088
 
 @dataclass
 class CardState:
-    """Recent transactions per card; ``dirty`` names the cards changed since it was cleared."""
+    """Recent transactions per card, all in memory; ``dirty`` names the cards changed since
+    it was cleared, and ``changes`` (when set) records every row appended, for incremental
+    checkpoints. ``histories`` and ``keep`` are the only ways the features read and write
+    it, so a store that keeps most cards elsewhere (``engines.card_store``) is a subclass."""
 
     cards: dict[str, np.ndarray] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    changes: CardChanges | None = None
 
     def __len__(self) -> int:
         return len(self.cards)
+
+    def histories(self, cards: np.ndarray) -> list[np.ndarray | None]:
+        """Each card's rows (time order), None for a card with no history."""
+        return [self.cards.get(card) for card in cards]
+
+    def keep(self, cards: np.ndarray, histories: list[np.ndarray]) -> None:
+        """Replace the histories of ``cards``."""
+        for card, rows in zip(cards, histories, strict=True):
+            self.cards[card] = rows
+        self.dirty.update(cards)
 
     def expire(self, now_us: int) -> int:
         """Forget cards idle for longer than the TTL; returns how many."""
@@ -77,15 +91,7 @@ class CardState:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CardState:
-        magic, n_cards, key_bytes, n_rows = struct.unpack_from("<4sIQQ", data)
-        if magic != b"FSC1":
-            raise ValueError("not a fraudstream card-state snapshot")
-        offset = struct.calcsize("<4sIQQ")
-        names = data[offset : offset + key_bytes].decode().split("\x00") if n_cards else []
-        offset += key_bytes
-        counts = np.frombuffer(data, "<i8", n_cards, offset)
-        offset += 8 * n_cards
-        rows = np.frombuffer(data, "<i8", n_rows * 6, offset).reshape(n_rows, 6).astype(np.int64)
+        names, counts, rows = _unpack(data)
         bounds = np.concatenate([[0], np.cumsum(counts)])
         cards = {name: rows[bounds[i] : bounds[i + 1]].copy() for i, name in enumerate(names)}
         return cls(cards=cards)
@@ -93,6 +99,87 @@ class CardState:
     def merge(self, other: CardState) -> None:
         """Take over ``other``'s cards (e.g. restored dirty keys over a snapshot)."""
         self.cards.update(other.cards)
+
+
+def _unpack(data: bytes) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A ``to_bytes`` blob as (card names, rows per card, all rows)."""
+    magic, n_cards, key_bytes, n_rows = struct.unpack_from("<4sIQQ", data)
+    if magic != b"FSC1":
+        raise ValueError("not a fraudstream card-state snapshot")
+    offset = struct.calcsize("<4sIQQ")
+    names = data[offset : offset + key_bytes].decode().split("\x00") if n_cards else []
+    offset += key_bytes
+    counts = np.frombuffer(data, "<i8", n_cards, offset)
+    offset += 8 * n_cards
+    rows = np.frombuffer(data, "<i8", n_rows * 6, offset).reshape(n_rows, 6).astype(np.int64)
+    return names, counts, rows
+
+
+@dataclass
+class CardChanges:
+    """The rows appended to card histories since a checkpoint, in the order they were
+    appended (times already raised to their card's running maximum). Replaying them over the
+    state at that checkpoint (``append_changes``) gives the state now: what an incremental
+    checkpoint stores, in proportion to the transactions, not to the cards."""
+
+    card_ids: list[np.ndarray] = field(default_factory=list)
+    rows: list[np.ndarray] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self.card_ids)
+
+    def add(self, card_ids: np.ndarray, rows: np.ndarray) -> None:
+        if len(card_ids):
+            self.card_ids.append(card_ids)
+            self.rows.append(rows)
+
+    def newest_us(self) -> int | None:
+        """The latest time appended, or None when nothing was."""
+        return max((int(r[:, _T].max()) for r in self.rows if len(r)), default=None)
+
+    def to_bytes(self) -> bytes:
+        """Card names once each, a card index per row, the rows (little-endian int64)."""
+        ids = np.concatenate(self.card_ids) if self.card_ids else np.empty(0, object)
+        rows = np.concatenate(self.rows) if self.rows else np.empty((0, 6), np.int64)
+        codes, names = pd.factorize(ids)
+        keys = "\x00".join(names).encode()
+        header = struct.pack("<4sIQQ", b"FSD1", len(names), len(keys), len(rows))
+        body: bytes = codes.astype("<i4").tobytes() + rows.astype("<i8").tobytes()
+        return header + keys + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CardChanges:
+        magic, n_cards, key_bytes, n_rows = struct.unpack_from("<4sIQQ", data)
+        if magic != b"FSD1":
+            raise ValueError("not a fraudstream card-changes segment")
+        offset = struct.calcsize("<4sIQQ")
+        names = np.array(
+            data[offset : offset + key_bytes].decode().split("\x00") if n_cards else [], object
+        )
+        offset += key_bytes
+        codes = np.frombuffer(data, "<i4", n_rows, offset)
+        offset += 4 * n_rows
+        rows = np.frombuffer(data, "<i8", n_rows * 6, offset).reshape(n_rows, 6).astype(np.int64)
+        changes = cls()
+        changes.add(names[codes], rows)
+        return changes
+
+    @classmethod
+    def of_snapshot(cls, data: bytes) -> CardChanges:
+        """A whole-state snapshot (``CardState.to_bytes``) as the changes that rebuild it."""
+        names, counts, rows = _unpack(data)
+        changes = cls()
+        changes.add(np.repeat(np.array(names, object), counts), rows)
+        return changes
+
+
+def append_changes(state: CardState, changes: CardChanges) -> None:
+    """Append recorded rows to ``state`` as the features appended them (trimmed the same
+    way), without computing features: how a checkpoint's changes are replayed."""
+    for card_ids, new_rows in zip(changes.card_ids, changes.rows, strict=True):
+        merged = _Merged.of(state, card_ids, new_rows)
+        key = _time_key(merged.rows[:, _T], merged.group)
+        _store(state, merged.cards, merged.rows, merged.group, key)
 
 
 _TERMINAL_HASHES: dict[str, int] = {}
@@ -196,20 +283,8 @@ def card_features(state: CardState, batch: pd.DataFrame | CardInputs) -> dict[st
     n = len(inputs)
     if n == 0:
         return {}
-    new_rows = inputs.rows
-
-    codes, cards = pd.factorize(inputs.card_ids)
-    histories = [state.cards.get(card) for card in cards]
-    hist_counts = np.array([0 if h is None else len(h) for h in histories], np.int64)
-    present = [h for h in histories if h is not None]
-    hist_rows = np.concatenate(present) if present else np.empty((0, 6), np.int64)
-    hist_codes = np.repeat(np.arange(len(cards)), hist_counts)
-
-    rows = np.concatenate([hist_rows, new_rows])
-    group = np.concatenate([hist_codes, codes])
-    batch_position = np.concatenate([np.full(len(hist_rows), -1), np.arange(n)])
-    order = np.lexsort((np.arange(len(rows)), group))  # by card, history first, then arrival
-    rows, group, batch_position = rows[order], group[order], batch_position[order]
+    merged = _Merged.of(state, inputs.card_ids, inputs.rows)
+    cards, rows, group, batch_position = merged.cards, merged.rows, merged.group, merged.position
     start = np.searchsorted(group, group, side="left")  # index of each row's first group row
 
     # Time within a card never goes backwards (late events take the card's latest time).
@@ -264,7 +339,9 @@ def card_features(state: CardState, batch: pd.DataFrame | CardInputs) -> dict[st
         distinct = _distinct(previous_same, new, left)
         features[f"card_distinct_terminals_{window_name(window)}"] = distinct.astype(float)
 
-    _store(state, cards, rows, group, t, key)
+    _store(state, cards, rows, group, key)
+    if state.changes is not None:  # sorted by card, each card's rows in arrival order
+        state.changes.add(cards[group[new]], rows[new])
     out_order = np.argsort(batch_position[new])
     result = {name: values[out_order] for name, values in features.items()}
     result["card_distance_from_home"] = _from_home(inputs.coordinates, n)
@@ -342,13 +419,33 @@ def _distinct(previous_same: np.ndarray, rows: np.ndarray, left: np.ndarray) -> 
     return counts
 
 
+@dataclass(frozen=True)
+class _Merged:
+    """New rows beside their cards' histories: ordered by card, each card's history first,
+    then its new rows in arrival order (``position``: index in the batch, -1 for history)."""
+
+    cards: np.ndarray  # the distinct cards, in order of first appearance
+    rows: np.ndarray
+    group: np.ndarray  # each row's index into ``cards``
+    position: np.ndarray
+
+    @classmethod
+    def of(cls, state: CardState, card_ids: np.ndarray, new_rows: np.ndarray) -> _Merged:
+        codes, cards = pd.factorize(card_ids)
+        histories = state.histories(cards)
+        hist_counts = np.array([0 if h is None else len(h) for h in histories], np.int64)
+        present = [h for h in histories if h is not None]
+        hist_rows = np.concatenate(present) if present else np.empty((0, 6), np.int64)
+        hist_codes = np.repeat(np.arange(len(cards)), hist_counts)
+        rows = np.concatenate([hist_rows, new_rows])
+        group = np.concatenate([hist_codes, codes])
+        position = np.concatenate([np.full(len(hist_rows), -1), np.arange(len(new_rows))])
+        order = np.lexsort((np.arange(len(rows)), group))  # by card, history first, arrival
+        return cls(np.asarray(cards, dtype=object), rows[order], group[order], position[order])
+
+
 def _store(
-    state: CardState,
-    cards: np.ndarray,
-    rows: np.ndarray,
-    group: np.ndarray,
-    t: np.ndarray,
-    key: _TimeKey,
+    state: CardState, cards: np.ndarray, rows: np.ndarray, group: np.ndarray, key: _TimeKey
 ) -> None:
     """Keep, per card, only the rows a future window can still see."""
     codes = np.arange(len(cards))
@@ -356,9 +453,8 @@ def _store(
     ends = np.searchsorted(group, codes, side="right")
     last = ends - 1
     keep_from = np.maximum.reduce([starts, ends - CARD_HISTORY_CAP, key.left(last, _MAX_WINDOW_US)])
-    for card, begin, end in zip(cards, keep_from.tolist(), ends.tolist(), strict=True):
-        state.cards[card] = rows[begin:end].copy()
-    state.dirty.update(cards)
+    bounds = zip(keep_from.tolist(), ends.tolist(), strict=True)
+    state.keep(cards, [rows[begin:end].copy() for begin, end in bounds])
 
 
 def _from_home(coordinates: dict[str, np.ndarray | None], n: int) -> np.ndarray:

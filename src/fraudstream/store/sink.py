@@ -11,7 +11,7 @@ resumes from what this transaction recorded, and replays are absorbed by the pri
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +19,20 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from fraudstream.features.definitions import CARD_STATE_TTL, CARD_WINDOWS
 from fraudstream.records import PREDICTION_COLUMNS, Rejected, StoredId
 from fraudstream.store.projections import DASHBOARD_PROJECTIONS, Observed, Projection
 
-__all__ = ["Checkpoint", "PredictionSink", "Snapshot", "StoredBatch", "Unstorable", "stored_ids"]
+__all__ = [
+    "Checkpoint", "PredictionSink", "Snapshot", "StoredBatch", "StoredState", "Unstorable",
+    "stored_ids",
+]  # fmt: skip
 
 
 COLUMNS = PREDICTION_COLUMNS
+CHANGES_KEPT = CARD_STATE_TTL + max(CARD_WINDOWS)
+"""How far behind the newest a checkpoint's card changes stay stored: a card idle longer
+than the TTL is forgotten, and a card alive sees back at most its longest window."""
 _TIMES = ("event_time", "kafka_time", "scored_at")
 # What is COPYed, in the cheapest binary types: times as microseconds since the Unix epoch,
 # amounts as float8 (rounded to numeric(14, 2) on insert), empty rule hits and reasons as NULL.
@@ -78,11 +85,27 @@ def _insert_sql(projections: list[Projection]) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A partition's card state, the offset it is valid at and the watermark there (µs)."""
+    """A card-state checkpoint of a partition: the rows appended to its card histories since
+    the previous checkpoint (``CardChanges`` bytes, newest time in µs), the checkpoint's
+    sequence (1, 2, …), the offset it is valid at and the watermark there (µs)."""
 
     next_offset: int
     watermark: int | None
-    cards: bytes
+    changes: bytes
+    sequence: int
+    newest_us: int | None = None
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """Where a partition's card state stands in PostgreSQL: the offset and watermark of its
+    last checkpoint, that checkpoint's sequence, and the whole-state base (if any) that the
+    checkpoints' changes are replayed over."""
+
+    next_offset: int
+    watermark: int | None
+    sequence: int
+    base: bytes | None
 
 
 @dataclass(frozen=True)
@@ -216,29 +239,45 @@ class PredictionSink:
                     for c in checkpoints
                 ],
             )
-            snapshots = [c for c in checkpoints if c.snapshot is not None]
+            snapshots = [(c, c.snapshot) for c in checkpoints if c.snapshot is not None]
             if snapshots:
-                cursor.executemany(
-                    "INSERT INTO feature_state (consumer_group, topic, partition, next_offset, "
-                    "snapshot, features_version, watermark) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
-                    "next_offset = excluded.next_offset, snapshot = excluded.snapshot, "
-                    "features_version = excluded.features_version, "
-                    "watermark = excluded.watermark, updated_at = now()",
-                    [
-                        (
-                            self.group,
-                            c.topic,
-                            c.partition,
-                            c.snapshot.next_offset,
-                            c.snapshot.cards,
-                            self.features_version,
-                            _stamp(c.snapshot.watermark),
-                        )
-                        for c in snapshots
-                        if c.snapshot is not None
-                    ],
-                )
+                self._store_changes(snapshots)
+
+    def _store_changes(self, snapshots: list[tuple[Checkpoint, Snapshot]]) -> None:
+        """Each checkpoint's card changes, and where the partition's state now stands; the
+        changes no card can need any more (older than a card's TTL plus the longest
+        window before the newest) are dropped."""
+        with self.conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO card_changes (consumer_group, topic, partition, sequence, newest, "
+                "rows) VALUES (%s, %s, %s, %s, %s, %s)",
+                [
+                    (self.group, c.topic, c.partition, s.sequence, _stamp(s.newest_us), s.changes)
+                    for c, s in snapshots
+                ],
+            )
+            cursor.executemany(
+                "INSERT INTO feature_state (consumer_group, topic, partition, next_offset, "
+                "changes_through, features_version, watermark) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "
+                "next_offset = excluded.next_offset, changes_through = excluded.changes_through, "
+                "features_version = excluded.features_version, "
+                "watermark = excluded.watermark, updated_at = now()",
+                [self._state_row(c, s) for c, s in snapshots],
+            )
+            cursor.executemany(
+                "DELETE FROM card_changes WHERE consumer_group = %s AND topic = %s "
+                "AND partition = %s AND newest < (SELECT max(newest) FROM card_changes "
+                "WHERE consumer_group = %s AND topic = %s AND partition = %s) - %s",
+                [(self.group, c.topic, c.partition) * 2 + (CHANGES_KEPT,) for c, _s in snapshots],
+            )
+
+    def _state_row(self, checkpoint: Checkpoint, snapshot: Snapshot) -> tuple[Any, ...]:
+        return (
+            self.group, checkpoint.topic, checkpoint.partition, snapshot.next_offset,
+            snapshot.sequence, self.features_version, _stamp(snapshot.watermark),
+        )  # fmt: skip
 
     def offsets(self, topic: str) -> dict[int, int]:
         """The next offset to read per partition, as last committed with predictions."""
@@ -250,19 +289,53 @@ class PredictionSink:
         self.conn.commit()
         return {int(p): int(o) for p, o in rows}
 
-    def snapshots(self, topic: str) -> Mapping[int, tuple[int, bytes, int | None]]:
-        """Per partition: (offset the snapshot is valid at, card state bytes, watermark µs)."""
+    def card_states(self, topic: str) -> Mapping[int, StoredState]:
+        """Per partition: where its card state stands (only for this feature set)."""
         # Binary results: as text, a bytea doubles to hex, and PostgreSQL cannot send one of
-        # over 512 MiB that way (a large card state could be stored but never restored).
+        # over 512 MiB that way (a large base could be stored but never restored).
         with self.conn.cursor(binary=True) as cursor:
             rows = cursor.execute(
-                "SELECT partition, next_offset, snapshot, "
-                "(extract(epoch FROM watermark) * 1000000)::int8 FROM feature_state "
+                "SELECT partition, next_offset, "
+                "(extract(epoch FROM watermark) * 1000000)::int8, changes_through, snapshot "
+                "FROM feature_state "
                 "WHERE consumer_group = %s AND topic = %s AND features_version = %s",
                 (self.group, topic, self.features_version),
             ).fetchall()
         self.conn.commit()
-        return {int(p): (int(o), bytes(s), None if w is None else int(w)) for p, o, s, w in rows}
+        return {
+            int(p): StoredState(int(o), None if w is None else int(w), int(s), _bytes(base))
+            for p, o, w, s, base in rows
+        }
+
+    def card_changes(self, topic: str, partition: int, after: int) -> Iterator[tuple[int, bytes]]:
+        """The partition's stored card changes after sequence ``after``, in order, a few at a
+        time (a long history never needs to fit in memory)."""
+        last = after
+        while True:
+            with self.conn.cursor(binary=True) as cursor:
+                rows = cursor.execute(
+                    "SELECT sequence, rows FROM card_changes WHERE consumer_group = %s "
+                    "AND topic = %s AND partition = %s AND sequence > %s "
+                    "ORDER BY sequence LIMIT 8",
+                    (self.group, topic, partition, last),
+                ).fetchall()
+            self.conn.commit()
+            if not rows:
+                return
+            for sequence, blob in rows:
+                yield int(sequence), bytes(blob)
+            last = int(rows[-1][0])
+
+    def forget_card_state(self, topic: str, partition: int) -> None:
+        """Drop a partition's card checkpoints (its state starts again from the log's
+        beginning: under another feature set, say)."""
+        with self.conn.transaction():
+            for table in ("card_changes", "feature_state"):
+                self.conn.execute(
+                    f"DELETE FROM {table} WHERE consumer_group = %s AND topic = %s "  # noqa: S608
+                    "AND partition = %s",
+                    (self.group, topic, partition),
+                )
 
 
 _CONTENT_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
@@ -271,6 +344,10 @@ _CONTENT_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
 def _storable(text: str) -> str:
     """A reason as PostgreSQL text: bounded, and no NUL (it may quote the input)."""
     return text.replace("\x00", "\\u0000")[:1000]
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
 
 
 def _stamp(micros: int | None) -> pd.Timestamp | None:
