@@ -1,13 +1,14 @@
 """How the local engine scales with the cards it remembers and the rows it has stored.
 
-Cards: before it starts, the engine is given a stored card state of N cards, the state a
-long-running engine carries, written where the engine keeps it (one snapshot per partition in
-``feature_state``, by its own sink). The backlog's cards (the first min(N, 200,000): the
-simulator builds its whole population in memory, 1,000,000 customers take about 6 GB and 100 s
-before the first transaction) hold their own simulated last month, computed by the feature
-code; the other cards hold copies of those histories. One engine restores the state and drains
-the backlog. Reported per N: catch-up tx/s, the engine's peak RSS (VmHWM), the size of the
-snapshots and how long they take to write and to restore.
+Cards: before it starts, the engine is given a stored card state of N cards, written where
+the engine keeps it (checkpointed changes per partition in ``card_changes``, by its own sink),
+and no card store on its disk. The backlog's cards (the first min(N, 200,000): the simulator
+builds its whole population in memory, 1,000,000 customers take about 6 GB and 100 s before
+the first transaction) hold their own simulated last month, computed by the feature code; the
+other cards hold the last few rows of one of those histories. One engine rebuilds its disk
+from PostgreSQL and drains the backlog; then an engine restarts on that disk. Reported per N:
+catch-up tx/s, the engine's peak RSS (VmHWM), the size of the state, how long it takes to
+write, to rebuild and to restart on.
 
 Table: ``PredictionSink.write`` of engine-sized batches into a predictions table that already
 holds N rows, filled by COPY as a month of traffic would leave it (then vacuumed and analysed,
@@ -36,7 +37,7 @@ from bench.stages import Result
 from fraudstream.config import Settings
 from fraudstream.engines.scoring import empty_predictions
 from fraudstream.features import FEATURES_VERSION, CardState
-from fraudstream.features.card import card_features
+from fraudstream.features.card import CardChanges, card_features
 from fraudstream.records import PREDICTION_COLUMNS as COLUMNS
 from fraudstream.schema import Invalid, decode_transaction
 from fraudstream.simulator.generator import generate_blocks
@@ -48,9 +49,9 @@ __all__ = ["GrowthSizes", "run"]
 _TRAFFIC_CARDS = 200_000  # the largest population the backlog is simulated from
 _HISTORY = timedelta(days=30)  # the longest card window: what a card's state holds
 _FEATURE_ROWS = 1_000_000  # history rows per feature call while the state is built
-# PostgreSQL returns bytea as hex text (twice its size) and allocates at most 1 GB for it: a
-# larger snapshot is written, but the engine cannot read it back.
-_READABLE_BYTES = (2**30 - 1) // 2 - 1
+_FILLER_ROWS = 8  # rows of a card that is not in the backlog's traffic
+_SEGMENT_CARDS = 500_000  # cards generated at a time
+_SEGMENT_ROWS = 2_000_000  # rows per stored checkpoint of the state (about 100 MB)
 _FILL_CHUNK = 500_000
 _FILL_DAYS = 30
 _CARD_POPULATION = 1_000_000  # the stored predictions' cards and terminals
@@ -70,7 +71,7 @@ class GrowthSizes:
 
 
 FULL = GrowthSizes(
-    cards=((10_000, 4), (100_000, 4), (1_000_000, 8)), backlog=600_000, card_repeats=1,
+    cards=((10_000, 8), (1_000_000, 8), (10_000_000, 8)), backlog=1_000_000, card_repeats=1,
     drain_limit_s=240,
     rows=(0, 1_000_000, 10_000_000), batch_rows=5_000, batches=40, table_repeats=3,
 )  # fmt: skip
@@ -101,25 +102,23 @@ def _cards(
     traffic = Workload(customers=min(cards, _TRAFFIC_CARDS))
     first, sent = bench.backlog(sizes.backlog, traffic, partitions)
     progress(f"growth: a stored state of {cards:,} cards (a simulated month)")
-    snapshots = _card_state(cards, traffic, partitions, _first_event_time(first))
-    largest = max(len(blob) for blob in snapshots.values())
-    if largest > _READABLE_BYTES:
-        raise RuntimeError(
-            f"growth: a snapshot of {largest / 2**20:,.0f} MiB cannot be restored (PostgreSQL "
-            f"returns it as {2 * largest / 2**30:.1f} GiB of hex text, over its 1 GiB limit): "
-            f"give {cards:,} cards more than {partitions} partitions"
-        )
-    state_mib = sum(len(blob) for blob in snapshots.values()) / 2**20
-    drains, writes, found = [], [], list[float]()
+    segments = _card_state(cards, traffic, partitions, _first_event_time(first))
+    state_mib = sum(len(blob) for parts in segments.values() for blob in parts) / 2**20
+    drains, restarts, writes, found = [], [], [], list[float]()
     for attempt in range(sizes.card_repeats):
         trial = first if attempt == 0 else bench.trial(like=first)
         started = time.monotonic()
-        _store_state(trial, snapshots)
+        _store_state(trial, segments)
         writes.append(time.monotonic() - started)
-        progress(f"growth: one engine with {cards:,} cards drains {sent:,} transactions")
+        progress(
+            f"growth: one engine rebuilds its disk from {cards:,} stored cards and drains "
+            f"{sent:,} transactions"
+        )
         drains.append(bench.drain(trial, sent, limit_s=sizes.drain_limit_s, join_s=3_600))
         found += _seeded_share(trial, cards, partitions)
-    del snapshots
+        progress(f"growth: a restart with {cards:,} cards on its disk")
+        restarts.append(bench.drain(trial, 0, limit_s=0, join_s=600).joined_s)
+    del segments
     if found and min(found) < 0.99:
         raise RuntimeError(
             f"growth: only {min(found):.0%} of the scored cards had a stored state "
@@ -133,18 +132,21 @@ def _cards(
         else f"{stored:,} of {sent:,} transactions stored in {sizes.drain_limit_s:.0f} s"
     )
     written = statistics.median(writes)
-    restored = statistics.median(d.joined_s for d in drains)
+    rebuilt = statistics.median(d.joined_s for d in drains)
     note = (
-        f"{scored} from the first {traffic.customers:,} cards; state {state_mib:,.0f} MiB in "
-        f"{partitions} snapshots (one per partition), written in {written:,.0f} s, restored "
-        f"in {restored:,.0f} s (engine start to partitions assigned)"
+        f"{scored} from the first {traffic.customers:,} cards; the others hold their last "
+        f"{_FILLER_ROWS} transactions; {state_mib:,.0f} MiB of checkpointed changes in "
+        f"{partitions} partitions, written in {written:,.0f} s; the engine's disk rebuilt "
+        f"from them in {rebuilt:,.0f} s (engine start to partitions assigned)"
     )
     peaks = [drained.peak_rss / 2**20 for drained in drains]
     return [
         Result(f"catch-up with {cards:,} cards in the state", statistics.median(rates), "tx/s",
                rates, note),
         Result(f"engine peak RSS with {cards:,} cards in the state", statistics.median(peaks),
-               "MiB", peaks, "VmHWM of the engine process: restore and snapshots included"),
+               "MiB", peaks, "VmHWM of the engine process: rebuild from PostgreSQL included"),
+        Result(f"restart with {cards:,} cards on local disk", statistics.median(restarts), "s",
+               restarts, "engine start to partitions assigned, its card store up to date"),
     ]  # fmt: skip
 
 
@@ -176,10 +178,11 @@ def _first_event_time(trial: Settings) -> pd.Timestamp:
 
 def _card_state(
     cards: int, traffic: Workload, partitions: int, before: pd.Timestamp
-) -> dict[int, bytes]:
-    """Snapshots (per partition) of ``cards`` cards: the traffic's cards with the month they
-    had before ``before`` (simulated from the same population, replayed through the feature
-    code), the others with copies of those histories."""
+) -> dict[int, list[bytes]]:
+    """Checkpointed changes (per partition, in segments) that rebuild a state of ``cards``
+    cards: the traffic's cards with the month they had before ``before`` (simulated from the
+    same population, replayed through the feature code), the others with the last
+    ``_FILLER_ROWS`` rows of one of those histories (a card seen lately, but rarely)."""
     params = replace(
         traffic.params(),
         days=_HISTORY.days,
@@ -192,19 +195,27 @@ def _card_state(
             card_features(month, block.iloc[start : start + _FEATURE_ROWS])
     own = month.cards
     copies = list(own.values())
-    by_partition: list[dict[str, np.ndarray]] = [{} for _ in range(partitions)]
-    for i in range(cards):
-        name = _card(i)
-        history = own.get(name)
-        if history is None:
-            history = copies[i % len(copies)].copy()
-        by_partition[_partition(name, partitions)][name] = history
-    del own, copies, month
-    snapshots = {}
-    for partition, states in enumerate(by_partition):
-        snapshots[partition] = CardState(cards=states).to_bytes()
-        by_partition[partition] = {}
-    return snapshots
+    segments: dict[int, list[bytes]] = {p: [] for p in range(partitions)}
+    pending: list[CardChanges] = [CardChanges() for _ in range(partitions)]
+    for chunk in range(0, cards, _SEGMENT_CARDS):
+        names = [_card(i) for i in range(chunk, min(chunk + _SEGMENT_CARDS, cards))]
+        by_partition: list[tuple[list[str], list[np.ndarray]]] = [
+            ([], []) for _ in range(partitions)
+        ]
+        for offset, name in enumerate(names):
+            history = own.get(name)
+            if history is None:
+                history = copies[(chunk + offset) % len(copies)][-_FILLER_ROWS:]
+            ids, rows = by_partition[_partition(name, partitions)]
+            ids.append(name)
+            rows.append(history)
+        for partition, (ids, rows) in enumerate(by_partition):
+            counts = [len(r) for r in rows]
+            pending[partition].add(np.repeat(np.array(ids, object), counts), np.concatenate(rows))
+            if len(pending[partition]) >= _SEGMENT_ROWS or chunk + _SEGMENT_CARDS >= cards:
+                segments[partition].append(pending[partition].to_bytes())
+                pending[partition] = CardChanges()
+    return segments
 
 
 def _card(index: int) -> str:
@@ -217,18 +228,20 @@ def _partition(card: str, partitions: int) -> int:
     return zlib.crc32(card.encode()) % partitions
 
 
-def _store_state(trial: Settings, snapshots: dict[int, bytes]) -> None:
-    """The snapshots where the engine restores its state from, written by its own sink."""
+def _store_state(trial: Settings, segments: dict[int, list[bytes]]) -> None:
+    """The changes where the engine rebuilds its state from, written by its own sink: one
+    checkpoint per segment, all at offset 0."""
     topic = trial.kafka.topics.transactions
     with connect(trial) as conn:
         sink = PredictionSink(
             conn, consumer_group=trial.engine.group_id, features_version=FEATURES_VERSION
         )
-        for partition, blob in snapshots.items():
-            sink.write(
-                empty_predictions(),
-                [Checkpoint(topic, partition, 0, snapshot=Snapshot(0, None, blob))],
-            )
+        for partition, blobs in segments.items():
+            for sequence, blob in enumerate(blobs, start=1):
+                snapshot = Snapshot(0, None, blob, sequence)
+                sink.write(
+                    empty_predictions(), [Checkpoint(topic, partition, 0, snapshot=snapshot)]
+                )
 
 
 def _seeded_share(trial: Settings, cards: int, partitions: int) -> list[float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -187,10 +188,18 @@ def _stored(settings: Settings) -> int:
 
 
 def run_local_killed(
-    stream: Stream, stack_settings: Settings, models: Path, log: Path, *, kills: int
+    stream: Stream,
+    stack_settings: Settings,
+    models: Path,
+    log: Path,
+    *,
+    kills: int,
+    disk_lost_at: int | None = None,
 ) -> Outcome:
     """Engine processes killed with SIGKILL at points spread over the stream (waiting on
-    stored progress, never on wall time), restarted each time, until the stream is done."""
+    stored progress, never on wall time), restarted each time, until the stream is done.
+    After kill number ``disk_lost_at`` its card store on local disk is deleted too (the
+    restart rebuilds it from PostgreSQL's checkpoints)."""
     settings = fresh_settings(
         stream, stack_settings, models, batch_max_messages=400, snapshot_interval_s=0.5
     )
@@ -201,6 +210,10 @@ def run_local_killed(
         wait_for(lambda t=target: _stored(settings) >= t, 300, f"{target} rows stored")
         process.kill()
         process.wait(30)
+        if k + 1 == disk_lost_at:
+            cards = settings.state_dir / "cards" / settings.engine.group_id
+            assert any(cards.rglob("CURRENT")), "no card store on disk to lose"
+            shutil.rmtree(cards)
     process = start_engine(settings, log)
     wait_for(lambda: _done(settings, stream), 300, "the whole stream stored")
     stop_engine(process, log)

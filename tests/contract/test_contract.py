@@ -42,7 +42,9 @@ RUNTIMES: dict[str, Runner] = {
     "local (batches of 5,000)": lambda s, st, m, _log: run_local(
         s, st, m, batch=5000, snapshot_s=30
     ),
-    "local (kill -9 three times)": lambda s, st, m, log: run_local_killed(s, st, m, log, kills=3),
+    "local (kill -9 three times, its disk lost once)": lambda s, st, m, log: run_local_killed(
+        s, st, m, log, kills=3, disk_lost_at=2
+    ),
     "local (two engines, one killed)": run_two_engines,
     "local + decision API (one card in twenty through POST /v1/decisions)": run_api,
     "spark (local[2], 4,000 offsets per micro-batch)": lambda s, st, m, log: run_spark(

@@ -241,7 +241,7 @@ def test_card_changes_no_card_can_need_are_dropped(sink: PredictionSink) -> None
         snapshot = Snapshot(sequence, None, f"c{sequence}".encode(), sequence, start + days * day)
         sink.write(_batch("x", 0, "x"), [Checkpoint("cards", 2, sequence, snapshot=snapshot)])
     kept = [sequence for sequence, _blob in sink.card_changes("cards", 2, after=0)]
-    assert CHANGES_KEPT == timedelta(days=65)
+    assert timedelta(days=65) == CHANGES_KEPT
     assert kept == [3, 4]  # the newest is day 80: what ends before day 15 is dropped
     sink.forget_card_state("cards", 2)
     assert list(sink.card_changes("cards", 2, after=0)) == []

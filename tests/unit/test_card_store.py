@@ -160,6 +160,4 @@ def _replayed(db: Postgres) -> dict[str, np.ndarray]:
 
 def _everything(cards: DiskCardState) -> dict[str, np.ndarray]:
     names = np.array([f"c{i}" for i in range(400)], object)
-    return {
-        str(n): r for n, r in zip(names, cards.histories(names), strict=True) if r is not None
-    }
+    return {str(n): r for n, r in zip(names, cards.histories(names), strict=True) if r is not None}
