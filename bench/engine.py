@@ -348,7 +348,8 @@ class EngineBench:
             for _ in range(count)
         ]
         try:
-            _wait(lambda: _assigned(trial) >= count, join_s, "the engines to join their group")
+            ids = [f"{socket.gethostname()}-{engine.pid}" for engine in engines]
+            _wait(lambda: _assigned(trial, ids) >= count, join_s, "the engines to join their group")
             yield [engine.pid for engine in engines]
         finally:
             for engine in engines:
@@ -489,8 +490,15 @@ def _committed(trial: Settings) -> int:
     )
 
 
-def _assigned(trial: Settings) -> int:
-    return _count(trial, "SELECT count(*) FROM engine_status WHERE cardinality(partitions) > 0")
+def _assigned(trial: Settings, engine_ids: list[str]) -> int:
+    """How many of ``engine_ids`` own partitions (earlier engines' rows stay in the table)."""
+    with connect(trial) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM engine_status "
+            "WHERE cardinality(partitions) > 0 AND engine_id = ANY(%s)",
+            (engine_ids,),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _lag(trial: Settings) -> int:

@@ -193,6 +193,7 @@ class LocalEngine:
         for partition in partitions:
             partition.offset = offsets[partition.partition]
         log.info("assigned %s", {p.partition: p.offset for p in partitions})
+        self._status_written = 0.0  # report the new ownership at once
         consumer.assign(partitions)
         # librdkafka keeps a partition paused across a rebalance: one this engine held for a
         # terminal table before would never be read again.

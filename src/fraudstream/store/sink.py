@@ -316,7 +316,7 @@ class PredictionSink:
                 rows = cursor.execute(
                     "SELECT sequence, rows FROM card_changes WHERE consumer_group = %s "
                     "AND topic = %s AND partition = %s AND sequence > %s "
-                    "ORDER BY sequence LIMIT 8",
+                    "ORDER BY sequence LIMIT 2",
                     (self.group, topic, partition, last),
                 ).fetchall()
             self.conn.commit()
