@@ -25,7 +25,8 @@ import pandas as pd
 from confluent_kafka import Consumer, Message
 from psycopg.types.json import Jsonb
 
-from bench.engine import FULL, QUICK, EngineBench, Progress, Workload
+from bench.ceiling import IOCeiling
+from bench.engine import FULL, QUICK, Drained, EngineBench, Progress, Workload, cpu_per_1000
 from bench.stages import Result
 from fraudstream.bus.alerts import publish_alerts
 from fraudstream.bus.clients import engine_producer, message_offset, message_partition
@@ -169,6 +170,22 @@ def _values(row: pd.Series[Any]) -> tuple[object, ...]:
     return tuple(plain(name, row[name]) for name in COLUMNS)
 
 
+def _ceiling(bench: EngineBench, trial: Settings, sent: int) -> Drained:
+    """The I/O ceiling drains ``trial``'s backlog; its CPU and the services' are counted."""
+    services = bench.service_cpu()
+    ceiling = IOCeiling(trial)
+    try:
+        stored = ceiling.run(sent)
+        if stored != sent:
+            raise RuntimeError(f"ceiling: {stored:,} of {sent:,} transactions stored")
+        rows, seconds = ceiling.span()
+    finally:
+        ceiling.close()
+    after = bench.service_cpu()
+    cpu = {"consumer": ceiling.cpu_s, **{name: after[name] - services[name] for name in after}}
+    return Drained(rows, seconds, 0, 0.0, cpu)
+
+
 def run(
     base: Settings, *, quick: bool, progress: Progress, seconds: float | None = None
 ) -> list[Result]:
@@ -181,11 +198,16 @@ def run(
     engine_runs: list[float] = []
     baseline_runs: list[float] = []
     handled: list[int] = []
+    engines: list[Drained] = []
+    ceilings: list[Drained] = []
     with bench.running():
         first, sent = bench.backlog()
         for attempt in range(repeats):
             trial = first if attempt == 0 else bench.trial(like=first)
-            engine_runs.append(bench.drain(trial, sent).rate)
+            engines.append(bench.drain(trial, sent))
+            engine_runs.append(engines[-1].rate)
+            progress(f"ceiling: decode and COPY only ({attempt + 1})")
+            ceilings.append(_ceiling(bench, bench.trial(like=first), sent))
             trial = bench.trial(like=first)
             progress(f"baseline: one message at a time for {seconds:.0f} s ({attempt + 1})")
             handled.append(PerMessage(trial).run(seconds, sent))
@@ -194,6 +216,7 @@ def run(
                 raise RuntimeError(f"baseline: {handled[-1]:,} handled, {stored.rows:,} stored")
             baseline_runs.append(stored.rate)
     ratios = [e / b for e, b in zip(engine_runs, baseline_runs, strict=True)]
+    of_ceiling = [e.rate / c.rate for e, c in zip(engines, ceilings, strict=True)]
     how = (
         f"the first {min(handled):,}–{max(handled):,} transactions of the backlog, "
         "first to last stored row"
@@ -211,7 +234,23 @@ def run(
             statistics.median(engine_runs),
             "tx/s",
             engine_runs,
-            f"all {sent:,} transactions of the backlog, first to last stored row",
+            f"all {sent:,} transactions of the backlog, first to last stored row; CPU-seconds "
+            f"per 1,000 transactions: {cpu_per_1000(engines)}",
+        ),
+        Result(
+            "I/O ceiling: decode and COPY only, same backlog, same run",
+            statistics.median(c.rate for c in ceilings),
+            "tx/s",
+            [c.rate for c in ceilings],
+            f"all {sent:,} transactions, first to last stored row (bench/ceiling.py); "
+            f"CPU-seconds per 1,000 transactions: {cpu_per_1000(ceilings)}",
+        ),
+        Result(
+            "local engine ÷ I/O ceiling",
+            statistics.median(of_ceiling),
+            "×",
+            of_ceiling,
+            "per pair of drains (issue 19's goal: at least 0.75)",
         ),
         Result(
             "local engine ÷ baseline",

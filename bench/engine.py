@@ -28,12 +28,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import cast
 
+import psutil
 from confluent_kafka import Consumer, TopicPartition
 from psycopg import sql
 
@@ -112,6 +113,7 @@ class EngineBench:
             self.root = Path(root)
             self.settings = _private(self.base, self.root)
             stack = Stack(self.settings)
+            self.stack = stack
             self.progress("starting a private Kafka broker and PostgreSQL server")
             try:
                 stack.up()
@@ -144,19 +146,21 @@ class EngineBench:
         """One engine drains the same backlog ``repeats`` times (a fresh database and group
         each time); the first drain is sampled by py-spy for ``profile_s`` seconds."""
         trial, sent = self.backlog()
-        rates = []
+        drains = []
         for run in range(repeats):
             if run:
                 trial = self.trial(like=trial)
-            drained = self.drain(trial, sent, profile_s=profile_s if run == 0 else None)
-            rates.append(drained.rate)
+            drains.append(self.drain(trial, sent, profile_s=profile_s if run == 0 else None))
+        rates = [drained.rate for drained in drains]
+        peak = statistics.median(d.peak_rss for d in drains) / 2**20
         return Result(
             "catch-up: one engine drains a backlog",
             statistics.median(rates),
             "tx/s",
             rates,
-            f"{drained.rows:,} transactions, first to last stored row; broker and database on "
-            "this host",
+            f"{drains[-1].rows:,} transactions, first to last stored row; broker and database "
+            f"on this host; CPU-seconds per 1,000 transactions: {cpu_per_1000(drains)}; engine "
+            f"peak RSS {peak:,.0f} MiB",
         )
 
     def backlog(
@@ -195,6 +199,7 @@ class EngineBench:
         ``profile_s``, py-spy samples it for that long after a few seconds of warm-up (kept
         in ``self.profile``)."""
         started = time.monotonic()
+        services_before = self.service_cpu()
         with self._engines(trial, 1, join_s) as pids:
             joined_s = time.monotonic() - started
             self.progress("catch-up: one engine draining the backlog")
@@ -209,7 +214,20 @@ class EngineBench:
                 while _committed(trial) < sent and time.monotonic() < end:
                     time.sleep(0.25)
             peak = max(_peak_rss(pid) for pid in pids)
-        return self.scored(trial, peak, joined_s)
+            engine_cpu = sum(_cpu_seconds(pid) for pid in pids)
+        services = self.service_cpu()
+        cpu = {"engine": engine_cpu}
+        cpu.update({name: services[name] - services_before[name] for name in services})
+        return replace(self.scored(trial, peak, joined_s), cpu_s=cpu)
+
+    def service_cpu(self) -> dict[str, float]:
+        """CPU-seconds used so far by the broker and by PostgreSQL (the postmaster, its live
+        backends and those that have exited)."""
+        found = {}
+        for name, service in (("broker", self.stack.broker), ("PostgreSQL", self.stack.database)):
+            pid_record = service.record()
+            found[name] = 0.0 if pid_record is None else _cpu_seconds(pid_record.pid, tree=True)
+        return found
 
     def scored(self, trial: Settings, peak_rss: int = 0, joined_s: float = 0.0) -> Drained:
         """The rows stored in ``trial``'s database, first to last stored row."""
@@ -371,6 +389,7 @@ class Drained:
     seconds: float
     peak_rss: int  # bytes
     joined_s: float
+    cpu_s: dict[str, float] = field(default_factory=dict)  # per process, over the drain
 
     @property
     def rate(self) -> float:
@@ -445,6 +464,33 @@ def _child_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def cpu_per_1000(drains: list[Drained]) -> str:
+    """CPU-seconds per 1,000 transactions stored, per process (median over ``drains``):
+    the engine's from its start, restore included."""
+    names = [name for name in drains[0].cpu_s] if drains and drains[0].cpu_s else []
+    return ", ".join(
+        f"{name} {statistics.median(d.cpu_s[name] / max(d.rows, 1) * 1000 for d in drains):.3f}"
+        for name in names
+    )
+
+
+def _cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """User and system CPU of a process (``tree``: with its children, live and exited)."""
+    try:
+        process = psutil.Process(pid)
+        times = process.cpu_times()
+        total = times.user + times.system
+        if tree:
+            total += times.children_user + times.children_system
+            for child in process.children(recursive=True):
+                with suppress(psutil.Error):
+                    child_times = child.cpu_times()
+                    total += child_times.user + child_times.system
+        return float(total)
+    except psutil.Error:
+        return 0.0
+
+
 def _peak_rss(pid: int) -> int:
     """A running process's peak resident set size so far, in bytes (Linux: VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -498,7 +544,7 @@ def _assigned(trial: Settings, engine_ids: list[str]) -> int:
             "WHERE cardinality(partitions) > 0 AND engine_id = ANY(%s)",
             (engine_ids,),
         ).fetchone()
-    return int(row[0]) if row else 0
+    return int(str(row[0])) if row else 0
 
 
 def _lag(trial: Settings) -> int:

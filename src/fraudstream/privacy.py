@@ -66,6 +66,8 @@ def is_card_number(value: str) -> bool:
     """Whether ``value`` is a card number as people write one: 13 to 19 digits (spaces or
     hyphens between them allowed) that pass the Luhn check. The edge refuses such a card_id:
     the system takes tokens, never numbers."""
+    if len(value) < 13:  # most tokens: too short to hold 13 digits
+        return False
     digits = _SEPARATORS.sub("", value)
     return 13 <= len(digits) <= 19 and digits.isdigit() and digits.isascii() and _luhn_valid(digits)
 

@@ -103,9 +103,12 @@ def _too_large(payload: bytes) -> str:
     return f"payload of {len(payload)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit"
 
 
-def _unstorable_text(record: msgspec.Struct) -> str | None:
+def _unstorable_text(record: msgspec.Struct, payload: bytes) -> str | None:
     """PostgreSQL text cannot hold a NUL character: refuse it here, as a record error, rather
-    than let it fail a whole batch's COPY later."""
+    than let it fail a whole batch's COPY later. JSON can only carry one as the escape
+    ``\\u0000``, so a payload without it needs no look at its fields."""
+    if b"\\u0000" not in payload and b"\x00" not in payload:
+        return None
     for name in record.__struct_fields__:
         value = getattr(record, name)
         if isinstance(value, str) and "\x00" in value:
@@ -142,7 +145,7 @@ def decode_transaction(payload: bytes, *, now: datetime) -> Transaction | Invali
             f"event_time {record.event_time.isoformat()} is outside "
             f"[{_EARLIEST.date()}, now + {_FUTURE_SLACK.days} day]"
         )
-    unstorable = _unstorable_text(record)
+    unstorable = _unstorable_text(record, payload)
     if unstorable:
         return Invalid(f"invalid transaction: {unstorable}")
     if is_card_number(record.card_id):
@@ -166,7 +169,7 @@ def decode_label(payload: bytes) -> Label | Invalid:
         return Invalid(f"invalid label: {error}")
     except msgspec.DecodeError as error:
         return Invalid(f"not valid JSON: {error}")
-    unstorable = _unstorable_text(label)
+    unstorable = _unstorable_text(label, payload)
     return Invalid(f"invalid label: {unstorable}") if unstorable else label
 
 

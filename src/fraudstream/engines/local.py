@@ -91,6 +91,28 @@ from fraudstream.store.status import StatusReporter
 
 __all__ = ["EngineStats", "LocalEngine"]
 
+
+class _InFlight:
+    """The tx_ids of the batch the writer is storing, and where each came from: looked up
+    for every record of the next steps, built once per batch without a Python object per
+    row (a ``StoredId`` is made only for a tx_id asked about)."""
+
+    def __init__(self, predictions: pd.DataFrame | None = None) -> None:
+        if predictions is None or not len(predictions):
+            self.rows: dict[str, int] = {}
+            return
+        self.rows = dict(zip(predictions["tx_id"].tolist(), range(len(predictions)), strict=True))
+        self.digests = predictions["content_hash"].to_numpy()
+        self.partitions = predictions["kafka_partition"].to_numpy()
+        self.offsets = predictions["kafka_offset"].to_numpy()
+
+    def get(self, tx_id: str) -> StoredId | None:
+        row = self.rows.get(tx_id)
+        if row is None:
+            return None
+        return StoredId(int(self.digests[row]), int(self.partitions[row]), int(self.offsets[row]))
+
+
 log = logging.getLogger("fraudstream.engine")
 
 _BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
@@ -137,7 +159,7 @@ class LocalEngine:
         self.stats = EngineStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
         self._in_flight: Future[StoredBatch] | None = None
-        self._unstored: dict[str, StoredId] = {}  # the rows of the batch in flight
+        self._unstored = _InFlight()  # the rows of the batch in flight
         self._broken = False  # a failure left the in-memory state ahead of the database
         self.consumer = Consumer(
             {
@@ -460,14 +482,7 @@ class LocalEngine:
         """Hand a step to the writer once the previous one is committed. A snapshot moves the
         replay point past earlier alerts: those are flushed first."""
         self._wait_written()
-        predictions = output.predictions
-        self._unstored = {
-            tx: StoredId(int(digest), int(partition), int(offset))
-            for tx, digest, partition, offset in zip(
-                predictions["tx_id"], predictions["content_hash"],
-                predictions["kafka_partition"], predictions["kafka_offset"], strict=True,
-            )
-        }  # fmt: skip
+        self._unstored = _InFlight(output.predictions)
         self._written = [
             (c.partition, c.snapshot.sequence) for c in output.checkpoints if c.snapshot
         ]
@@ -478,7 +493,7 @@ class LocalEngine:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None:
             self.stats.stored += in_flight.result().inserted
-            self._unstored = {}
+            self._unstored = _InFlight()
             written, self._written = self._written, []
             for partition, sequence in written:  # committed: the cards go to disk
                 cards = self.partitions[partition].cards
@@ -495,7 +510,7 @@ class LocalEngine:
     def _recover(self) -> None:
         """Drop what is in flight, wait for PostgreSQL and Kafka, resume from stored state."""
         in_flight, self._in_flight = self._in_flight, None
-        self._unstored, self._written = {}, []
+        self._unstored, self._written = _InFlight(), []
         if in_flight is not None:
             try:
                 in_flight.result()  # committed or not, the stored state says which

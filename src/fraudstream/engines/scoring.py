@@ -83,7 +83,7 @@ def predictions_frame(
             log.warning("scoring failed on a batch of %d; scoring row by row", len(features))
             values, failed = _per_row(scorer.score, features, "scoring")
             scores = np.array([np.nan if v is None else v for v in values], dtype=float)
-    kept = np.array([row for row in range(len(batch)) if row not in failed], dtype=np.int64)
+    kept = np.delete(np.arange(len(batch), dtype=np.int64), sorted(failed))
     if len(failed):
         batch, features, scores = batch.iloc[kept], features.iloc[kept], scores[kept]
     decisions = decide(

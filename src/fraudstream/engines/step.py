@@ -13,6 +13,7 @@ explanation is rejected with the error, and the rest goes on.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,12 +73,12 @@ class Decoded:
     def rejected(self, reason: str) -> Rejected:
         return Rejected(self.topic, self.partition, self.offset, reason, self.key, self.value)
 
-    @property
+    @functools.cached_property
     def day(self) -> np.datetime64 | None:
+        """The UTC day of the record's event time (asked several times per step)."""
         if isinstance(self.record, Invalid):
             return None
-        utc = self.record.event_time.astimezone(timezone.utc).replace(tzinfo=None)
-        return np.datetime64(utc, "D")
+        return np.datetime64(int(self.record.event_time.timestamp() // 86_400), "D")
 
 
 @dataclass
