@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 from bench.ceiling import IOCeiling
 from bench.engine import FULL, QUICK, Drained, EngineBench, Progress, Workload, cpu_per_1000
+from bench.peer import QuixPeer, peer_python
 from bench.stages import Result
 from fraudstream.bus.alerts import publish_alerts
 from fraudstream.bus.clients import engine_producer, message_offset, message_partition
@@ -45,6 +46,8 @@ from fraudstream.store.db import connect
 from fraudstream.store.outcomes import load_terminal_activity
 
 __all__ = ["PerMessage", "run"]
+
+_PEER_ROWS = 150_000  # the peer drains this much of the backlog (it is far slower)
 
 _INSERT = (
     f"INSERT INTO fraud_predictions ({', '.join(COLUMNS)}) "  # noqa: S608 (names from records)
@@ -200,14 +203,22 @@ def run(
     handled: list[int] = []
     engines: list[Drained] = []
     ceilings: list[Drained] = []
+    peers: list[Drained] = []
     with bench.running():
         first, sent = bench.backlog()
+        peer_rows = min(sent, _PEER_ROWS)
+        python = peer_python(base.cache_dir, progress)
+        registry = Registry(bench.settings.models_dir)
+        model_dir = registry.root / str(registry.current())
         for attempt in range(repeats):
             trial = first if attempt == 0 else bench.trial(like=first)
             engines.append(bench.drain(trial, sent))
             engine_runs.append(engines[-1].rate)
             progress(f"ceiling: decode and COPY only ({attempt + 1})")
             ceilings.append(_ceiling(bench, bench.trial(like=first), sent))
+            progress(f"peer: quix-streams on the first {peer_rows:,} transactions ({attempt + 1})")
+            peer = QuixPeer(bench.trial(like=first), python, model_dir, bench.root)
+            peers.append(peer.drain(peer_rows))
             trial = bench.trial(like=first)
             progress(f"baseline: one message at a time for {seconds:.0f} s ({attempt + 1})")
             handled.append(PerMessage(trial).run(seconds, sent))
@@ -235,7 +246,8 @@ def run(
             "tx/s",
             engine_runs,
             f"all {sent:,} transactions of the backlog, first to last stored row; CPU-seconds "
-            f"per 1,000 transactions: {cpu_per_1000(engines)}",
+            f"per 1,000 transactions: {cpu_per_1000(engines)}; engine peak RSS "
+            f"{statistics.median(e.peak_rss for e in engines) / 2**20:,.0f} MiB",
         ),
         Result(
             "I/O ceiling: decode and COPY only, same backlog, same run",
@@ -244,6 +256,23 @@ def run(
             [c.rate for c in ceilings],
             f"all {sent:,} transactions, first to last stored row (bench/ceiling.py); "
             f"CPU-seconds per 1,000 transactions: {cpu_per_1000(ceilings)}",
+        ),
+        Result(
+            "peer: the same job in quix-streams (RocksDB state, same model)",
+            statistics.median(p.rate for p in peers),
+            "tx/s",
+            [p.rate for p in peers],
+            f"the first {min(p.rows for p in peers):,} transactions, first to last stored row "
+            f"(bench/peer_quix); CPU-seconds per 1,000 transactions: {cpu_per_1000(peers)}; "
+            f"peak RSS {statistics.median(p.peak_rss for p in peers) / 2**20:,.0f} MiB; no "
+            "terminal features, rules, explanations or dead letters",
+        ),
+        Result(
+            "local engine ÷ quix-streams peer",
+            statistics.median(e.rate / p.rate for e, p in zip(engines, peers, strict=True)),
+            "×",
+            [e.rate / p.rate for e, p in zip(engines, peers, strict=True)],
+            "per pair of drains (issue 19's goal: at least 10)",
         ),
         Result(
             "local engine ÷ I/O ceiling",

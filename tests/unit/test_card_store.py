@@ -161,3 +161,35 @@ def _replayed(db: Postgres) -> dict[str, np.ndarray]:
 def _everything(cards: DiskCardState) -> dict[str, np.ndarray]:
     names = np.array([f"c{i}" for i in range(400)], object)
     return {str(n): r for n, r in zip(names, cards.histories(names), strict=True) if r is not None}
+
+
+def test_idle_cards_leave_memory_and_disk_and_no_feature_changes(tmp_path: Path) -> None:
+    early = _stream(2_000, cards=50, seed=4)  # 45 days from T0
+    recent = early.iloc[:10].assign(
+        tx_id=[f"r{i}" for i in range(10)], card_id="c-active",
+        event_time=pd.Timestamp(T0) + pd.Timedelta(days=95),
+    )  # fmt: skip
+    returning = early.iloc[:40].assign(
+        tx_id=[f"back{i}" for i in range(40)],
+        event_time=pd.Timestamp(T0) + pd.Timedelta(days=96) + pd.to_timedelta(range(40), "s"),
+    )
+    kept = CardState()
+    db = Postgres()
+    disk = _open(tmp_path / "p", db)
+    for state in (kept, disk):
+        card_features(state, early)
+        card_features(state, recent)
+    sequence, blob, _newest = disk.take()
+    disk.persist(sequence, VERSION)
+    db.changes.append((sequence, blob))
+    assert disk.expire_idle() == len({*early["card_id"]})  # idle for 50+ days
+    sequence, blob, _newest = disk.take()
+    disk.persist(sequence, VERSION)
+    db.changes.append((sequence, blob))
+    disk.close()
+    reopened = _open(tmp_path / "p", db)
+    names = np.array(sorted({*early["card_id"]}), object)
+    assert reopened.histories(names) == [None] * len(names)  # gone from disk too
+    assert reopened.histories(np.array(["c-active"], object))[0] is not None
+    _same(card_features(kept, returning), card_features(reopened, returning))
+    reopened.close()

@@ -112,11 +112,9 @@ class DiskCardState(CardState):
         """Forget the cached cards idle for longer than the TTL (gone from disk at the next
         checkpoint). Idle cards only on disk stay there: a card older than every window
         gives the features of a card never seen, so keeping it changes no result."""
-        before = set(self.cards)
-        forgotten = super().expire(now_us)
+        forgotten = super().expire(now_us)  # marks them dirty: deleted from disk
         if forgotten:
             self.cached_bytes = sum(r.nbytes + _ENTRY_BYTES for r in self.cards.values())
-            self.dirty.update(before - set(self.cards))
         return forgotten
 
     def expire_idle(self) -> int:
