@@ -309,10 +309,15 @@ def test_partitioned_batches_give_the_features_of_each_partition_alone() -> None
     assert all(len(state) > 0 for state in together.values())
 
 
-def test_recorded_changes_rebuild_the_state_exactly() -> None:
+@pytest.mark.parametrize("chunk", [200_000, 37])
+def test_recorded_changes_rebuild_the_state_exactly(
+    chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """An incremental checkpoint stores the rows appended since the last one; replayed over
     the state at that checkpoint (here: batch after batch, some cards late, histories past
-    the 30-day window and past the cap), they give the very histories the features kept."""
+    the 30-day window; a segment replayed whole or a few rows at a time), they give the
+    very histories the features kept."""
+    monkeypatch.setattr("fraudstream.features.card._APPEND_CHUNK", chunk)
     stream = _stream(6_000, seed=5)
     late = stream.sample(300, random_state=1).index  # events arriving out of order
     stream.loc[late, "event_time"] -= pd.Timedelta(days=3)

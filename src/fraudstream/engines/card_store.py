@@ -12,6 +12,7 @@ or foreign disk is rebuilt from all of them (ADR 0011).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -21,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rocksdict import BlockBasedOptions, Cache, DBCompressionType, Options, Rdict, WriteBatch
+from rocksdict import (
+    BlockBasedOptions,
+    Cache,
+    DBCompressionType,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteBufferManager,
+)
 
 from fraudstream.features.card import CardChanges, CardState, append_changes
 
@@ -34,7 +43,8 @@ _MARKER = b"m"
 _MARKER_FORMAT = "<q16s"  # sequence, features version
 _ROW_BYTES = 6 * 8
 _ENTRY_BYTES = 200  # a cached card's own cost beyond its rows: array header, key, dict slot
-_REPLAY_FLUSH_ROWS = 2_000_000  # a rebuild writes to disk at least this often
+_REPLAY_FLUSH_ROWS = 1_000_000  # a rebuild writes to disk at least this often
+_ROCKSDB_BYTES = 128 * 2**20  # block cache and memtables, all stores of the process
 _NO_CHECKPOINT = 0
 _DELETED = object()
 
@@ -230,12 +240,25 @@ def _open_db(path: Path) -> tuple[Rdict, Path]:
         return Rdict(str(private), _options()), private
 
 
+@functools.cache
+def _memory() -> tuple[Cache, WriteBufferManager]:
+    """One block cache and one memtable budget for every store of the process, charged to
+    that cache: RocksDB's memory stays about ``_ROCKSDB_BYTES`` whatever the partitions."""
+    cache = Cache(_ROCKSDB_BYTES)
+    return cache, WriteBufferManager.new_write_buffer_manager_with_cache(
+        _ROCKSDB_BYTES // 2, False, cache
+    )
+
+
 def _options() -> Options:
+    cache, memtables = _memory()
     options = Options(raw_mode=True)
     options.create_if_missing(True)
     options.set_compression_type(DBCompressionType.lz4())
+    options.set_write_buffer_size(16 * 2**20)
+    options.set_write_buffer_manager(memtables)
     table = BlockBasedOptions()
-    table.set_block_cache(Cache(64 * 2**20))
+    table.set_block_cache(cache)
     options.set_block_based_table_factory(table)
     return options
 

@@ -32,6 +32,7 @@ _TTL_US = int(CARD_STATE_TTL.total_seconds() * _US)
 # Columns of a card's history rows (int64): time µs, cents, terminal hash, x·1e6, y·1e6, kind.
 _T, _CENTS, _TERMINAL, _X, _Y, _KIND = range(6)
 _NO_COORD, _PLANAR, _GEO = 0, 1, 2
+_APPEND_CHUNK = 200_000  # rows replayed at a time
 _EARTH_KM = 6371.0088
 
 
@@ -177,9 +178,11 @@ def append_changes(state: CardState, changes: CardChanges) -> None:
     """Append recorded rows to ``state`` as the features appended them (trimmed the same
     way), without computing features: how a checkpoint's changes are replayed."""
     for card_ids, new_rows in zip(changes.card_ids, changes.rows, strict=True):
-        merged = _Merged.of(state, card_ids, new_rows)
-        key = _time_key(merged.rows[:, _T], merged.group)
-        _store(state, merged.cards, merged.rows, merged.group, key)
+        for start in range(0, len(card_ids), _APPEND_CHUNK):  # in order: bounded memory
+            end = start + _APPEND_CHUNK
+            merged = _Merged.of(state, card_ids[start:end], new_rows[start:end])
+            key = _time_key(merged.rows[:, _T], merged.group)
+            _store(state, merged.cards, merged.rows, merged.group, key)
 
 
 _TERMINAL_HASHES: dict[str, int] = {}
