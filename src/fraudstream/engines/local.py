@@ -5,13 +5,16 @@ tables the batch's days need, fetched or sealed first (``engines/terminals.py``)
 partition whose next record needs a table that may not be sealed yet waits (paused) until the
 other partitions' watermarks allow it. Then one PostgreSQL transaction with the predictions,
 the dead letters' records, the consumed offsets and watermarks and (periodically) each
-partition's card state; alerts are produced after the commit, for rows this engine inserted
-(or inserted before a crash from the same message). On every partition assignment the engine
-restores the card state stored in PostgreSQL and seeks to the offset it was taken at; the
-replayed messages give the same rows, which the primary key absorbs.
+partition's card-state checkpoint, the rows appended since the last one; alerts are produced
+after the commit, for rows this engine inserted (or inserted before a crash from the same
+message). Card histories live on local disk (``engines/card_store.py``), which holds the
+last committed checkpoint. On every partition assignment the engine brings that disk up to
+the checkpoint stored in PostgreSQL and seeks to its offset; the replayed messages give the
+same rows, which the primary key absorbs.
 
 Commit order per batch (the sink contract): dead letters acknowledged by Kafka → predictions,
-projections, offsets, watermarks and card state in one PostgreSQL transaction → alerts.
+projections, offsets, watermarks and card changes in one PostgreSQL transaction → the
+checkpoint's cards to local disk → alerts.
 
 The PostgreSQL write of a batch runs on a writer thread while the next batch is decoded and
 scored (one batch in flight), so the database and the Python work overlap. When the database
@@ -92,6 +95,16 @@ from fraudstream.store.status import StatusReporter
 __all__ = ["EngineStats", "LocalEngine"]
 
 
+log = logging.getLogger("fraudstream.engine")
+
+_BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
+_CHANGES_MAX_ROWS = 500_000  # a partition checkpoints at least this often (bounded memory)
+_EXPIRE_EVERY_S = 300.0  # how often idle cards are forgotten (a pass over every card)
+_BLOCKED_RETRY_S = 0.2  # how often a waiting partition asks whether its table can be sealed
+_LABELS_EVERY_S = 5.0  # how often labels are read into PostgreSQL besides sealing tables
+_REALIGN_EVERY_S = 1.0  # how often consumer positions are checked against the state
+
+
 class _InFlight:
     """The tx_ids of the batch the writer is storing, and where each came from: looked up
     for every record of the next steps, built once per batch without a Python object per
@@ -111,16 +124,6 @@ class _InFlight:
         if row is None:
             return None
         return StoredId(int(self.digests[row]), int(self.partitions[row]), int(self.offsets[row]))
-
-
-log = logging.getLogger("fraudstream.engine")
-
-_BACKOFF_S = (0.5, 10.0)  # first and longest wait between reconnection attempts
-_CHANGES_MAX_ROWS = 500_000  # a partition checkpoints at least this often (bounded memory)
-_EXPIRE_EVERY_S = 300.0  # how often idle cards are forgotten (a pass over every card)
-_BLOCKED_RETRY_S = 0.2  # how often a waiting partition asks whether its table can be sealed
-_LABELS_EVERY_S = 5.0  # how often labels are read into PostgreSQL besides sealing tables
-_REALIGN_EVERY_S = 1.0  # how often consumer positions are checked against the state
 
 
 class Unavailable(Exception):
