@@ -13,8 +13,8 @@ the checkpoint stored in PostgreSQL and seeks to its offset; the replayed messag
 same rows, which the primary key absorbs.
 
 Commit order per batch (the sink contract): dead letters acknowledged by Kafka → predictions,
-projections, offsets, watermarks and card changes in one PostgreSQL transaction → the
-checkpoint's cards to local disk → alerts.
+projections, offsets, watermarks and card changes in one PostgreSQL transaction → alerts.
+Once that transaction is known committed, the cards of a checkpoint it carried go to disk.
 
 The PostgreSQL write of a batch runs on a writer thread while the next batch is decoded and
 scored (one batch in flight), so the database and the Python work overlap. When the database
