@@ -80,9 +80,18 @@ def test_bench_baseline_measures_a_per_message_consumer_beside_the_engine(
         "baseline: one message at a time, one INSERT each (autocommit)",
         "local engine on the same backlog, same run",
         "local engine ÷ baseline",
+        "I/O ceiling: decode and COPY only, same backlog, same run",
+        "peer: the same job in quix-streams (RocksDB state, same model)",
+        "local engine ÷ quix-streams peer",
+        "local engine ÷ I/O ceiling",
     }
     assert all(value > 0 for value in rows.values())
     assert "all 3,000 transactions of the backlog" in text
+    baseline = text[text.index("<!-- bench:baseline -->") : text.index("<!-- /bench:baseline -->")]
+    # Each drain says what every process spent: the engine (or ceiling, or peer), the broker
+    # and PostgreSQL.
+    for process in ("engine", "consumer", "peer", "broker", "PostgreSQL"):
+        assert re.search(rf"\b{process} \d+\.\d{{3}}\b", baseline), process
 
 
 @pytest.mark.timeout(1800)
@@ -93,6 +102,7 @@ def test_bench_growth_measures_cards_in_the_state_and_rows_in_the_table(
     for cards in ("1,000", "5,000"):
         assert rows[f"catch-up with {cards} cards in the state"] > 0
         assert rows[f"engine peak RSS with {cards} cards in the state"] > 0
+        assert f"restart with {cards} cards on local disk" in rows  # seconds: may round to 0
     for stored in ("0", "20,000"):
         assert rows[f"sink: 1,000-row batches into a table of {stored} rows"] > 0
-    assert len(rows) == 6
+    assert len(rows) == 8
