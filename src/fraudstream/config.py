@@ -276,7 +276,7 @@ class EngineSettings(_Section):
         "since the last checkpoint; sooner when 500,000 are waiting).",
     )  # fmt: skip
     card_cache_mib: int = Field(
-        default=512, ge=16, le=1_048_576,
+        default=256, ge=16, le=1_048_576,
         description="Card histories kept in memory, across the engine's partitions; the rest "
         "are read from the card store on local disk (<state_dir>/cards).",
     )  # fmt: skip

@@ -160,6 +160,8 @@ class DiskCardState(CardState):
             batch.put(_MARKER, _marker(sequence, features_version))
             self.db.write(batch)
             self.sequence = sequence
+        if self.cached_bytes > self.cache_bytes:  # what was pinned until now may go
+            self._evict(int(self.cache_bytes * 0.9))
 
     def close(self) -> None:
         self.db.close()
