@@ -26,15 +26,15 @@ __all__ = ["IOCeiling"]
 _TABLE = """
 CREATE TABLE IF NOT EXISTS ceiling_transactions (
     tx_id text PRIMARY KEY, event_time timestamptz NOT NULL, card_id text NOT NULL,
-    terminal_id text NOT NULL, amount numeric(14, 2) NOT NULL, kafka_partition integer NOT NULL,
-    kafka_offset bigint NOT NULL, stored_at timestamptz NOT NULL DEFAULT now()
+    terminal_id text NOT NULL, amount double precision NOT NULL, kafka_partition integer NOT NULL,
+    kafka_offset bigint NOT NULL, stored_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
 _COPY = (
     "COPY ceiling_transactions (tx_id, event_time, card_id, terminal_id, amount, "
     "kafka_partition, kafka_offset) FROM STDIN (FORMAT BINARY)"
 )
-_TYPES = ["text", "timestamptz", "text", "text", "numeric", "int4", "int8"]
+_TYPES = ["text", "timestamptz", "text", "text", "float8", "int4", "int8"]
 
 
 class IOCeiling:

@@ -32,7 +32,7 @@ _TABLE = """
 CREATE TABLE IF NOT EXISTS peer_predictions (
     tx_id text PRIMARY KEY, card_id text, terminal_id text, amount double precision,
     event_time text, score double precision, decision text,
-    stored_at timestamptz NOT NULL DEFAULT now()
+    stored_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )
 """
 
