@@ -193,3 +193,36 @@ def test_idle_cards_leave_memory_and_disk_and_no_feature_changes(tmp_path: Path)
     assert reopened.histories(np.array(["c-active"], object))[0] is not None
     _same(card_features(kept, returning), card_features(reopened, returning))
     reopened.close()
+
+
+def test_a_whole_state_snapshot_from_before_incremental_checkpoints_is_the_base(
+    tmp_path: Path,
+) -> None:
+    """A database migrated from whole-state snapshots keeps the last one as the base; the
+    checkpoints after it replay over it."""
+    stream = _stream(4_000, seed=6)
+    before = CardState()
+    card_features(before, stream.iloc[:2_500])
+    db = Postgres()
+    disk = open_cards(
+        tmp_path / "p", StoredCards(0, before.to_bytes(), lambda after: []),
+        cache_bytes=1 << 20, features_version=VERSION,
+    )  # fmt: skip
+    tail = card_features(disk, stream.iloc[2_500:])
+    _same(tail, card_features(before, stream.iloc[2_500:]))
+    sequence, blob, _newest = disk.take()
+    disk.persist(sequence, VERSION)
+    db.changes.append((sequence, blob))
+    disk.close()
+    shutil.rmtree(tmp_path / "p")  # lost: rebuilt from the base and the checkpoint after it
+    base = CardState()
+    card_features(base, stream.iloc[:2_500])
+    rebuilt = open_cards(
+        tmp_path / "p", StoredCards(sequence, base.to_bytes(), db.stored().changes_after),
+        cache_bytes=1 << 20, features_version=VERSION,
+    )  # fmt: skip
+    names = np.array(sorted(before.cards), object)
+    for card, rows in zip(names, rebuilt.histories(names), strict=True):
+        assert rows is not None
+        np.testing.assert_array_equal(rows, before.cards[card], err_msg=card)
+    rebuilt.close()

@@ -41,7 +41,6 @@ log = logging.getLogger("fraudstream.engine")
 _CARD = b"c"  # key prefixes: a card's history, and the checkpoint the disk holds
 _MARKER = b"m"
 _MARKER_FORMAT = "<q16s"  # sequence, features version
-_ROW_BYTES = 6 * 8
 _ENTRY_BYTES = 200  # a cached card's own cost beyond its rows: array header, key, dict slot
 _REPLAY_FLUSH_ROWS = 1_000_000  # a rebuild writes to disk at least this often
 _ROCKSDB_BYTES = 128 * 2**20  # block cache and memtables, all stores of the process
