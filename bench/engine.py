@@ -457,6 +457,7 @@ def _child_env(settings: Settings) -> dict[str, str]:
         "engine.group_id": settings.engine.group_id,
         "engine.batch_max_messages": settings.engine.batch_max_messages,
         "engine.batch_max_ms": settings.engine.batch_max_ms,
+        "engine.card_cache_mib": settings.engine.card_cache_mib,
         "model.dir": settings.models_dir,
     }
     env.update({env_name(path): str(value) for path, value in values.items()})

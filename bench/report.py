@@ -41,12 +41,20 @@ def machine() -> str:
     )
 
 
+def _figure(value: float) -> str:
+    """Whole numbers from 100 up; below, enough digits to read a ratio (0.079, 2.34)."""
+    if abs(value) >= 100 or value == 0:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def _table(results: list[Result]) -> str:
     lines = ["| measurement | median | runs | notes |", "|---|---|---|---|"]
     for result in results:
-        runs = ", ".join(f"{run:,.0f}" for run in result.runs)
+        runs = ", ".join(_figure(run) for run in result.runs)
         lines.append(
-            f"| {result.name} | **{result.value:,.0f} {result.unit}** | {runs} | {result.note} |"
+            f"| {result.name} | **{_figure(result.value)} {result.unit}** | {runs} | "
+            f"{result.note} |"
         )
     return "\n".join(lines)
 
