@@ -243,6 +243,10 @@ def test_card_changes_no_card_can_need_are_dropped(sink: PredictionSink) -> None
     kept = [sequence for sequence, _blob in sink.card_changes("cards", 2, after=0)]
     assert timedelta(days=65) == CHANGES_KEPT
     assert kept == [3, 4]  # the newest is day 80: what ends before day 15 is dropped
+    idle = Snapshot(9, None, b"", 4, None)  # nothing appended since checkpoint 4
+    sink.write(_batch("x", 0, "x"), [Checkpoint("cards", 2, 9, snapshot=idle)])
+    assert [sequence for sequence, _blob in sink.card_changes("cards", 2, after=0)] == [3, 4]
+    assert sink.card_states("cards")[2].next_offset == 9
     sink.forget_card_state("cards", 2)
     assert list(sink.card_changes("cards", 2, after=0)) == []
     assert sink.card_states("cards") == {}

@@ -226,3 +226,19 @@ def test_a_whole_state_snapshot_from_before_incremental_checkpoints_is_the_base(
         assert rows is not None
         np.testing.assert_array_equal(rows, before.cards[card], err_msg=card)
     rebuilt.close()
+
+
+def test_a_checkpoint_with_nothing_appended_keeps_its_number_and_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """An idle partition checkpoints every interval; without new rows that must not add a
+    stored row each time (they would pile up: the age pruning reads their rows' times)."""
+    cards = _open(tmp_path / "p", Postgres())
+    card_features(cards, _stream(300, seed=7))
+    first, blob, newest = cards.take()
+    assert first == 1 and blob and newest is not None
+    again, empty, none = cards.take()
+    assert (again, empty, none) == (1, b"", None)
+    cards.persist(again, VERSION)
+    assert cards.sequence == 1
+    cards.close()

@@ -133,14 +133,16 @@ class DiskCardState(CardState):
 
     def take(self, sequence: int | None = None) -> tuple[int, bytes, int | None]:
         """The next checkpoint (or ``sequence``): its number, the rows appended since the
-        last one and the newest time among them. Its cards go to disk once it is committed
-        (``persist``); until then they are read from here."""
-        sequence = self.taken + 1 if sequence is None else sequence
-        self.taken = sequence
+        last one (empty bytes when none: the number stays, nothing new is stored) and the
+        newest time among them. Its cards go to disk once it is committed (``persist``);
+        until then they are read from here."""
         changes, self.changes = self.changes or CardChanges(), CardChanges()
+        if sequence is None:
+            sequence = self.taken + 1 if len(changes) else self.taken
+        self.taken = sequence
         self.pending.append((sequence, {card: self.cards.get(card) for card in self.dirty}))
         self.dirty = set()
-        return sequence, changes.to_bytes(), changes.newest_us()
+        return sequence, changes.to_bytes() if len(changes) else b"", changes.newest_us()
 
     def persist(self, sequence: int, features_version: str) -> None:
         """Checkpoint ``sequence`` is committed: its cards (and earlier ones') go to disk."""

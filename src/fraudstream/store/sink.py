@@ -244,16 +244,18 @@ class PredictionSink:
                 self._store_changes(snapshots)
 
     def _store_changes(self, snapshots: list[tuple[Checkpoint, Snapshot]]) -> None:
-        """Each checkpoint's card changes, and where the partition's state now stands; the
+        """Each checkpoint's card changes (a checkpoint with none keeps the previous one's
+        sequence and stores no row), and where the partition's state now stands; the
         changes no card can need any more (older than a card's TTL plus the longest
         window before the newest) are dropped."""
+        changed = [(c, s) for c, s in snapshots if s.changes]
         with self.conn.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO card_changes (consumer_group, topic, partition, sequence, newest, "
                 "rows) VALUES (%s, %s, %s, %s, %s, %s)",
                 [
                     (self.group, c.topic, c.partition, s.sequence, _stamp(s.newest_us), s.changes)
-                    for c, s in snapshots
+                    for c, s in changed
                 ],
             )
             cursor.executemany(
@@ -270,7 +272,7 @@ class PredictionSink:
                 "DELETE FROM card_changes WHERE consumer_group = %s AND topic = %s "
                 "AND partition = %s AND newest < (SELECT max(newest) FROM card_changes "
                 "WHERE consumer_group = %s AND topic = %s AND partition = %s) - %s",
-                [(self.group, c.topic, c.partition) * 2 + (CHANGES_KEPT,) for c, _s in snapshots],
+                [(self.group, c.topic, c.partition) * 2 + (CHANGES_KEPT,) for c, _s in changed],
             )
 
     def _state_row(self, checkpoint: Checkpoint, snapshot: Snapshot) -> tuple[Any, ...]:
