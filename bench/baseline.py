@@ -26,7 +26,16 @@ from confluent_kafka import Consumer, Message
 from psycopg.types.json import Jsonb
 
 from bench.ceiling import IOCeiling
-from bench.engine import FULL, QUICK, Drained, EngineBench, Progress, Workload, cpu_per_1000
+from bench.engine import (
+    FULL,
+    QUICK,
+    Drained,
+    EngineBench,
+    Progress,
+    Workload,
+    cpu_per_1000,
+    stored_span,
+)
 from bench.peer import QuixPeer, peer_python
 from bench.stages import Result
 from fraudstream.bus.alerts import publish_alerts
@@ -181,7 +190,7 @@ def _ceiling(bench: EngineBench, trial: Settings, sent: int) -> Drained:
         stored = ceiling.run(sent)
         if stored != sent:
             raise RuntimeError(f"ceiling: {stored:,} of {sent:,} transactions stored")
-        rows, seconds = ceiling.span()
+        rows, seconds = stored_span(trial, "ceiling_transactions")
     finally:
         ceiling.close()
     after = bench.service_cpu()

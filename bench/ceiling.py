@@ -99,15 +99,5 @@ class IOCeiling:
             self.consumer.close()
         return stored
 
-    def span(self) -> tuple[int, float]:
-        """Rows stored, and seconds from the first stored row to the last."""
-        row = self.conn.execute(
-            "SELECT count(*), extract(epoch FROM max(stored_at) - min(stored_at)) "
-            "FROM ceiling_transactions"
-        ).fetchone()
-        self.conn.commit()
-        assert row is not None
-        return int(str(row[0])), max(float(str(row[1] or 0.0)), 1e-3)
-
     def close(self) -> None:
         self.conn.close()

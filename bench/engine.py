@@ -213,7 +213,7 @@ class EngineBench:
                 end = time.monotonic() + limit_s
                 while _committed(trial) < sent and time.monotonic() < end:
                     time.sleep(0.25)
-            peak = max(_peak_rss(pid) for pid in pids)
+            peak = max(peak_rss(pid) for pid in pids)
             engine_cpu = sum(_cpu_seconds(pid) for pid in pids)
         services = self.service_cpu()
         cpu = {"engine": engine_cpu}
@@ -231,7 +231,7 @@ class EngineBench:
 
     def scored(self, trial: Settings, peak_rss: int = 0, joined_s: float = 0.0) -> Drained:
         """The rows stored in ``trial``'s database, first to last stored row."""
-        rows, seconds = _stored_span(trial)
+        rows, seconds = stored_span(trial)
         return Drained(rows, seconds, peak_rss, joined_s)
 
     def sustained(self, start_rate: float, engines: int = 1) -> Result:
@@ -492,7 +492,7 @@ def _cpu_seconds(pid: int, *, tree: bool = False) -> float:
         return 0.0
 
 
-def _peak_rss(pid: int) -> int:
+def peak_rss(pid: int) -> int:
     """A running process's peak resident set size so far, in bytes (Linux: VmHWM)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -566,11 +566,14 @@ def _caught_up(trial: Settings) -> bool:
     return _lag(trial) == 0
 
 
-def _stored_span(trial: Settings) -> tuple[int, float]:
+def stored_span(trial: Settings, table: str = "fraud_predictions") -> tuple[int, float]:
+    """Rows in ``table`` (one with a ``stored_at``), and seconds from the first stored to the
+    last: how every drain is measured, the engine's and those beside it."""
     with connect(trial) as conn:
         row = conn.execute(
-            "SELECT count(*), extract(epoch FROM max(stored_at) - min(stored_at)) "
-            "FROM fraud_predictions"
+            sql.SQL(
+                "SELECT count(*), extract(epoch FROM max(stored_at) - min(stored_at)) FROM {}"
+            ).format(sql.Identifier(table))
         ).fetchone()
     assert row is not None
     return int(str(row[0])), max(float(str(row[1] or 0.0)), 1e-3)

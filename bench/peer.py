@@ -13,7 +13,6 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import venv
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import psutil
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.engine import Drained, Progress
+from bench.engine import Drained, Progress, peak_rss, stored_span
 from fraudstream.config import Settings
 from fraudstream.store.db import connect, conninfo
 
@@ -85,16 +84,17 @@ class QuixPeer:
         )
         try:
             deadline = time.monotonic() + timeout_s
-            while self._stored() < sent:
+            while stored_span(self.trial, "peer_predictions")[0] < sent:
                 if process.poll() is not None:
                     raise RuntimeError(f"peer: exited with {process.returncode}; see peer.log")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"peer: {self._stored():,} of {sent:,} stored in time")
+                    stored = stored_span(self.trial, "peer_predictions")[0]
+                    raise RuntimeError(f"peer: {stored:,} of {sent:,} stored in time")
                 time.sleep(0.5)
             peer = psutil.Process(process.pid)
             times = peer.cpu_times()
             cpu = times.user + times.system
-            peak = _peak_rss(process.pid)
+            peak = peak_rss(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             try:
@@ -102,30 +102,5 @@ class QuixPeer:
             except subprocess.TimeoutExpired:
                 process.kill()
             log.close()
-        rows, seconds = self._span()
+        rows, seconds = stored_span(self.trial, "peer_predictions")
         return Drained(rows, seconds, peak, 0.0, {"peer": cpu})
-
-    def _stored(self) -> int:
-        with connect(self.trial) as conn:
-            row = conn.execute("SELECT count(*) FROM peer_predictions").fetchone()
-        return int(str(row[0])) if row else 0
-
-    def _span(self) -> tuple[int, float]:
-        with connect(self.trial) as conn:
-            row = conn.execute(
-                "SELECT count(*), extract(epoch FROM max(stored_at) - min(stored_at)) "
-                "FROM peer_predictions"
-            ).fetchone()
-        assert row is not None
-        return int(str(row[0])), max(float(str(row[1] or 0.0)), 1e-3)
-
-
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-if sys.platform != "linux":  # pragma: no cover - the benchmarks read /proc
-    raise ImportError("the peer benchmark reads /proc: Linux only")

@@ -60,7 +60,6 @@ class DiskCardState(CardState):
         self.cached_bytes = 0
         self.sequence = sequence  # the checkpoint the disk holds
         self.taken = sequence  # the last checkpoint taken
-        self.newest_us = np.iinfo(np.int64).min
         # Cards taken by a checkpoint not yet committed: sequence, card → rows (None: gone).
         self.pending: list[tuple[int, dict[str, np.ndarray | None]]] = []
 
@@ -90,15 +89,13 @@ class DiskCardState(CardState):
 
     def keep(self, cards: np.ndarray, histories: list[np.ndarray]) -> None:
         size = self.cached_bytes
-        newest = self.newest_us
         for card, rows in zip(cards, histories, strict=True):
             old = self.cards.pop(card, None)  # re-inserted: the dict's order is recency
             if old is not None:
                 size -= old.nbytes + _ENTRY_BYTES
             self.cards[card] = rows
             size += rows.nbytes + _ENTRY_BYTES
-            newest = max(newest, int(rows[-1, 0]))
-        self.cached_bytes, self.newest_us = size, newest
+        self.cached_bytes = size
         self.dirty.update(cards)
         if size > self.cache_bytes:
             self._evict(int(self.cache_bytes * 0.9))
@@ -119,17 +116,13 @@ class DiskCardState(CardState):
 
     def expire(self, now_us: int) -> int:
         """Forget the cached cards idle for longer than the TTL (gone from disk at the next
-        checkpoint). Idle cards only on disk stay there: a card older than every window
+        checkpoint; ``expire_idle`` measures from the newest cached card, which the last
+        written ones always are). Idle cards only on disk stay there: a card older than every window
         gives the features of a card never seen, so keeping it changes no result."""
         forgotten = super().expire(now_us)  # marks them dirty: deleted from disk
         if forgotten:
             self.cached_bytes = sum(r.nbytes + _ENTRY_BYTES for r in self.cards.values())
         return forgotten
-
-    def expire_idle(self) -> int:
-        if not self.cards:
-            return 0
-        return self.expire(self.newest_us)
 
     def take(self, sequence: int | None = None) -> tuple[int, bytes, int | None]:
         """The next checkpoint (or ``sequence``): its number, the rows appended since the
@@ -190,7 +183,7 @@ def open_cards(
     db, path = _open_db(path)
     held = _read_marker(db, features_version)
     if held is None or held > stored.sequence:
-        if held is not None or _has_cards(db):
+        if db.get(_MARKER) is not None:  # a store of another run, or of other features
             log.info("card store %s holds another state: rebuilding it from the checkpoints", path)
         db.close()
         Rdict.destroy(str(path))
@@ -279,9 +272,3 @@ def _read_marker(db: Rdict, features_version: str) -> int | None:
     if version.rstrip(b"\0") != features_version.encode()[:16]:
         return None
     return int(sequence)
-
-
-def _has_cards(db: Rdict) -> bool:
-    for _key in db.keys(from_key=_CARD):
-        return True
-    return False
