@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import threading
-import time
 import uuid
 import zlib
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import psycopg
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from fraudstream import bus
 from fraudstream.clock import SystemClock
@@ -33,6 +32,7 @@ from fraudstream.testing import MemoryMessage, MemoryRuntime
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
 from ..engine_kit import isolated, start_engine, stop_engine, wait_for
+from ..kafka_kit import read_topic
 from .conftest import Stream
 
 
@@ -87,28 +87,9 @@ def outcome_from_database(settings: Settings, *, crashes: int = 0) -> Outcome:
     flagged = int((frame["decision"] != "approve").sum())
     alerts = {
         json.loads(m.value())["tx_id"]
-        for m in drain(settings, settings.kafka.topics.alerts, flagged)
+        for m in read_topic(settings, settings.kafka.topics.alerts, at_least=flagged)
     }
     return Outcome(frame.sort_index(), dead, alerts, crashes, settings)
-
-
-def drain(settings: Settings, topic: str, expect: int, timeout_s: float = 60) -> list:
-    """At least ``expect`` messages of ``topic`` (waiting up to ``timeout_s``), then any more
-    that arrive within a second."""
-    consumer = Consumer(
-        {**settings.kafka.client_config(), "group.id": uuid.uuid4().hex,
-         "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024}
-    )  # fmt: skip
-    consumer.subscribe([topic])
-    found: list = []
-    deadline = time.monotonic() + timeout_s
-    while len(found) < expect and time.monotonic() < deadline:
-        found += [m for m in consumer.consume(1000, 0.5) if not m.error()]
-    quiet = time.monotonic() + 1.0
-    while time.monotonic() < quiet:
-        found += [m for m in consumer.consume(1000, 0.2) if not m.error()]
-    consumer.close()
-    return found
 
 
 # --- the runtimes ----------------------------------------------------------------------------

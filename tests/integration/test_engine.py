@@ -10,7 +10,6 @@ import shutil
 import signal
 import socket
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings
@@ -43,6 +42,7 @@ from ..engine_kit import (
     stored_count,
     wait_for,
 )
+from ..kafka_kit import read_topic
 
 PAN = "4111111111111111"  # a Luhn-valid test card number
 
@@ -126,7 +126,7 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
     assert dict(counted) == dict.fromkeys(PROFILED_FEATURES, len(frame))
     assert located == (frame["terminal_id"].nunique(),) * 2
 
-    dead = _drain(settings, settings.kafka.topics.dlq, len(malformed))
+    dead = read_topic(settings, settings.kafka.topics.dlq, at_least=len(malformed))
     # The original bytes, kept; a card number never (the message kept without it).
     redacted = {p.replace(PAN.encode(), b"[card number removed]") for p in malformed}
     assert {m.value() for m in dead} == redacted
@@ -145,29 +145,10 @@ def test_every_valid_message_scored_once_and_every_bad_one_dead_lettered(
             and headers["source.topic"] == settings.kafka.topics.transactions.encode()
         )
     flagged = int((stored["decision"] != "approve").sum())
-    alerts = _drain(settings, settings.kafka.topics.alerts, flagged)
+    alerts = read_topic(settings, settings.kafka.topics.alerts, at_least=flagged)
     assert {json.loads(m.value())["tx_id"] for m in alerts} == set(
         stored.index[stored["decision"] != "approve"]
     )
-
-
-def _drain(settings: Settings, topic: str, expect: int, timeout_s: float = 60):
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": uuid.uuid4().hex,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe([topic])
-    found = []
-    deadline = time.monotonic() + timeout_s
-    while len(found) < expect and time.monotonic() < deadline:
-        found += [m for m in consumer.consume(1000, 0.5) if not m.error()]
-    time.sleep(0.5)
-    found += [m for m in consumer.consume(1000, 0.5) if not m.error()]
-    consumer.close()
-    return found
 
 
 @dataclass(frozen=True)

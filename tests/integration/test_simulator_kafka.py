@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from confluent_kafka import Consumer
 from confluent_kafka.cimpl import NewTopic
 
 from fraudstream import bus
@@ -24,6 +23,7 @@ from fraudstream.simulator.generator import preset
 from fraudstream.simulator.publish import Publisher, simulate_live
 
 from ..conftest import overrides_env, run_cli
+from ..kafka_kit import read_topic
 from ..unit.test_adapters import CARDS, SPARKOV_HEADER, _sparkov_row, _write_csv
 
 
@@ -39,31 +39,6 @@ def kafka_settings(stack_settings: Settings) -> Settings:
     return stack_settings.model_copy(update={"kafka": kafka})
 
 
-def _drain(settings: Settings, topic: str, expect: int | None = None, timeout_s: float = 60):
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"drain-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    messages = []
-    deadline = time.monotonic() + timeout_s
-    quiet = 0
-    while time.monotonic() < deadline:
-        batch = consumer.consume(10_000, timeout=0.5)
-        messages += [m for m in batch if not m.error()]
-        if expect is not None and len(messages) >= expect:
-            break
-        quiet = quiet + 1 if not batch else 0
-        if expect is None and messages and quiet >= 4:
-            break
-    consumer.close()
-    return messages
-
-
 @pytest.mark.parametrize("rate", [500, 4000])
 def test_live_rate_is_held_within_two_percent(kafka_settings: Settings, rate: int) -> None:
     count = rate * 5
@@ -72,7 +47,7 @@ def test_live_rate_is_held_within_two_percent(kafka_settings: Settings, rate: in
     report = simulate_live(publisher, params, rate=rate, count=count, clock=SystemClock())
     publisher.close()  # every message acknowledged (a dropped producer loses its queue)
     assert report.sent == count
-    messages = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=count)
+    messages = read_topic(kafka_settings, kafka_settings.kafka.topics.transactions, settle_s=0)
     assert len(messages) == count
     # In live mode the event time is the moment each transaction was sent.
     sent_at = sorted(json.loads(m.value())["event_time"] for m in messages)
@@ -96,12 +71,13 @@ def test_accelerated_clock_delivers_delayed_labels(kafka_settings: Settings) -> 
     publisher.close()
     assert report.labels_sent > 0 and report.frauds >= report.labels_sent
     txs = {}
-    for message in _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=60_000):
+    for message in read_topic(kafka_settings, kafka_settings.kafka.topics.transactions, settle_s=0):
         record = decode_transaction(message.value(), now=SystemClock().now().replace(year=2100))
         assert isinstance(record, Transaction)
         txs[record.tx_id] = record
     labels = [
-        decode_label(m.value()) for m in _drain(kafka_settings, kafka_settings.kafka.topics.labels)
+        decode_label(m.value())
+        for m in read_topic(kafka_settings, kafka_settings.kafka.topics.labels, settle_s=0)
     ]
     assert len(labels) == report.labels_sent
     for label in labels:
@@ -124,9 +100,8 @@ def test_sigterm_stops_cleanly_with_everything_delivered(kafka_settings: Setting
     assert process.returncode == 0, stderr
     sent = int(stdout.split("sent ")[1].split(" transactions")[0].replace(",", ""))
     assert sent > 2_000
-    assert (
-        len(_drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=sent)) == sent
-    )
+    transactions = kafka_settings.kafka.topics.transactions
+    assert len(read_topic(kafka_settings, transactions, settle_s=0)) == sent
 
 
 def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -156,8 +131,8 @@ def test_replay_of_a_kaggle_file_sends_tokens_never_card_numbers(
     assert result.returncode == 0, result.stderr
     assert "skipped row 9, amt: not a number: 'lots'" in result.stderr
     assert "sparkov: read 9 rows, skipped 1 bad; sent 8 transactions and 1 labels" in result.stdout
-    txs = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=8)
-    labels = _drain(kafka_settings, kafka_settings.kafka.topics.labels, expect=1)
+    txs = read_topic(kafka_settings, kafka_settings.kafka.topics.transactions, settle_s=0)
+    labels = read_topic(kafka_settings, kafka_settings.kafka.topics.labels, settle_s=0)
     assert len(txs) == 8 and len(labels) == 1
     everything = b"".join(m.value() + (m.key() or b"") for m in txs + labels).decode()
     assert not any(number in everything for number in CARDS)
@@ -190,7 +165,7 @@ def test_replay_at_real_time_times_n_follows_event_time(
     result = run_cli("replay", str(path), "--speed", "60", env=env)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    messages = _drain(kafka_settings, kafka_settings.kafka.topics.transactions, expect=8)
+    messages = read_topic(kafka_settings, kafka_settings.kafka.topics.transactions, settle_s=0)
     stamps = sorted(m.timestamp()[1] for m in messages)
     assert 6.5 <= (stamps[-1] - stamps[0]) / 1000 <= 7.5
     assert elapsed >= 7
