@@ -16,7 +16,7 @@ status:
 	$(BIN)/fraudstream status
 
 test: setup ## set up everything and run the whole test suite (starts its own Kafka and PostgreSQL)
-	@./scripts/ensure-system-packages --with-browser
+	@./scripts/ensure-system-packages --for-tests
 	$(BIN)/ruff check src tests bench
 	$(BIN)/pytest
 

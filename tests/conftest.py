@@ -41,7 +41,9 @@ def stack_overrides(state_dir: Path) -> dict[str, str]:
         "database.port": str(free_port()),
         "dashboard.port": str(free_port()),
         "api.port": str(free_port()),
-    }
+        **{f"metrics.{service}_port": str(free_port())
+           for service in ("engine", "api", "simulator", "dashboard")},
+    }  # fmt: skip
 
 
 def overrides_env(overrides: dict[str, str]) -> dict[str, str]:

@@ -22,7 +22,9 @@ from fraudstream.simulator.publish import Publisher, TransactionRows
 from fraudstream.store import migrations
 from fraudstream.store.db import connect, conninfo
 
-from .conftest import overrides_env
+from .conftest import free_port, overrides_env
+
+METRIC_SERVICES = ("engine", "api", "simulator", "dashboard")
 
 
 def isolated(stack_settings: Settings, models: Path, **engine: object) -> Settings:
@@ -44,12 +46,16 @@ def isolated(stack_settings: Settings, models: Path, **engine: object) -> Settin
     engine_settings = stack_settings.engine.model_copy(
         update={"group_id": f"g-{run}", "status_interval_s": 0.5, **engine}
     )
+    metrics = stack_settings.metrics.model_copy(
+        update={f"{service}_port": free_port() for service in METRIC_SERVICES}
+    )
     settings = stack_settings.model_copy(
         update={
             "kafka": kafka,
             "database": database,
             "engine": engine_settings,
             "model": stack_settings.model.model_copy(update={"dir": models}),
+            "metrics": metrics,
         }
     )
     with connect(settings) as conn:
@@ -98,6 +104,10 @@ def engine_env(settings: Settings) -> dict[str, str]:
             "model.dir": str(settings.model.dir),
             "api.port": str(settings.api.port),
             "api.budget_ms": str(settings.api.budget_ms),
+            **{
+                f"metrics.{service}_port": str(settings.metrics.port_of(service))
+                for service in METRIC_SERVICES
+            },
         }
     )
 

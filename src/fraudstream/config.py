@@ -44,6 +44,7 @@ __all__ = [
     "DatabaseSettings",
     "EngineSettings",
     "KafkaSettings",
+    "MetricsSettings",
     "ModelSettings",
     "PolicySettings",
     "PrivacySettings",
@@ -208,6 +209,13 @@ class SimulatorSettings(_Section):
     preset: Literal["default", "handbook"] = "default"
     seed: int = Field(default=0, ge=0)
     rate: float = Field(default=1000.0, gt=0, le=10_000_000, description="Live transactions/s.")
+    live_rate: float = Field(
+        default=20.0,
+        ge=0,
+        le=10_000_000,
+        description="Transactions/s once an accelerated run (`up`'s simulator) reaches the "
+        "present, event time the send time; 0 keeps the simulation's own pace there.",
+    )
     label_delay_days: float = Field(
         default=7.0, ge=0, le=365, description="Report delay given to labels of outside datasets."
     )
@@ -427,6 +435,36 @@ class PolicySettings(_Section):
     )
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics of the long-running services (docs/operations.md)."""
+
+    enabled: bool = Field(default=True, description="Serve /metrics from each service.")
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the metrics endpoints listen on (a container: 0.0.0.0, for "
+        "Prometheus on the compose network).",
+    )
+    engine_port: Port = Field(default=9464, ge=1, le=65535)
+    api_port: Port = Field(default=9465, ge=1, le=65535)
+    simulator_port: Port = Field(default=9466, ge=1, le=65535)
+    dashboard_port: Port = Field(default=9467, ge=1, le=65535)
+
+    def port_of(self, service: str) -> int:
+        port: int = getattr(self, f"{service}_port")
+        return port
+
+    def url_of(self, service: str) -> str | None:
+        """Where ``service``'s metrics are served (as configured), or None when off or when
+        the service serves none (Kafka, PostgreSQL, the learner)."""
+        if not self.enabled or f"{service}_port" not in type(self).model_fields:
+            return None
+        wildcard = self.host in ("0.0.0.0", "::")  # noqa: S104 - reached through loopback
+        host = "127.0.0.1" if wildcard else self.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port_of(service)}/metrics"
+
+
 class Settings(BaseSettings):
     """Everything fraudstream can be told; frozen once loaded."""
 
@@ -462,6 +500,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @property
     def models_dir(self) -> Path:

@@ -23,6 +23,7 @@ from fraudstream.api.schemas import DecisionResponse
 from fraudstream.config import Settings
 from fraudstream.store.db import api_conninfo, connect, conninfo
 from fraudstream.store.roles import API_ROLE
+from fraudstream.telemetry import read_samples
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
 from ..conftest import run_cli
@@ -144,6 +145,44 @@ def test_keys_are_required_checked_and_revocable(api: Api) -> None:
     assert "checkout" in listed.stdout and "revoked" in listed.stdout
     assert api.key not in listed.stdout  # the key itself is never shown again
     wait_for(lambda: api.client.post(_tx()).status == 401, 30, "the revoked key to be refused")
+
+
+def test_the_metrics_count_each_answer_by_status_and_decision(api: Api) -> None:
+    url = api.settings.metrics.url_of("api")
+    assert url is not None
+
+    def counts() -> dict[tuple[str, str], float]:
+        return {
+            (sample.name, ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))):
+            sample.value
+            for sample in read_samples(url)
+        }  # fmt: skip
+
+    before = counts()
+    decided = [api.client.post(_tx(amount=amount)) for amount in (10.0, 20.0, 25_000.0)]
+    first = _tx()
+    decided.append(api.client.post(first))
+    assert api.client.post({**first, "amount": 1.0}).status == 409
+    assert api.client.post(_tx(amount="1")).status == 422
+    assert api.client.post(_tx(), key=None).status == 401
+    after = counts()
+
+    def grew(name: str, labels: str = "") -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    assert [reply.status for reply in decided] == [200] * 4
+    assert not any(reply.body["degraded"] for reply in decided)
+    assert grew("fraudstream_api_requests_total", "status=200") == 4
+    assert grew("fraudstream_api_requests_total", "status=409") == 1
+    assert grew("fraudstream_api_requests_total", "status=422") == 1
+    assert grew("fraudstream_api_requests_total", "status=401") == 1
+    assert grew("fraudstream_api_decision_seconds_count") == 7
+    assert grew("fraudstream_api_decision_seconds_sum") > 0
+    decisions = [reply.body["decision"] for reply in decided]
+    for decision in set(decisions):
+        labels = f"decision={decision},degraded=false"
+        assert grew("fraudstream_api_decisions_total", labels) == decisions.count(decision)
+    assert grew("fraudstream_api_degraded_answers_total", "reason=engine_late") == 0
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer
 from fraudstream.config import Settings, load_settings
 from fraudstream.stack.process import port_in_use
 from fraudstream.store.db import connect, conninfo
+from fraudstream.telemetry import scrape
 
 from ..conftest import overrides_env, run_cli, stack_overrides
 from ..engine_kit import engine_env, isolated
@@ -295,6 +296,17 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
                 break
             time.sleep(2)
         assert counts[0] > 5_000 and counts[1] > 0, counts
+        # Each service serves its metrics where `status` says; the engine's count what it
+        # stored, the simulator's what it sends.
+        status = _status(env)
+        for name in ("engine", "api", "simulator", "dashboard"):
+            port = overrides[f"metrics.{name}_port"]
+            assert status[name]["metrics"] == f"http://127.0.0.1:{port}/metrics", name
+        stored = scrape(str(status["engine"]["metrics"]))["fraudstream_engine_transactions_total"]
+        assert stored > 0
+        assert str(status["simulator"]["detail"]).startswith("sending ")
+        for name in ("api", "dashboard"):  # no request, no page yet: they answer already
+            assert "process_cpu_seconds_total" in scrape(str(status[name]["metrics"])), name
         logs = run_cli("logs", "engine", "-n", "20", env=env)
         assert "scored" in logs.stdout
         # The dashboard serves on its port (Streamlit's health endpoint answers).

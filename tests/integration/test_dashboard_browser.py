@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from fraudstream.store.db import dashboard_conninfo
+from fraudstream.telemetry import read_samples
 
 from ..conftest import free_port, overrides_env
 from .test_dashboard import CARD, Seeded, _users, seeded  # noqa: F401 (the fixture)
@@ -49,9 +50,10 @@ PAGES = [
 
 
 @pytest.fixture
-def served(seeded: Seeded, tmp_path: Path) -> Iterator[str]:  # noqa: F811
+def served(seeded: Seeded, tmp_path: Path) -> Iterator[tuple[str, str]]:  # noqa: F811
+    """The dashboard's address and its metrics endpoint's."""
     settings = seeded.settings
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = overrides_env(
         {
             "state_dir": str(settings.state_dir),
@@ -61,6 +63,7 @@ def served(seeded: Seeded, tmp_path: Path) -> Iterator[str]:  # noqa: F811
             "database.name": settings.database.name,
             "dashboard.port": str(port),
             "dashboard.refresh_s": "2",
+            "metrics.dashboard_port": str(metrics_port),
         }
     )
     log = (tmp_path / "dashboard.log").open("ab")
@@ -79,7 +82,7 @@ def served(seeded: Seeded, tmp_path: Path) -> Iterator[str]:  # noqa: F811
                 raise AssertionError((tmp_path / "dashboard.log").read_text()[-3000:]) from None
             time.sleep(0.3)
     try:
-        yield url
+        yield url, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         server.terminate()
         server.wait(30)
@@ -113,22 +116,23 @@ def _open(page, entry: str, marker: str) -> None:  # type: ignore[no-untyped-def
 
 
 def test_every_page_renders_and_a_case_is_worked_to_resolved_in_the_browser(
-    served: str,
+    served: tuple[str, str],
     browser: object,
     seeded: Seeded,  # noqa: F811
 ) -> None:
     from playwright.sync_api import Browser
 
     assert isinstance(browser, Browser)
+    url, metrics = served
     _users(seeded.settings)
     SHOTS.mkdir(parents=True, exist_ok=True)
     admin = browser.new_page(viewport={"width": 1440, "height": 1000})
     errors: list[str] = []
     admin.on("pageerror", lambda error: errors.append(str(error)))
-    admin.goto(served)
+    admin.goto(url)
     admin.get_by_role("button", name="Sign in").wait_for(timeout=30_000)
     admin.screenshot(path=str(SHOTS / "sign-in.png"))
-    _sign_in(admin, served, "adi")
+    _sign_in(admin, url, "adi")
     for entry, marker, charts, name in PAGES:
         _open(admin, entry, marker)
         if name == "explore":
@@ -147,7 +151,7 @@ def test_every_page_renders_and_a_case_is_worked_to_resolved_in_the_browser(
     assert errors == []
 
     analyst = browser.new_page(viewport={"width": 1440, "height": 1000})
-    _sign_in(analyst, served, "ana")
+    _sign_in(analyst, url, "ana")
     assert analyst.get_by_role("link", name="Audit").count() == 0  # not an analyst's page
     _open(analyst, "Cases", "Card timeline")
     case = seeded.card_case
@@ -183,7 +187,7 @@ def test_every_page_renders_and_a_case_is_worked_to_resolved_in_the_browser(
     analyst.get_by_role("button", name="Save draft").click()
     analyst.get_by_text("Version 1 drafted: a supervisor approves it.").wait_for(timeout=30_000)
     supervisor = browser.new_page(viewport={"width": 1440, "height": 1000})
-    _sign_in(supervisor, served, "sam")
+    _sign_in(supervisor, url, "sam")
     _open(supervisor, "Rules", "Draft and backtest")
     supervisor.get_by_role("tab", name="Versions").click()
     supervisor.get_by_role("button", name="Approve").click()
@@ -206,3 +210,18 @@ def test_every_page_renders_and_a_case_is_worked_to_resolved_in_the_browser(
         ("ana", "rules.draft"), ("sam", "rules.approve"), ("sam", "rules.publish"),
         ("sam", "list.add"),
     ]  # fmt: skip
+
+    # The server's metrics: three people signed in, and every page they opened was counted.
+    views = {
+        sample.labels["page"]: sample.value
+        for sample in read_samples(metrics)
+        if sample.name == "fraudstream_dashboard_page_views_total"
+    }
+    assert {entry for entry, *_rest in PAGES} <= set(views), views
+    signed_in = [
+        sample.value
+        for sample in read_samples(metrics)
+        if sample.name == "fraudstream_dashboard_sign_ins_total"
+        and sample.labels["outcome"] == "signed_in"
+    ]
+    assert signed_in == [3]

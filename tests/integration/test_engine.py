@@ -32,6 +32,7 @@ from fraudstream.simulator.generator import SimulationParams, generate, generate
 from fraudstream.simulator.history import write_history
 from fraudstream.stack import Stack
 from fraudstream.store.db import conninfo
+from fraudstream.telemetry import read_samples
 
 from ..engine_kit import (
     isolated,
@@ -340,3 +341,82 @@ def _history(tmp_path: Path, params: SimulationParams) -> Path:
     path = tmp_path / "history.parquet"
     write_history(generate_blocks(params), path, params)
     return path
+
+
+def _samples(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value for s in read_samples(url)}
+
+
+def _value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_the_engines_metrics_say_what_it_stored(
+    stack_settings: Settings, models_dir: Path, tmp_path: Path
+) -> None:
+    """Scraped from the running engine's /metrics after a known stream with replays, reused
+    ids and malformed messages: each series equals what PostgreSQL and Kafka hold."""
+    settings = isolated(stack_settings, models_dir, **ENGINE_KNOBS)
+    frame = todays_transactions(1_000, seed=23)
+    publish(settings, frame)
+    again = frame.iloc[:20]  # replays: the same transactions sent again
+    reused = frame.iloc[20:25].assign(amount=frame["amount"].iloc[20:25] + 1)  # conflicts
+    publish(settings, pd.concat([again, reused], ignore_index=True))
+    producer = Producer(settings.kafka.client_config())
+    valid = {
+        "tx_id": "m", "event_time": datetime.now(timezone.utc).isoformat(), "card_id": "c",
+        "terminal_id": "t", "amount": 1.0,
+    }  # fmt: skip
+    for payload in [b"{", b"not json", json.dumps({**valid, "amount": "1"}).encode(),
+                    json.dumps({**valid, "card_id": PAN}).encode()]:  # fmt: skip
+        producer.produce(settings.kafka.topics.transactions, key=b"bad", value=payload)
+    producer.flush(30)
+    dead = {"replay": 20, "conflict": 5, "not_json": 2, "invalid_field": 1, "card_number": 1}
+
+    log = tmp_path / "engine.log"
+    process = start_engine(settings, log)
+    url = settings.metrics.url_of("engine")
+    assert url is not None
+    try:
+        wait_for(lambda: stored_count(settings) == len(frame), 120, "every transaction stored")
+        partitions = settings.kafka.partitions
+
+        def settled() -> bool:  # the status interval (0.5 s) has reported the end of the logs
+            found = _samples(url)
+            lag = [v for (n, _l), v in found.items() if n == "fraudstream_engine_consumer_lag"]
+            return len(lag) == partitions and sum(lag) == 0 and _value(
+                found, "fraudstream_engine_dead_letters_total", source="transactions",
+                reason="replay",
+            ) == dead["replay"]  # fmt: skip
+
+        wait_for(settled, 60, "the metrics to show the logs consumed")
+        found = _samples(url)
+    finally:
+        stop_engine(process, log)
+
+    with psycopg.connect(conninfo(settings)) as conn:
+        decisions = dict(
+            conn.execute("SELECT decision, count(*) FROM fraud_predictions GROUP BY 1").fetchall()
+        )
+        (version,) = conn.execute("SELECT DISTINCT model_version FROM fraud_predictions").fetchone()
+    assert _value(found, "fraudstream_engine_transactions_total") == len(frame)
+    for decision in ("approve", "review", "decline"):
+        assert _value(
+            found, "fraudstream_engine_decisions_total", decision=decision
+        ) == decisions.get(decision, 0), decision
+    assert _value(found, "fraudstream_engine_alerts_total") == len(frame) - decisions["approve"]
+    letters = {
+        dict(labels)["reason"]: value
+        for (name, labels), value in found.items()
+        if name == "fraudstream_engine_dead_letters_total"
+    }
+    assert letters == dead
+    assert _value(found, "fraudstream_engine_end_to_end_seconds_count") == len(frame)
+    assert _value(found, "fraudstream_engine_end_to_end_seconds_sum") > 0
+    assert _value(found, "fraudstream_engine_batch_seconds_count") >= 1
+    assert _value(found, "fraudstream_engine_model_info", role="champion", version=version) == 1
+    assert _value(found, "fraudstream_engine_info", engine="local") == 1
+    assert _value(found, "fraudstream_engine_partitions") == partitions
+    assert _value(found, "fraudstream_engine_checkpoint_seconds_count") >= 1
+    assert _value(found, "fraudstream_engine_last_checkpoint_timestamp_seconds") > time.time() - 600
+    assert _value(found, "fraudstream_engine_cards_in_memory") == frame["card_id"].nunique()

@@ -21,8 +21,9 @@ from fraudstream.privacy import looks_like_card_number
 from fraudstream.schema import Label, Transaction, decode_label, decode_transaction
 from fraudstream.simulator.generator import preset
 from fraudstream.simulator.publish import Publisher, simulate_live
+from fraudstream.telemetry import scrape
 
-from ..conftest import overrides_env, run_cli
+from ..conftest import free_port, overrides_env, run_cli
 from ..kafka_kit import read_topic
 from ..unit.test_adapters import CARDS, SPARKOV_HEADER, _sparkov_row, _write_csv
 
@@ -85,6 +86,54 @@ def test_accelerated_clock_delivers_delayed_labels(kafka_settings: Settings) -> 
         assert label.reported_at > txs[label.tx_id].event_time  # reported after it happened
     span = max(t.event_time for t in txs.values()) - min(t.event_time for t in txs.values())
     assert span.days >= 3  # simulation time ran much faster than the few seconds of sending
+
+
+def test_the_live_demo_keeps_a_steady_stream_once_it_reaches_the_present(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    """`up`'s simulator: a month of accelerated history, then simulator.live_rate
+    transactions/s stamped now, for as long as it runs; its metrics say so."""
+    port = free_port()
+    env = _cli_env(
+        kafka_settings,
+        **{"simulator.live_rate": "50", "metrics.simulator_port": str(port),
+           "state_dir": str(tmp_path / "state")},
+    )  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fraudstream", "simulate", "--accelerated", "--forever",
+         "--rate", "20000", "--customers", "100", "--terminals", "200"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        deadline = time.monotonic() + 120
+        while scrape(url).get("fraudstream_simulator_caught_up") != 1.0:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the history never reached the present"
+            time.sleep(0.2)
+        caught_up = scrape(url)["fraudstream_simulator_transactions_sent_total"]
+        # Held at the live rate: time the next 150 transactions.
+        started = time.monotonic()
+        while scrape(url)["fraudstream_simulator_transactions_sent_total"] < caught_up + 150:
+            assert time.monotonic() - started < 60, "the live stream stalled"
+            time.sleep(0.05)
+        rate = 150 / (time.monotonic() - started)
+        found = scrape(url)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert 40 <= rate <= 60, rate
+    assert found["fraudstream_simulator_target_rate"] == 50
+    assert 35 <= found["fraudstream_simulator_rate"] <= 65
+    assert found["fraudstream_simulator_labels_sent_total"] > 0  # a month of frauds reported
+    messages = read_topic(kafka_settings, kafka_settings.kafka.topics.transactions, settle_s=0)
+    assert len(messages) >= caught_up + 150
+    newest = max(pd.Timestamp(json.loads(m.value())["event_time"]) for m in messages)
+    oldest = min(pd.Timestamp(json.loads(m.value())["event_time"]) for m in messages)
+    now = pd.Timestamp.now(tz="UTC")
+    assert now - newest < pd.Timedelta(seconds=30)  # stamped now, not at the simulation's time
+    assert newest - oldest > pd.Timedelta(days=25)  # after a month of history
 
 
 def test_sigterm_stops_cleanly_with_everything_delivered(kafka_settings: Settings) -> None:

@@ -39,11 +39,14 @@ USER_ENV = {
     "DASHBOARD_DB_PASSWORD": "db0password",
     "DASHBOARD_ADMIN_PASSWORD": "ui0password-admin",
     "API_DB_PASSWORD": "api0password",
+    "GRAFANA_ADMIN_PASSWORD": "gf0password",
 }
 ENGINES = ("local", "spark")
 # Read by Spark itself (where its UI listens); read by `init` once (the first dashboard user).
 NOT_SETTINGS = {"SPARK_LOCAL_IP", "DASHBOARD_ADMIN_PASSWORD"}
-LONG_RUNNING = {"kafka", "postgres", "engine", "simulator", "dashboard", "api"}
+LONG_RUNNING = {
+    "kafka", "postgres", "engine", "simulator", "dashboard", "api", "prometheus", "grafana",
+}  # fmt: skip
 
 
 def _tool(name: str) -> str:
@@ -207,12 +210,16 @@ def test_the_services_start_in_order_and_report_health() -> None:
         for service in services.values()
         for port in service.get("ports", [])
     }
-    assert {"9092", "5432", "8501", "4040", "8000"} <= published
+    assert {"9092", "5432", "8501", "4040", "8000", "9090", "3000"} <= published
     declared = set(config["volumes"])
     for service in services.values():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
-            assert source in declared, f"volume {source} is not a named volume"
+            if source.startswith("./"):  # configuration from the checkout, read-only
+                assert source.startswith("./deploy/") and volume.endswith(":ro"), volume
+                assert (ROOT / source).is_dir(), f"{source} is not in the checkout"
+            else:
+                assert source in declared, f"volume {source} is not a named volume"
     assert {"kafka-data", "postgres-data", "models"} <= declared
 
 

@@ -51,6 +51,18 @@ def test_score_help_names_the_setting_and_its_environment_variable(tmp_path: Pat
     assert "FRAUDSTREAM_SPARK__MASTER" in result.stdout
 
 
+def test_flags_show_no_value_type_and_options_show_theirs(tmp_path: Path) -> None:
+    """A flag takes no value: `--forever`, never `--forever <bool>`."""
+    env = {**overrides_env({"state_dir": str(tmp_path)}), "COLUMNS": "160"}
+    result = run_cli("simulate", "--help", env=env)
+    assert result.returncode == 0
+    assert "<bool>" not in result.stdout
+    forever = next(line for line in result.stdout.splitlines() if "--forever" in line)
+    assert "--no-forever" in forever
+    rate = next(line for line in result.stdout.splitlines() if "--rate" in line)
+    assert "<float" in rate
+
+
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     """The CLI in this process, without FRAUDSTREAM_ variables or stop-signal handlers."""

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from fraudstream.config import Settings
 from fraudstream.engines.base import PolicyWatcher
 from fraudstream.schema import MAX_MESSAGE_BYTES, Transaction
 from fraudstream.store.db import api_conninfo
+from fraudstream.telemetry import API_DECISION_SECONDS, API_REQUESTS
 
 __all__ = ["create_app"]
 
@@ -207,7 +209,15 @@ def create_app(settings: Settings, clock: Clock | None = None) -> _DecisionsFirs
     bearer = HTTPBearer(auto_error=False, description="An API key from `fraudstream api-keys`.")
 
     async def answer(authorization: str, body: bytes | None) -> _Answer:
-        """One request's status, extra headers and JSON body, whichever way it came in."""
+        """One request's status, extra headers and JSON body, whichever way it came in;
+        counted and timed for the metrics."""
+        started = time.perf_counter()
+        status, headers, content = await respond(authorization, body)
+        API_DECISION_SECONDS.observe(time.perf_counter() - started)
+        API_REQUESTS.labels(str(status)).inc()
+        return status, headers, content
+
+    async def respond(authorization: str, body: bytes | None) -> _Answer:
         keys: KeyRing = state["keys"]
         scheme, _, token = authorization.partition(" ")
         key_name = keys.name_of(token.strip()) if scheme.lower() == "bearer" else None

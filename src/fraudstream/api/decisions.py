@@ -28,6 +28,7 @@ from fraudstream.clock import Clock
 from fraudstream.policy import RuleSet
 from fraudstream.records import Verdict
 from fraudstream.schema import Invalid, Transaction, content_digest, decode_transaction, encode
+from fraudstream.telemetry import API_DECISIONS, API_DEGRADED
 
 __all__ = ["Conflict", "Decider", "DecisionOut", "StoredLookup", "Unprocessable"]
 
@@ -128,7 +129,8 @@ class Decider:
             # A verdict may still come (and update the card's state here); after a minute
             # nobody waits for it any more.
             asyncio.get_running_loop().call_later(_ABANDON_AFTER_S, future.cancel)
-            return self._finish(self._degraded(record), started, record, key_name)
+            answer = self._degraded(record, "engine_late")
+            return self._finish(answer, started, record, key_name)
         if verdict.status == "decided":
             answer = _from_verdict(verdict)
             self._keep(record.tx_id, digest, answer)
@@ -152,16 +154,19 @@ class Decider:
                 self._keep(record.tx_id, digest, answer)
                 return msgspec.structs.replace(answer, replayed=True)
             if time.perf_counter() + _STORED_POLL_S >= deadline:
-                return self._degraded(record)
+                return self._degraded(record, "stored_decision_late")
             await asyncio.sleep(_STORED_POLL_S)
 
-    def _degraded(self, record: Transaction) -> DecisionOut:
+    def _degraded(self, record: Transaction, kind: str) -> DecisionOut:
+        """The fallback decision; ``kind`` says for the metrics why the full one is missing:
+        no verdict from the engine in time, or an earlier one not yet read back stored."""
         why = f"the engine did not decide within {self.budget_s * 1000:.0f} ms"
         fallback = fallback_decision(
             record, self.bridge.cards.get(record.card_id), self.rules,
             floor_amount=self.floor_amount, why=why,
         )  # fmt: skip
         self.degraded += 1
+        API_DEGRADED.labels(kind).inc()
         return DecisionOut(
             tx_id=record.tx_id, decision=fallback.decision, score=None,
             reasons=fallback.reasons, rule_hits=fallback.rule_hits, model_version=None,
@@ -186,6 +191,7 @@ class Decider:
         answer.decided_at = self.clock.now()
         if answer.degraded and record is not None:
             self.recorder.record(record, answer, key_name)
+        API_DECISIONS.labels(answer.decision, "true" if answer.degraded else "false").inc()
         return _encoder.encode(answer)
 
 

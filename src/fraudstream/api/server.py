@@ -45,9 +45,15 @@ def serve(settings: Settings) -> None:
     }  # fmt: skip
     if api.workers == 1:
         from fraudstream.api.app import create_app
+        from fraudstream.telemetry import serve_metrics
 
+        serve_metrics(settings.metrics, "api")
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
     else:
+        from fraudstream.telemetry import serve_worker_metrics
+
+        directory = settings.state_dir / "run" / "api-metrics"
+        serve_worker_metrics(settings.metrics, "api", directory.absolute())
         uvicorn.run(
             "fraudstream.api.server:app_from_environment", factory=True, workers=api.workers,
             **common,  # type: ignore[arg-type]

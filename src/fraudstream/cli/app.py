@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperOption
 
 from fraudstream import __version__
 from fraudstream.bus import BusError, DeliveryError
@@ -22,6 +23,20 @@ from fraudstream.config import CONFIG_FILE_ENV, SettingsError, env_name
 from fraudstream.model.registry import RegistryError
 from fraudstream.stack import ServiceError
 from fraudstream.store.migrations import MigrationError
+
+
+def _flags_without_a_type() -> None:
+    """Typer's help shows each option's value type, ``<bool>`` even for a flag, which takes
+    no value (``--forever``, not ``--forever true``): for flags it shows none."""
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_without_a_type()
 
 app = typer.Typer(
     name="fraudstream",

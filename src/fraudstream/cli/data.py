@@ -124,13 +124,20 @@ def _simulate_live(
     from fraudstream.clock import SystemClock
     from fraudstream.simulator.publish import Publisher, simulate_live
     from fraudstream.simulator.resume import start_live
+    from fraudstream.telemetry import serve_metrics
 
     stop = stop_on_signals()
     publisher = Publisher(settings.kafka)
     limit = f"{count:,} transactions" if count else (duration or "ever")
+    live_rate = (settings.simulator.live_rate or None) if accelerated else None
+    then = f", then {live_rate:,.0f} tx/s once at the present" if live_rate else ""
     err.print(
-        f"sending {rate:,.0f} tx/s to {settings.kafka.bootstrap} for {limit} (Ctrl-C stops cleanly)"
+        f"sending {rate:,.0f} tx/s{then} to {settings.kafka.bootstrap} for {limit} "
+        "(Ctrl-C stops cleanly)"
     )
+    url = serve_metrics(settings.metrics, "simulator")
+    if url:
+        err.print(f"metrics on {url}")
     start = start_live(settings.state_dir, params, accelerated, from_start=from_start)
     ids = f"ids {params.live(start.stream).id_prefix}…"
     if start.checkpoint is None:
@@ -148,6 +155,7 @@ def _simulate_live(
         publisher, params, rate=rate, clock=SystemClock(), count=count,
         duration_s=_duration_seconds(duration) if duration else None, accelerated=accelerated,
         stop=stop, resume=start.resume, checkpoint=start.checkpoint, stream=start.stream,
+        live_rate=live_rate,
     )  # fmt: skip
     deviation = (report.achieved_rate - rate) / rate
     typer.echo(

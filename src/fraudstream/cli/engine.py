@@ -61,6 +61,9 @@ def score(
         if type(error) is not RuntimeError:
             raise
         fail(str(error), 2)
+    from fraudstream.telemetry import serve_metrics
+
+    serve_metrics(settings.metrics, "engine")
     stats = runner.run(max_idle_s=max_idle)
     typer.echo(
         f"scored {stats.scored:,} transactions in {stats.batches:,} batches "

@@ -76,18 +76,22 @@ def status(
 
 
 def _print_status(stack: Stack) -> None:
-    table = Table("service", "state", "pid", "address", "uptime", box=None)
+    """A table on a terminal; in a pipe, tab-separated lines that are never cut."""
+    columns = ("service", "state", "pid", "address", "uptime", "metrics", "now")
+    table = Table(*columns, box=None)
     colours = {"running": "green", "external": "green", "starting": "yellow"}
     for row in stack.status():
-        colour = colours.get(row.state, "red")
-        table.add_row(
-            row.name,
-            f"[{colour}]{row.state}[/]",
-            str(row.pid or "-"),
-            row.address,
-            _duration(row.uptime_s),
-        )
-    out.print(table)
+        cells = [
+            row.name, row.state, str(row.pid or "-"), row.address, _duration(row.uptime_s),
+            row.metrics or "-", row.detail or "-",
+        ]  # fmt: skip
+        if not out.is_terminal:
+            typer.echo("\t".join(cells))
+            continue
+        cells[1] = f"[{colours.get(row.state, 'red')}]{row.state}[/]"
+        table.add_row(*cells)
+    if out.is_terminal:
+        out.print(table)
 
 
 def _duration(seconds: float | None) -> str:

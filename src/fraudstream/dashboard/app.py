@@ -9,12 +9,19 @@ to serve, and an empty password never signs anyone in.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from fraudstream.dashboard.common import LOCAL_OPERATOR, Unavailable, now, read, settings, write
 from fraudstream.store.users import User, active_user, authenticate, record_login, user_count
+from fraudstream.telemetry import (
+    DASHBOARD_PAGE_SECONDS,
+    DASHBOARD_SIGN_INS,
+    DASHBOARD_VIEWS,
+    serve_metrics,
+)
 
 st.set_page_config(page_title="fraudstream", page_icon=":material/shield:", layout="wide")
 
@@ -47,12 +54,15 @@ def _sign_in() -> User | None:
         password = st.text_input("Password", type="password")
         if st.form_submit_button("Sign in", type="primary"):
             if not password:
+                DASHBOARD_SIGN_INS.labels("empty_password").inc()
                 st.error("Enter your password: an empty password is refused.")
                 return None
             signed = write(authenticate, username.strip().lower(), password)
             if signed is None:
+                DASHBOARD_SIGN_INS.labels("refused").inc()
                 st.error("Wrong user name or password.")
                 return None
+            DASHBOARD_SIGN_INS.labels("signed_in").inc()
             write(record_login, signed, at=now())
             st.session_state["user"] = signed
             box.empty()  # the pages take the form's place in this very run
@@ -62,6 +72,7 @@ def _sign_in() -> User | None:
 
 _PAGES = Path(__file__).parent / "pages"
 
+serve_metrics(settings().metrics, "dashboard")  # once per server process
 signed_in = _sign_in()
 if signed_in is not None:
     with st.sidebar:
@@ -85,4 +96,10 @@ if signed_in is not None:
         pages.append(st.Page(_PAGES / "audit.py", title="Audit", icon=":material/history:"))
     if signed_in.can("admin"):
         pages.append(st.Page(_PAGES / "users.py", title="Users", icon=":material/group:"))
-    st.navigation(pages).run()
+    page = st.navigation(pages)
+    started = time.perf_counter()
+    try:
+        page.run()
+    finally:
+        DASHBOARD_VIEWS.labels(page.title).inc()
+        DASHBOARD_PAGE_SECONDS.labels(page.title).observe(time.perf_counter() - started)

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -33,6 +34,15 @@ from fraudstream.store.lists import active_lists, lists_digest
 from fraudstream.store.projections import Observed
 from fraudstream.store.rulebook import published_versions, version_rules
 from fraudstream.store.sink import Checkpoint, PredictionSink, StoredBatch, Unstorable
+from fraudstream.telemetry import (
+    ENGINE_ALERTS,
+    ENGINE_CHECKPOINT_SECONDS,
+    ENGINE_DECISIONS,
+    ENGINE_END_TO_END,
+    ENGINE_LAST_CHECKPOINT,
+    ENGINE_TRANSACTIONS,
+    count_dead_letters,
+)
 
 __all__ = [
     "ENGINES",
@@ -246,22 +256,28 @@ class StepWriter:
             self.producer, self.settings.kafka.topics.dlq, rejected,
             max_message_bytes=self.settings.kafka.max_message_bytes,
         )  # fmt: skip
+        count_dead_letters("transactions", [r.reason for r in rejected])
         extended = {(r.partition, r.offset): r for r in refused}
         return [extended.get((r.partition, r.offset), r) for r in rejected]
 
     def write(self, sink: PredictionSink, output: StepOutput) -> StoredBatch:
+        started = time.perf_counter()
         try:
             result = sink.write(
                 output.predictions, output.checkpoints, output.rejected, output.observed
             )
         except Unstorable as error:
             result = self._write_storable(sink, output, error.rows)
+        if any(c.snapshot is not None for c in output.checkpoints):
+            ENGINE_CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
+            ENGINE_LAST_CHECKPOINT.set_to_current_time()
+        count_stored(output.predictions, result)
         alerted = output.predictions[
             output.predictions["tx_id"].isin(result.inserted_ids | output.redelivered)
         ]
-        self.stats.alerts += publish_alerts(
-            self.producer, self.settings.kafka.topics.alerts, alerted
-        )
+        alerts = publish_alerts(self.producer, self.settings.kafka.topics.alerts, alerted)
+        self.stats.alerts += alerts
+        ENGINE_ALERTS.inc(alerts)
         publish_verdicts(self.replies, self.settings.kafka.topics.decisions, alerted, output.asked)
         return result
 
@@ -286,3 +302,19 @@ class StepWriter:
         keep = np.setdiff1d(np.arange(len(predictions)), [row for row, _ in rows])
         output.predictions = predictions.iloc[keep].reset_index(drop=True)
         return sink.write(output.predictions, output.checkpoints, [*output.rejected, *kept])
+
+
+def count_stored(predictions: pd.DataFrame, result: StoredBatch) -> None:
+    """The metrics of the rows this write inserted (an absorbed replay was counted when it
+    was first stored): how many, their decisions, Kafka append → stored."""
+    if not result.inserted:
+        return
+    inserted = predictions[predictions["tx_id"].isin(result.inserted_ids)]
+    ENGINE_TRANSACTIONS.inc(len(inserted))
+    for decision, count in inserted["decision"].value_counts().items():
+        ENGINE_DECISIONS.labels(str(decision)).inc(int(count))
+    appended = inserted["kafka_time"].dropna()
+    if len(appended):
+        now_us = time.time_ns() // 1_000
+        appended_us = appended.to_numpy(dtype="datetime64[us]").astype(np.int64)
+        ENGINE_END_TO_END.observe_many((now_us - appended_us) / 1e6)

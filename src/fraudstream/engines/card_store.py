@@ -63,6 +63,10 @@ class DiskCardState(CardState):
         # Cards taken by a checkpoint not yet committed: sequence, card → rows (None: gone).
         self.pending: list[tuple[int, dict[str, np.ndarray | None]]] = []
 
+    def disk_bytes(self) -> int:
+        """RocksDB's estimate of the live data on disk (for the metrics)."""
+        return int(self.db.property_int_value("rocksdb.estimate-live-data-size") or 0)
+
     def histories(self, cards: np.ndarray) -> list[np.ndarray | None]:
         found: list[np.ndarray | None] = []
         missing = []

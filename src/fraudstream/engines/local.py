@@ -91,6 +91,15 @@ from fraudstream.store.sink import (
     stored_ids,
 )
 from fraudstream.store.status import StatusReporter
+from fraudstream.telemetry import (
+    ENGINE_BATCH_SECONDS,
+    ENGINE_CARDS,
+    ENGINE_INFO,
+    ENGINE_LATE,
+    ENGINE_STATE_BYTES,
+    show_lag,
+    show_model,
+)
 
 __all__ = ["EngineStats", "LocalEngine"]
 
@@ -365,7 +374,9 @@ class LocalEngine:
             for partition, offset, message in kept
         ]  # fmt: skip
         drive(items, self)
-        self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
+        seconds = time.perf_counter() - started
+        self.stats.batch_ms.append(seconds * 1000)
+        ENGINE_BATCH_SECONDS.observe(seconds)
         del self.stats.batch_ms[:-1000]
 
     # --- what the pure step needs (engines/step.py: StepHost) ------------------------------
@@ -379,7 +390,8 @@ class LocalEngine:
     def commit(self, items: list[Decoded], result: StepResult) -> None:
         """Dead letters acknowledged now; predictions, dead letters' records, offsets,
         watermarks and card state handed to the writer (one transaction), alerts after."""
-        self.stats.late += late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
+        late = late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
+        self.stats.late += late
         rejected = self.writer.dead_letter(result.rejected)
         self.writer.answer_rejected(rejected, items)
         seen = None
@@ -406,6 +418,7 @@ class LocalEngine:
         self.stats.scored += len(result.predictions)
         self.stats.rejected += len(result.rejected)
         self.stats.late += result.late
+        ENGINE_LATE.inc(late + result.late)
         self.stats.replays += result.replays
         self.stats.conflicts += result.conflicts
 
@@ -645,21 +658,38 @@ class LocalEngine:
                     rollback_if_below_floor(self.settings, self.conn)
 
     def _write_status(self) -> None:
-        """Throughput since the last report, lag and batch times: to the log and the table."""
+        """Throughput since the last report, lag and batch times: to the log and the table,
+        and the metrics that change only slowly."""
+        lag = self._lag()
         self._reporter.report(
             self.conn, self.stats, model_version=self.scorer.version,
-            partitions=sorted(self.partitions), lag=self._lag(),
+            partitions=sorted(self.partitions), lag=None if lag is None else sum(lag.values()),
         )  # fmt: skip
+        ENGINE_INFO.labels(self.name).set(1)
+        challenger = self.models.challenger
+        show_model(self.scorer.version, challenger.version if challenger else None)
+        if lag is not None:
+            show_lag(lag)
+        stores = [s.cards for s in self.partitions.values() if isinstance(s.cards, DiskCardState)]
+        ENGINE_CARDS.set(sum(len(cards) for cards in stores))
+        ENGINE_STATE_BYTES.set(sum(cards.disk_bytes() for cards in stores))
 
-    def _lag(self) -> int | None:
+    def _lag(self) -> dict[int, int] | None:
+        """Messages behind the log end, per owned partition (the position's: the one read
+        next), or None when the broker does not say."""
         try:
             assigned = self.consumer.assignment()
             positions = self.consumer.position(assigned)
-            lag = 0
+            lag = {}
             for partition in positions:
                 _low, high = self.consumer.get_watermark_offsets(partition, timeout=1, cached=True)
-                if partition.offset >= 0:
-                    lag += max(high - partition.offset, 0)
+                if high is None:
+                    return None
+                start = partition.offset
+                if start < 0:  # nothing read yet: from where the state stands
+                    expected = self.expected.get(partition.partition)
+                    start = high if expected is None else expected
+                lag[partition.partition] = max(high - start, 0)
             return lag
         except Exception:  # lag is advisory; never stop scoring for it
             return None

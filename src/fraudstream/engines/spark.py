@@ -73,6 +73,13 @@ from fraudstream.store.deferred import DeferredRow, load_deferred, replace_defer
 from fraudstream.store.outcomes import stored_progress
 from fraudstream.store.sink import Checkpoint, PredictionSink, stored_ids
 from fraudstream.store.status import StatusReporter
+from fraudstream.telemetry import (
+    ENGINE_BATCH_SECONDS,
+    ENGINE_INFO,
+    ENGINE_LATE,
+    ENGINE_PARTITIONS,
+    show_model,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -462,7 +469,9 @@ class SparkEngine:
             (i.partition, i.offset): self.precomputed[(i.partition, i.offset)]
             for i in self._deferred
         }
-        self.stats.batch_ms.append((time.perf_counter() - started) * 1000)
+        seconds = time.perf_counter() - started
+        self.stats.batch_ms.append(seconds * 1000)
+        ENGINE_BATCH_SECONDS.observe(seconds)
         self.models.refresh()
         if self.policy.refresh(self.conn):  # once per micro-batch: the next one decides by it
             self.rules = self.policy.rules
@@ -548,7 +557,8 @@ class SparkEngine:
         )  # fmt: skip
 
     def commit(self, items: list[Decoded], result: StepResult) -> None:
-        self.stats.late += late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
+        late = late_after_seal(result.predictions, self.tables.newest_sealed(self.conn))
+        self.stats.late += late
         rejected = self.writer.dead_letter(result.rejected)
         seen = None
         if len(result.predictions):
@@ -577,15 +587,23 @@ class SparkEngine:
         self.stats.stored += stored.inserted
         self.stats.rejected += len(result.rejected)
         self.stats.late += result.late
+        ENGINE_LATE.inc(late + result.late)
         self.stats.replays += result.replays
         self.stats.conflicts += result.conflicts
 
     def _report(self) -> None:
+        """The status row and log line, and the slow metrics. The driver sees the lag only
+        summed over partitions (Spark's source metrics), so it exports no per-partition lag;
+        card state lives in Spark's state store, outside these metrics."""
         self._reported = time.monotonic()
         self._reporter.report(
             self.conn, self.stats, model_version=self.scorer.version,
             partitions=list(range(self.settings.kafka.partitions)), lag=self._lag,
         )  # fmt: skip
+        ENGINE_INFO.labels(self.name).set(1)
+        ENGINE_PARTITIONS.set(self.settings.kafka.partitions)
+        challenger = self.models.challenger
+        show_model(self.scorer.version, challenger.version if challenger else None)
 
 
 def _lag(progress: dict[str, Any], partitions: int) -> int | None:

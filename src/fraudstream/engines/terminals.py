@@ -33,6 +33,7 @@ from fraudstream.store.outcomes import (
     store_labels,
     stored_progress,
 )
+from fraudstream.telemetry import count_dead_letters
 
 __all__ = ["LabelReader", "TerminalTables"]
 
@@ -135,6 +136,7 @@ class LabelReader:
             self.positions[partition] = offset + 1
         refused = []
         if rejected:
+            count_dead_letters("labels", [r.reason for r in rejected])
             refused = dead_letter(
                 self.producer, self.settings.kafka.topics.labels_dlq, rejected,
                 max_message_bytes=self.settings.kafka.max_message_bytes,

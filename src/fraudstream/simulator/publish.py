@@ -22,6 +22,13 @@ from fraudstream.config import KafkaSettings
 from fraudstream.schema import Label, Transaction, encode
 from fraudstream.simulator.adapters import TRANSACTION_COLUMNS, Dataset
 from fraudstream.simulator.generator import SimulationParams, generate_blocks, new_stream
+from fraudstream.telemetry import (
+    SIMULATOR_CAUGHT_UP,
+    SIMULATOR_LABELS,
+    SIMULATOR_RATE,
+    SIMULATOR_SENT,
+    SIMULATOR_TARGET,
+)
 
 __all__ = [
     "LabelRows",
@@ -203,10 +210,16 @@ def simulate_live(
     resume: ResumePoint | None = None,
     checkpoint: Callable[[ResumePoint], None] | None = None,
     stream: str | None = None,
+    live_rate: float | None = None,
 ) -> LiveReport:
     """Send simulated traffic at ``rate`` transactions/s until ``count``, ``duration_s`` or
     ``stop``. Event time is the send time (``clock.now()``); with ``accelerated`` it is the
     simulation's own time, started at now, so days pass in minutes and labels arrive.
+
+    An accelerated run that reaches the present goes on in real time: at ``live_rate``
+    transactions/s, event time the send time (a live demo that stays busy, with the
+    population's fraud scenarios still starting), or without it at the simulation's own
+    pace (a few transactions a minute for a small population).
 
     Transaction ids are ``s<seed>-<stream>-<serial>``. Without ``resume`` the run starts the
     stream ``stream`` from its beginning; left out, a new one (``new_stream``), so that no two
@@ -244,40 +257,57 @@ def simulate_live(
 
     saved = clock.monotonic()
     began = started = clock.monotonic()  # `started` moves when the stream waits for the present
+    pace = _Pace(rate, clock)
+    realtime = not accelerated  # event time is the send time
     chunk = max(1, int(rate / 200))  # about 5 ms of traffic per step
+    SIMULATOR_TARGET.set(rate)
     while not stop.is_set():
         elapsed = clock.monotonic() - started
         if duration_s is not None and elapsed >= duration_s:
             break
-        due = int(rate * elapsed) + 1 - report.sent
+        due = pace.due()
         if count is not None:
             due = min(due, count - report.sent)
             if due <= 0 and report.sent >= count:
                 break
         if due <= 0:
-            clock.sleep(min((report.sent + 1) / rate - elapsed, 0.01))
+            clock.sleep(pace.until_next())
             continue
         rows = buffer.peek_rows(min(due, chunk))
-        if accelerated:
-            times = (origin_wall + (rows["event_time"] - origin_sim)).dt.to_pydatetime().tolist()
-            if times[-1] > clock.now():
-                # Caught up with the present: from here on the simulation runs in real time.
-                clock.sleep(min((times[-1] - clock.now()).total_seconds(), 0.5))
-                started = clock.monotonic() - report.sent / rate  # no burst after the wait
-                continue
-        else:
+        if realtime:
             times = [clock.now()] * len(rows)
+        else:
+            times = (origin_wall + (rows["event_time"] - origin_sim)).dt.to_pydatetime().tolist()
+            if times[-1] > clock.now():  # caught up with the present
+                SIMULATOR_CAUGHT_UP.set(1)
+                if live_rate is not None:
+                    realtime = True
+                    pace = _Pace(live_rate, clock)
+                    chunk = max(1, int(live_rate / 200))
+                    SIMULATOR_TARGET.set(live_rate)
+                    continue
+                # At the simulation's own pace: wait for the next transaction's time.
+                waited = min((times[-1] - clock.now()).total_seconds(), 0.5)
+                clock.sleep(waited)
+                started += waited
+                pace = _Pace(rate, clock)  # no burst after the wait
+                continue
         buffer.advance(len(rows))
         records = TransactionRows(rows)
         for index, event_time in enumerate(times):
             publisher.send_transaction(records.record(index, event_time))
         report.sent += len(rows)
+        pace.sent(len(rows))
+        SIMULATOR_SENT.inc(len(rows))
         report.seconds = clock.monotonic() - began  # wall time, waits included
         _queue_labels(rows, times, pending, report)
-        now = times[-1] if accelerated else clock.now()
+        now = clock.now() if realtime else times[-1]
+        labels = 0
         while pending and pending[0][0] <= now:
             publisher.send_label(heapq.heappop(pending)[2])
-            report.labels_sent += 1
+            labels += 1
+        report.labels_sent += labels
+        SIMULATOR_LABELS.inc(labels)
         publisher.poll()
         if clock.monotonic() - saved >= _CHECKPOINT_EVERY_S:
             publisher.flush()  # a resume point only counts what Kafka has acknowledged
@@ -286,6 +316,36 @@ def simulate_live(
     publisher.flush()
     save()
     return report
+
+
+class _Pace:
+    """How many transactions are due to hold ``rate`` since this pace began, and the
+    achieved rate over the last seconds for the metrics."""
+
+    _WINDOW_S = 10.0
+
+    def __init__(self, rate: float, clock: Clock) -> None:
+        self.rate, self.clock = rate, clock
+        self.began = clock.monotonic()
+        self.count = 0
+        self._recent: list[tuple[float, int]] = [(self.began, 0)]
+
+    def due(self) -> int:
+        return int(self.rate * (self.clock.monotonic() - self.began)) + 1 - self.count
+
+    def until_next(self) -> float:
+        """Seconds to the next transaction's turn (at most 10 ms: stop is checked between)."""
+        return min((self.count + 1) / self.rate - (self.clock.monotonic() - self.began), 0.01)
+
+    def sent(self, count: int) -> None:
+        self.count += count
+        now = self.clock.monotonic()
+        if now - self._recent[-1][0] >= 1.0:
+            self._recent.append((now, self.count))
+            while len(self._recent) > 2 and now - self._recent[1][0] >= self._WINDOW_S:
+                self._recent.pop(0)
+            since, then = self._recent[0]
+            SIMULATOR_RATE.set((self.count - then) / (now - since))
 
 
 def _skip_sent(

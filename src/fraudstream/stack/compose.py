@@ -63,6 +63,7 @@ class ServiceStatus:
     address: str
     uptime_s: float | None
     detail: str = ""
+    metrics: str | None = None  # its Prometheus endpoint
 
 
 @dataclass
@@ -215,12 +216,21 @@ class Stack:
             statuses.append(self._external("postgres", "database.url", self._database_up))
         for service in [*self.managed(), *self.pipeline]:
             record = service.record()
+            metrics = (
+                self.settings.metrics.url_of(service.name) if service in self.pipeline else None
+            )
             if record is None or not service.is_running():
-                statuses.append(ServiceStatus(service.name, "stopped", None, service.address, None))
+                statuses.append(
+                    ServiceStatus(service.name, "stopped", None, service.address, None,
+                                  metrics=metrics)
+                )  # fmt: skip
                 continue
             state = "running" if service.healthy() else "starting"
             uptime = time.time() - record.started_at
-            statuses.append(ServiceStatus(service.name, state, record.pid, service.address, uptime))
+            statuses.append(
+                ServiceStatus(service.name, state, record.pid, service.address, uptime,
+                              detail=_measured(service.name, metrics), metrics=metrics)
+            )  # fmt: skip
         order = {"kafka": 0, "postgres": 1, "engine": 2, "api": 3, "simulator": 4}
         return sorted(statuses, key=lambda status: order.get(status.name, 99))
 
@@ -281,3 +291,17 @@ def _named_password(
         warn(f"{setting} does not name user {role} with a password: that user is yours to create")
         return None
     return str(params["password"])
+
+
+def _measured(service: str, metrics: str | None) -> str:
+    """What a running service's metrics say about it right now, in a few words."""
+    if metrics is None or service not in ("engine", "simulator"):
+        return ""
+    from fraudstream.telemetry import scrape
+
+    found = scrape(metrics)
+    if service == "simulator" and "fraudstream_simulator_rate" in found:
+        return f"sending {found['fraudstream_simulator_rate']:,.1f} tx/s"
+    if service == "engine" and "fraudstream_engine_consumer_lag" in found:
+        return f"lag {found['fraudstream_engine_consumer_lag']:,.0f}"
+    return ""

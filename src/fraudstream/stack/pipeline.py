@@ -88,7 +88,8 @@ def pipeline_services(settings: Settings, env: Mapping[str, str]) -> list[Pipeli
         settings,
         "simulator",
         ["simulate", "--accelerated", "--forever"],
-        f"→ {topics.transactions}, ≤ {settings.simulator.rate:,.0f} tx/s until now, then real time",
+        f"→ {topics.transactions}, ≤ {settings.simulator.rate:,.0f} tx/s until now, then "
+        f"{settings.simulator.live_rate:,.0f} tx/s in real time",
         child_env,
     )
     dashboard = PipelineService(
