@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 import urllib.request
 import uuid
@@ -37,6 +38,21 @@ def _settings(overrides: dict[str, str]) -> Settings:
     return load_settings(overrides=overrides)
 
 
+def _assert_private(state: Path) -> None:
+    """Nothing in the state directory (Kafka's data and logs, PostgreSQL's, the passwords)
+    can be read by another account; directories at most let it pass through (PostgreSQL's
+    own account, when the stack runs as root)."""
+    checked = 0
+    for path in [state, *state.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        allowed = 0o011 if path.is_dir() else 0
+        assert mode & 0o077 & ~allowed == 0, f"{path} is mode {mode:o}"
+        checked += 1
+    assert checked > 20 and (state / "kafka").is_dir() and (state / "logs").is_dir()
+
+
 def test_lifecycle_up_status_down_and_data_survives(tmp_path: Path) -> None:
     overrides = stack_overrides(tmp_path / "state")
     env = overrides_env(overrides)
@@ -55,6 +71,7 @@ def test_lifecycle_up_status_down_and_data_survives(tmp_path: Path) -> None:
         assert status["kafka"]["address"] == f"127.0.0.1:{overrides['kafka.port']}"
         assert isinstance(status["postgres"]["pid"], int)
         assert isinstance(status["kafka"]["uptime_s"], float)
+        _assert_private(tmp_path / "state")
 
         second = run_cli("up", env=env)
         assert second.returncode == 0, second.stderr

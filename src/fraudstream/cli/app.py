@@ -6,6 +6,7 @@ engine, dashboard, bench, config), registered below in the order ``--help`` list
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from fraudstream.cli.config import show_config
 from fraudstream.config import CONFIG_FILE_ENV, SettingsError, env_name
 from fraudstream.model.registry import RegistryError
 from fraudstream.stack import ServiceError
+from fraudstream.stack.process import PRIVATE_UMASK
 from fraudstream.store.migrations import MigrationError
 
 
@@ -105,7 +107,9 @@ app.add_typer(rules.lists_app, name="lists")
 
 
 def main() -> None:
-    """Console-script entry point: turns known failures into one clear line and an exit code."""
+    """Console-script entry point: turns known failures into one clear line and an exit code.
+    Whatever it and the services it starts create is private to this account."""
+    os.umask(PRIVATE_UMASK)
     try:
         app()
     except SettingsError as error:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -256,6 +257,7 @@ class Stack:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
+        _private_directory(self.settings.state_dir)
         run_dir = self.settings.state_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         with (run_dir / "stack.lock").open("w") as handle:
@@ -305,3 +307,12 @@ def _measured(service: str, metrics: str | None) -> str:
     if service == "engine" and "fraudstream_engine_consumer_lag" in found:
         return f"lag {found['fraudstream_engine_consumer_lag']:,.0f}"
     return ""
+
+
+def _private_directory(path: Path) -> None:
+    """The state directory: only its account may list, read or write it (others may at most
+    pass through it, as PostgreSQL's own account must to reach its data when run by root)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o066:
+        path.chmod(mode & ~0o066)

@@ -32,6 +32,7 @@ from fraudstream.stack.process import (
     spawn,
     stop,
     wait_until,
+    write_private,
 )
 
 __all__ = [
@@ -202,14 +203,12 @@ class EmbeddedPostgres:
         self.home.mkdir(parents=True, exist_ok=True)
         secret = password_file(self.settings)
         if self.db.password is None and not secret.exists():
-            secret.write_text(secrets.token_urlsafe(24))
-            secret.chmod(0o600)
+            write_private(secret, secrets.token_urlsafe(24))
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)  # a half-made cluster from an interrupted first start
         self.data_dir.mkdir(mode=0o700)
         pwfile = self.home / ".initdb-password"
-        pwfile.write_text(self.password())
-        pwfile.chmod(0o600)
+        write_private(pwfile, self.password())
         try:
             if self.run_as:
                 account = pwd.getpwnam(self.run_as)
@@ -265,9 +264,7 @@ class EmbeddedPostgres:
 
 def _kept_secret(path: Path) -> str:
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(24))
+        write_private(path, secrets.token_urlsafe(24))
     return path.read_text().strip()
 
 

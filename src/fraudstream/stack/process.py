@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 
 __all__ = [
+    "PRIVATE_UMASK",
     "PidRecord",
     "ServiceError",
     "port_in_use",
@@ -30,6 +31,7 @@ __all__ = [
     "spawn",
     "stop",
     "wait_until",
+    "write_private",
 ]
 
 
@@ -64,6 +66,20 @@ def running(record: PidRecord | None) -> bool:
         return False
 
 
+PRIVATE_UMASK = 0o077
+"""What fraudstream and the services it starts create is readable by their account only."""
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file that is never readable by anyone but this account, not
+    even for the moment between creating it and changing its mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # an existing file keeps its mode through O_CREAT
+        file.write(text)
+
+
 def spawn(
     argv: Sequence[str],
     *,
@@ -92,6 +108,7 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=PRIVATE_UMASK,  # the service's data and logs: its account's alone
             env=env,
             cwd=cwd,
             user=uid,
