@@ -24,10 +24,16 @@ __all__ = [
 log = logging.getLogger("fraudstream.bus")
 
 _T = TypeVar("_T")
-_TRANSIENT = {
+_TRANSIENT = {  # what a broker restart or a leader election looks like from a client
     KafkaError.NOT_COORDINATOR,
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.BROKER_NOT_AVAILABLE,
+    KafkaError.NETWORK_EXCEPTION,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._ALL_BROKERS_DOWN,
     KafkaError._TIMED_OUT,
     KafkaError._TRANSPORT,
 }
