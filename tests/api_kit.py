@@ -41,13 +41,19 @@ class Client:
         token = self.key if key == "default" else key
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        try:
-            self._conn.request("POST", "/v1/decisions", payload, headers)
-            response = self._conn.getresponse()
-        except (http.client.HTTPException, ConnectionError):
-            self._conn.close()  # a refused oversized body may close the connection
-            self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-            raise
+        for attempt in range(2):
+            try:
+                self._conn.request("POST", "/v1/decisions", payload, headers)
+                response = self._conn.getresponse()
+                break
+            except (http.client.HTTPException, ConnectionError) as error:
+                self._conn.close()  # a refused oversized body may close the connection
+                self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                # The server closes a connection idle past its keep-alive time: a request
+                # that found it closed is sent again, once, on a new one (as browsers do).
+                closed = isinstance(error, BrokenPipeError | http.client.RemoteDisconnected)
+                if attempt or not closed:
+                    raise
         data = response.read()
         return Reply(response.status, json.loads(data) if data else {}, dict(response.headers))
 

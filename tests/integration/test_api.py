@@ -5,6 +5,7 @@ within the budget, never a decision (``tests/contract`` holds the multi-day pari
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -39,12 +40,11 @@ class Api:
     log: Path
 
 
-@pytest.fixture
-def api(stack_settings: Settings, models_dir: Path, tmp_path: Path) -> Iterator[Api]:
+@contextlib.contextmanager
+def _running(stack_settings: Settings, models_dir: Path, log: Path) -> Iterator[Api]:
     # A budget a loaded test machine keeps: these tests are about what is answered; how fast
     # is `fraudstream bench --only api`'s question.
     settings = with_api(isolated(stack_settings, models_dir, batch_max_messages=500), 1000)
-    log = tmp_path / "services.log"
     key = create_key(settings, "checkout")
     running = Api(settings, Client(settings.api.port, key), key, start_engine(settings, log), log)
     server = None
@@ -64,6 +64,23 @@ def api(stack_settings: Settings, models_dir: Path, tmp_path: Path) -> Iterator[
             stop_api(server)
         if running.engine.poll() is None:
             stop_engine(running.engine, log)
+
+
+@pytest.fixture
+def api(stack_settings: Settings, models_dir: Path, tmp_path: Path) -> Iterator[Api]:
+    """An engine and an API of this test's own: for tests that stop, kill or reconfigure."""
+    with _running(stack_settings, models_dir, tmp_path / "services.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_api(
+    stack_settings: Settings, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    """One engine and API for the tests that only send requests (each its own transactions)."""
+    log = tmp_path_factory.mktemp("shared-api") / "services.log"
+    with _running(stack_settings, models_dir, log) as running:
+        yield running
 
 
 def _tx(**fields: Any) -> dict[str, Any]:
@@ -97,7 +114,8 @@ def _count(settings: Settings, table: str, tx_ids: list[str]) -> int:
     return int(row[0]) if row else 0
 
 
-def test_the_answer_is_the_stored_decision_and_a_retry_gets_it_again(api: Api) -> None:
+def test_the_answer_is_the_stored_decision_and_a_retry_gets_it_again(shared_api: Api) -> None:
+    api = shared_api
     big = _tx(amount=25_000.0)  # over the default rules' limit: declined, a rule named
     reply = api.client.post(big)
     assert reply.status == 200, reply.body
@@ -122,7 +140,8 @@ def test_the_answer_is_the_stored_decision_and_a_retry_gets_it_again(api: Api) -
     assert _count(api.settings, "fraud_predictions", [big["tx_id"]]) == 1
 
 
-def test_a_reused_tx_id_with_other_content_is_a_conflict(api: Api) -> None:
+def test_a_reused_tx_id_with_other_content_is_a_conflict(shared_api: Api) -> None:
+    api = shared_api
     first = _tx()
     assert api.client.post(first).status == 200
     changed = {**first, "amount": first["amount"] + 1}
@@ -147,7 +166,8 @@ def test_keys_are_required_checked_and_revocable(api: Api) -> None:
     wait_for(lambda: api.client.post(_tx()).status == 401, 30, "the revoked key to be refused")
 
 
-def test_the_metrics_count_each_answer_by_status_and_decision(api: Api) -> None:
+def test_the_metrics_count_each_answer_by_status_and_decision(shared_api: Api) -> None:
+    api = shared_api
     url = api.settings.metrics.url_of("api")
     assert url is not None
 
@@ -206,8 +226,9 @@ def test_the_metrics_count_each_answer_by_status_and_decision(api: Api) -> None:
          "not JSON", "not an object", "too long", "oversized"],
 )  # fmt: skip
 def test_bad_input_is_refused_naming_the_field_and_the_rule(
-    api: Api, body: Any, status: int, field: str | None, rule: str | None
+    shared_api: Api, body: Any, status: int, field: str | None, rule: str | None
 ) -> None:
+    api = shared_api
     reply = api.client.post(body)
     assert reply.status == status, reply.body
     if status == 422:
