@@ -89,7 +89,20 @@ def test_spark_gives_the_local_engines_predictions_across_micro_batches(
     stack_settings: Settings, models_dir: Path, scored: Scored, tmp_path: Path
 ) -> None:
     settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
-    stats = SparkEngine(settings, SystemClock(), master="local[2]").run(max_idle_s=10)
+    engine = SparkEngine(settings, SystemClock(), master="local[2]")
+    total = len(scored.expected)
+
+    def stop_when_stored() -> None:  # every row and dead letter stored, or time is up
+        try:
+            wait_for(
+                lambda: stored_count(settings) == total and _dead(settings) == len(MALFORMED),
+                300, "every row and dead letter",
+            )  # fmt: skip
+        finally:
+            engine.stop.set()
+
+    threading.Thread(target=stop_when_stored, daemon=True).start()
+    stats = engine.run()
     assert stats.batches >= 4
     assert_same_rows(settings, scored)
     with psycopg.connect(conninfo(settings)) as conn:
@@ -97,6 +110,12 @@ def test_spark_gives_the_local_engines_predictions_across_micro_batches(
         engines = conn.execute("SELECT DISTINCT engine FROM fraud_predictions").fetchall()
     assert len(reasons) == len(MALFORMED) and all(reasons)
     assert engines == [("spark",)]
+
+
+def _dead(settings: Settings) -> int:
+    with psycopg.connect(conninfo(settings)) as conn:
+        row = conn.execute("SELECT count(*) FROM dlq_events").fetchone()
+    return int(row[0]) if row else 0
 
 
 SPARK_COMMAND = [sys.executable, "-m", "fraudstream", "score", "--engine", "spark"]
@@ -124,11 +143,11 @@ def test_a_killed_driver_restarts_from_its_checkpoint_exactly_once(
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait(30)
     time.sleep(2)  # the driver's JVM notices its Python is gone
-    restarted = subprocess.run(
-        [*command, "--max-idle", "10"], env=env, stdout=log, stderr=subprocess.STDOUT,
-        timeout=600, check=False,
-    )  # fmt: skip
-    assert restarted.returncode == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    restarted = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    total = len(scored.expected)
+    wait_for(lambda: stored_count(settings) == total, 300, "every row after the restart")
+    restarted.send_signal(signal.SIGTERM)
+    assert restarted.wait(60) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     assert_same_rows(settings, scored)
 
 
