@@ -123,13 +123,13 @@ class EngineBench:
                 stack.down(volumes=True)
 
     def _model(self) -> None:
-        """The configured current model, or (none yet) a first one trained as `up` does."""
+        """The configured current model, or (none yet) a first one trained as `up` does, in
+        the configured registry: `bench/run.py` points that at a registry of the run's own
+        when the user's has no model, so that the sections share one first model."""
+        self.settings = self.settings.model_copy(
+            update={"model": self.settings.model.model_copy(update={"dir": self.base.models_dir})}
+        )
         if Registry(self.base.models_dir).current() is not None:
-            self.settings = self.settings.model_copy(
-                update={
-                    "model": self.settings.model.model_copy(update={"dir": self.base.models_dir})
-                }
-            )
             return
         self.progress("training a first model (none is promoted yet)")
         settings = self.settings

@@ -6,7 +6,9 @@ Kafka broker and PostgreSQL server on free ports and remove them afterwards.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from bench.report import update_section, update_text_section
 from bench.stages import Result
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings
+from fraudstream.model.registry import Registry
 
 __all__ = ["SECTIONS", "run"]
 
@@ -36,6 +39,32 @@ def run(
     ``profile`` None samples the local engine where py-spy may attach to it."""
     if only not in SECTIONS:
         raise ValueError(f"unknown benchmark section {only!r}")
+    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-models-") as models:
+        return _run(
+            functools.partial(_with_a_model, settings, Path(models)), only=only, quick=quick,
+            out=out, profile=profile, progress=progress,
+        )  # fmt: skip
+
+
+def _with_a_model(settings: Callable[[], Settings], models: Path) -> Settings:
+    """The settings, their registry replaced by ``models`` (the run's own, deleted after it)
+    when it holds no model: the sections then train one first model between them, and none
+    lands in the user's registry."""
+    base = settings()
+    if Registry(base.models_dir).current() is not None:
+        return base
+    return base.model_copy(update={"model": base.model.model_copy(update={"dir": models})})
+
+
+def _run(
+    settings: Callable[[], Settings],
+    *,
+    only: str,
+    quick: bool,
+    out: Path,
+    profile: bool | None,
+    progress: Callable[[str], None],
+) -> list[Result]:
     when = SystemClock().now()
     how = "fraudstream bench" + (" --quick" if quick else "") + (f" --only {only}")
     results: list[Result] = []

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import signal
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Annotated
@@ -55,6 +57,10 @@ def _load_harness(bench_dir: Path | None) -> ModuleType:
     return importlib.import_module("bench.run")
 
 
+def _interrupt(_signal: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def bench(
     ctx: typer.Context,
     quick: Annotated[
@@ -95,10 +101,21 @@ def bench(
     harness = _load_harness(bench_dir)
     if only not in harness.SECTIONS:
         fail(f"--only must be one of {', '.join(harness.SECTIONS)}, not {only!r}", 2)
+    started = time.monotonic()
+    # SIGTERM ends the run as Ctrl-C does: through the harness's `finally`s, which stop the
+    # private broker, database and engines it started (a plain SIGTERM would leave them).
+    signal.signal(signal.SIGTERM, _interrupt)
     with err.status("benchmarking") as status:
+
+        def progress(message: str) -> None:
+            # A line per step, terminal or not (a log shows where the time went); the spinner
+            # says what is happening now.
+            err.print(f"{time.monotonic() - started:7.1f} s  {message}", highlight=False)
+            status.update(message)
+
         results = harness.run(
             lambda: settings_of(ctx), only=only, quick=quick, out=out, profile=profile,
-            progress=lambda message: status.update(message),
+            progress=progress,
         )  # fmt: skip
     for result in results:
         typer.echo(f"{result.name}: {result.value:,.1f} {result.unit}  {result.note}")
