@@ -48,8 +48,10 @@ from fraudstream.model.registry import Registry
 from fraudstream.simulator.generator import SimulationParams, preset
 from fraudstream.simulator.publish import Publisher, simulate_live
 from fraudstream.stack import Stack
+from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
+from fraudstream.store.roles import ensure_engine_role
 
 __all__ = ["Drained", "EngineBench", "Workload"]
 
@@ -337,6 +339,7 @@ class EngineBench:
         )
         with connect(trial) as conn:
             migrations.migrate(conn)
+            ensure_engine_role(conn, EmbeddedPostgres(trial).engine_password())
         return trial
 
     def _produce(

@@ -19,8 +19,10 @@ from psycopg import sql
 from fraudstream import bus
 from fraudstream.config import Settings, TopicSettings
 from fraudstream.simulator.publish import Publisher, TransactionRows
+from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store import migrations
 from fraudstream.store.db import connect, conninfo
+from fraudstream.store.roles import ensure_engine_role
 
 from .conftest import free_port, overrides_env
 
@@ -60,6 +62,8 @@ def isolated(stack_settings: Settings, models: Path, **engine: object) -> Settin
     )
     with connect(settings) as conn:
         migrations.migrate(conn)
+        # The engines' user's rights are per database (the role is the server's).
+        ensure_engine_role(conn, EmbeddedPostgres(settings).engine_password())
     return settings
 
 

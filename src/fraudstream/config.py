@@ -301,6 +301,11 @@ class EngineSettings(_Section):
         default=7, ge=0, le=365, description="Days after which a day's labels count as final."
     )
     engine_id: str | None = Field(default=None, description="Default: host name and pid.")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="The engines' own PostgreSQL user (writes only what engines write); the "
+        "managed server provides one, an external database should too.",
+    )
     allowed_lateness_s: float = Field(
         default=3600.0,
         ge=0,

@@ -31,7 +31,8 @@ from fraudstream.simulator.adapters import load_dataset
 from fraudstream.simulator.generator import SimulationParams, generate, generate_blocks, preset
 from fraudstream.simulator.history import write_history
 from fraudstream.stack import Stack
-from fraudstream.store.db import conninfo
+from fraudstream.store.db import conninfo, engine_conninfo
+from fraudstream.store.roles import ENGINE_ROLE
 from fraudstream.telemetry import read_samples
 
 from ..engine_kit import (
@@ -422,3 +423,38 @@ def test_the_engines_metrics_say_what_it_stored(
     assert _value(found, "fraudstream_engine_checkpoint_seconds_count") >= 1
     assert _value(found, "fraudstream_engine_last_checkpoint_timestamp_seconds") > time.time() - 600
     assert _value(found, "fraudstream_engine_cards_in_memory") == frame["card_id"].nunique()
+
+
+def test_the_engines_database_user_writes_only_what_engines_write(
+    stack_settings: Settings, models_dir: Path
+) -> None:
+    """Not a superuser, no DDL, no deletes but its own pruning, and none of the analysts',
+    the API's or the audit trail's records changed; the engines run as it (every engine test
+    here does)."""
+    settings = isolated(stack_settings, models_dir)
+    with psycopg.connect(engine_conninfo(settings), autocommit=True) as conn:
+        role = conn.execute(
+            "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "
+            "WHERE rolname = current_user"
+        ).fetchone()
+        assert role == (ENGINE_ROLE, False, False, False)
+        conn.execute("SELECT count(*) FROM rule_versions, list_entries, labels")  # reads all
+        conn.execute("DELETE FROM card_changes WHERE false")  # its own pruning
+        refused = [
+            "DROP TABLE fraud_predictions",
+            "ALTER TABLE fraud_predictions ADD COLUMN x int",
+            "TRUNCATE fraud_predictions",
+            "DELETE FROM fraud_predictions",
+            "CREATE TABLE mine (x int)",
+            "UPDATE rule_versions SET approved_by = 'engine'",
+            "INSERT INTO app_users (username, role, password_hash, created_at, created_by) "
+            "VALUES ('xx', 'admin', '$argon2id$h', now(), 'engine')",
+            "INSERT INTO api_keys (name, prefix, key_sha256) "
+            "VALUES ('x', 'fsk_', sha256('k'::bytea))",
+            "UPDATE audit_log SET actor = 'x'",
+            "INSERT INTO list_entries (list_name, value, reason, added_by, added_at) "
+            "VALUES ('blocked_cards', 'c', 'r', 'engine', now())",
+        ]
+        for statement in refused:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)

@@ -26,7 +26,8 @@ from fraudstream.config import (
     load_settings,
     setting_paths,
 )
-from fraudstream.store.roles import API_ROLE
+from fraudstream.store.db import engine_conninfo
+from fraudstream.store.roles import API_ROLE, ENGINE_ROLE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -40,6 +41,7 @@ USER_ENV = {
     "DASHBOARD_ADMIN_PASSWORD": "ui0password-admin",
     "API_DB_PASSWORD": "api0password",
     "GRAFANA_ADMIN_PASSWORD": "gf0password",
+    "ENGINE_DB_PASSWORD": "en0password",
 }
 ENGINES = ("local", "spark")
 # Read by Spark itself (where its UI listens); read by `init` once (the first dashboard user).
@@ -304,6 +306,17 @@ def test_the_api_is_reached_only_through_the_hosts_loopback_as_its_own_user(
     assert user == API_ROLE
     exposed = [a for instruction, a in _dockerfile_instructions() if instruction == "EXPOSE"]
     assert str(settings.api.port) in " ".join(exposed).split()
+
+
+def test_the_engines_log_in_as_their_own_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    service = _ours(_compose())["engine"]
+    environment = {key: str(value) for key, value in service["environment"].items()}
+    image_env = {k: v for k, v in _image_env().items() if k.startswith(ENV_PREFIX)}
+    settings = _container_settings({**image_env, **environment}, monkeypatch)
+    assert settings.engine.database_url is not None
+    user = conninfo_to_dict(settings.engine.database_url.get_secret_value())["user"]
+    assert user == ENGINE_ROLE
+    assert engine_conninfo(settings) == settings.engine.database_url.get_secret_value()
 
 
 def test_the_env_example_names_every_variable_and_only_known_settings() -> None:

@@ -179,8 +179,9 @@ def setup(ctx: typer.Context) -> None:
 
 def init(ctx: typer.Context) -> None:
     """Prepare the configured Kafka and PostgreSQL for the pipeline, start nothing, and exit:
-    the topics, the database schema, the dashboard's and the decision API's database users
-    (the managed server's, or those dashboard.database_url and api.database_url name) and a
+    the topics, the database schema, the engines', the dashboard's and the decision API's
+    database users (the managed server's, or those engine.database_url,
+    dashboard.database_url and api.database_url name) and a
     first model if none exists. What `up` does before it starts the engine; the Docker
     Compose `init` service."""
     import psycopg
@@ -191,11 +192,13 @@ def init(ctx: typer.Context) -> None:
     stack = stack_of(ctx)
     password = stack.dashboard_role_password(warn=err.print)
     api_password = stack.api_role_password(warn=err.print)
+    engine_password = stack.engine_role_password(warn=err.print)
     with err.status("preparing fraudstream…") as status:
         try:
             report = stack.prepare(
                 UpReport(), lambda message: status.update(message + "…"),
                 dashboard_password=password, api_password=api_password,
+                engine_password=engine_password,
             )  # fmt: skip
         except ServiceError as error:
             hint = " (start it with `fraudstream up`)" if settings.kafka.managed else ""
@@ -211,6 +214,8 @@ def init(ctx: typer.Context) -> None:
         out.print("dashboard database user: ready")
     if api_password is not None:
         out.print("API database user: ready")
+    if engine_password is not None:
+        out.print("engine database user: ready")
     version = report.model_trained
     out.print(
         f"trained and promoted a first model, {version}" if version else "model: one is current"

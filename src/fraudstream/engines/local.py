@@ -81,7 +81,7 @@ from fraudstream.model.registry import Registry
 from fraudstream.policy import RuleSet
 from fraudstream.records import StoredId
 from fraudstream.schema import Transaction, decode_transaction
-from fraudstream.store.db import connect
+from fraudstream.store.db import engine_connect
 from fraudstream.store.quality import refresh_quality
 from fraudstream.store.sink import (
     Checkpoint,
@@ -154,12 +154,12 @@ class LocalEngine:
         self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
         self.precomputed = None  # card features are computed here, from self.partitions
         self.models = ModelHolder(Registry(settings.models_dir))
-        self.conn = connect(settings)  # the main thread's: tables, labels, status, snapshots
+        self.conn = engine_connect(settings)  # the main thread's: tables, labels, status
         self.policy = PolicyWatcher(settings, clock)
         self.policy.refresh(self.conn)
         self.rules: RuleSet = self.policy.rules
         self.sink = PredictionSink(
-            connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
+            engine_connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
         )  # the writer thread's
         self.owned: list[int] = []  # partitions assigned to this engine
         self.partitions: dict[int, PartitionState] = {}  # restored and being scored
@@ -559,9 +559,11 @@ class LocalEngine:
         for conn in (self.conn, self.sink.conn):
             with contextlib.suppress(psycopg.Error):
                 conn.close()
-        self.conn = connect(self.settings)
+        self.conn = engine_connect(self.settings)
         self.sink = PredictionSink(
-            connect(self.settings), consumer_group=self.group, features_version=FEATURES_VERSION
+            engine_connect(self.settings),
+            consumer_group=self.group,
+            features_version=FEATURES_VERSION,
         )
 
     # --- steps ---------------------------------------------------------------------------

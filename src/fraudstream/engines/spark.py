@@ -68,7 +68,7 @@ from fraudstream.policy import RuleSet
 from fraudstream.records import Rejected, StoredId
 from fraudstream.schema import Invalid, Transaction, content_digest, decode_transaction
 from fraudstream.stack.spark import spark_session
-from fraudstream.store.db import connect
+from fraudstream.store.db import engine_connect
 from fraudstream.store.deferred import DeferredRow, load_deferred, replace_deferred
 from fraudstream.store.outcomes import stored_progress
 from fraudstream.store.sink import Checkpoint, PredictionSink, stored_ids
@@ -236,11 +236,11 @@ class SparkEngine:
         self.group = f"spark:{settings.engine.group_id}"
         self.lateness = timedelta(seconds=settings.engine.allowed_lateness_s)
         self.models = ModelHolder(Registry(settings.models_dir))
-        self.conn = connect(settings)
+        self.conn = engine_connect(settings)
         self.policy = PolicyWatcher(settings, clock)
         self.policy.refresh(self.conn)
         self.rules: RuleSet = self.policy.rules
-        self.sink = self._new_sink(connect(settings))
+        self.sink = self._new_sink(engine_connect(settings))
         self.producer = engine_producer(settings.kafka)
         self.stats = EngineStats()
         self.writer = StepWriter(settings, self.producer, self.stats)
@@ -379,7 +379,7 @@ class SparkEngine:
         delay = _BACKOFF_S[0]
         while not self.stop.is_set():
             try:
-                conn, sink_conn = connect(self.settings), connect(self.settings)
+                conn, sink_conn = engine_connect(self.settings), engine_connect(self.settings)
             except psycopg.OperationalError as error:
                 log.warning("still unavailable (%s); retrying in %.1f s", first_line(error), delay)
                 self.stop.wait(delay)

@@ -28,7 +28,14 @@ from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.stack.process import PidRecord, ServiceError
 from fraudstream.store import migrations
 from fraudstream.store.db import connect
-from fraudstream.store.roles import API_ROLE, DASHBOARD_ROLE, ensure_api_role, ensure_dashboard_role
+from fraudstream.store.roles import (
+    API_ROLE,
+    DASHBOARD_ROLE,
+    ENGINE_ROLE,
+    ensure_api_role,
+    ensure_dashboard_role,
+    ensure_engine_role,
+)
 
 __all__ = ["ServiceStatus", "Stack", "UpReport"]
 
@@ -124,6 +131,7 @@ class Stack:
                 report, progress,
                 dashboard_password=self.database.dashboard_password() if managed else None,
                 api_password=self.database.api_password() if managed else None,
+                engine_password=self.database.engine_password() if managed else None,
                 train=bool(self.pipeline),
             )  # fmt: skip
             if self.pipeline:
@@ -139,12 +147,13 @@ class Stack:
         *,
         dashboard_password: str | None,
         api_password: str | None = None,
+        engine_password: str | None = None,
         train: bool = True,
     ) -> UpReport:
         """Ready the configured broker and database (managed or external) for the pipeline:
-        topics, schema, the dashboard's and the decision API's database users (given their
-        passwords) and, with ``train``, a first model if none is current. What `up` does once
-        its services run; all that `fraudstream init` does."""
+        topics, schema, the engines', the dashboard's and the decision API's database users
+        (given their passwords) and, with ``train``, a first model if none is current. What
+        `up` does once its services run; all that `fraudstream init` does."""
         progress("checking the broker and creating topics")
         if not bus.ping(self.settings.kafka, timeout_s=self.settings.start_timeout_s):
             raise ServiceError(
@@ -158,6 +167,8 @@ class Stack:
                 ensure_dashboard_role(conn, dashboard_password)
             if api_password is not None:
                 ensure_api_role(conn, api_password)
+            if engine_password is not None:
+                ensure_engine_role(conn, engine_password)
         if train:
             from fraudstream.clock import SystemClock
             from fraudstream.model.bootstrap import ensure_model
@@ -182,6 +193,16 @@ class Stack:
         if self.settings.database.managed:
             return self.database.api_password()
         return _named_password("api.database_url", self.settings.api.database_url, API_ROLE, warn)
+
+    def engine_role_password(
+        self, warn: Callable[[str], None] = lambda _message: None
+    ) -> str | None:
+        """The same for the engines' user: the managed server's, or engine.database_url's."""
+        if self.settings.database.managed:
+            return self.database.engine_password()
+        return _named_password(
+            "engine.database_url", self.settings.engine.database_url, ENGINE_ROLE, warn
+        )
 
     def _active_api_keys(self) -> int:
         from fraudstream.api.keys import list_keys

@@ -40,6 +40,7 @@ __all__ = [
     "api_password_file",
     "binaries_dir",
     "dashboard_password_file",
+    "engine_password_file",
     "password_file",
 ]
 
@@ -62,6 +63,10 @@ def password_file(settings: Settings) -> Path:
 
 def dashboard_password_file(settings: Settings) -> Path:
     return settings.state_dir / "postgres" / "dashboard-password"
+
+
+def engine_password_file(settings: Settings) -> Path:
+    return settings.state_dir / "postgres" / "engine-password"
 
 
 def api_password_file(settings: Settings) -> Path:
@@ -116,6 +121,17 @@ class EmbeddedPostgres:
 
         return psycopg.conninfo.make_conninfo(
             self.conninfo(), user=DASHBOARD_ROLE, password=self.dashboard_password()
+        )
+
+    def engine_password(self) -> str:
+        """The engines' user's password, generated on first use and kept (mode 0600)."""
+        return _kept_secret(engine_password_file(self.settings))
+
+    def engine_conninfo(self) -> str:
+        from fraudstream.store.roles import ENGINE_ROLE
+
+        return psycopg.conninfo.make_conninfo(
+            self.conninfo(), user=ENGINE_ROLE, password=self.engine_password()
         )
 
     def api_password(self) -> str:

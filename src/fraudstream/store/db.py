@@ -14,7 +14,15 @@ from fraudstream.config import Settings
 if TYPE_CHECKING:
     from fraudstream.stack.postgres import EmbeddedPostgres
 
-__all__ = ["api_conninfo", "connect", "conninfo", "dashboard_conninfo", "frame"]
+__all__ = [
+    "api_conninfo",
+    "connect",
+    "conninfo",
+    "dashboard_conninfo",
+    "engine_connect",
+    "engine_conninfo",
+    "frame",
+]
 
 
 def conninfo(settings: Settings) -> str:
@@ -52,14 +60,35 @@ def _own_user(
     return managed(EmbeddedPostgres(settings))
 
 
+def engine_conninfo(settings: Settings) -> str:
+    """The engines' connection: their own restricted user where there is one (the managed
+    server's, or ``engine.database_url``), else the owner's (an external database without an
+    engine user)."""
+    return _own_user(settings, settings.engine.database_url, lambda pg: pg.engine_conninfo())
+
+
 def connect(
     settings: Settings, *, autocommit: bool = False
 ) -> psycopg.Connection[tuple[object, ...]]:
+    """The owner's connection: migrations, the CLI's administration, the tests."""
+    return _connect(conninfo(settings), settings, autocommit)
+
+
+def engine_connect(
+    settings: Settings, *, autocommit: bool = False
+) -> psycopg.Connection[tuple[object, ...]]:
+    """An engine's connection, as its own user (``engine_conninfo``)."""
+    return _connect(engine_conninfo(settings), settings, autocommit, name="fraudstream-engine")
+
+
+def _connect(
+    info: str, settings: Settings, autocommit: bool, name: str = "fraudstream"
+) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(
-        conninfo(settings),
+        info,
         autocommit=autocommit,
         connect_timeout=max(1, int(settings.database.connect_timeout_s)),
-        application_name="fraudstream",
+        application_name=name,
     )
 
 

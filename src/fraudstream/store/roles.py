@@ -1,5 +1,8 @@
 """The services' own PostgreSQL users, so that a bug or a crafted input in one cannot change
-what it has no business changing: the dashboard reads everything and may only add labels,
+what it has no business changing: the engines read everything and write only what they
+produce (predictions and their projections, checkpoints, card changes, dead letters' records,
+labels from the topic, sealed terminal tables, cases they open, quality, status); the
+dashboard reads everything and may only add labels,
 review decisions, case notes, audit lines, rule versions and list entries, move cases,
 approve and publish rules, remove list entries and manage users (never change or remove an
 audit line, a prediction, a rule version's content or a model's record); the decision API
@@ -13,10 +16,51 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-__all__ = ["API_ROLE", "DASHBOARD_ROLE", "ensure_api_role", "ensure_dashboard_role"]
+__all__ = [
+    "API_ROLE",
+    "DASHBOARD_ROLE",
+    "ENGINE_ROLE",
+    "ENGINE_TABLES",
+    "ensure_api_role",
+    "ensure_dashboard_role",
+    "ensure_engine_role",
+]
 
 DASHBOARD_ROLE = "fraudstream_dashboard"
 API_ROLE = "fraudstream_api"
+ENGINE_ROLE = "fraudstream_engine"
+
+ENGINE_TABLES = (
+    "fraud_predictions", "stream_checkpoints", "feature_state", "card_changes", "dlq_events",
+    "engine_status", "rollup_minute", "feature_hour", "terminal_daily", "terminal_tables",
+    "terminal_locations", "labels", "cases", "case_alerts", "shadow_predictions",
+    "shadow_rule_decisions", "deferred_rows", "quality_daily", "quality_histogram",
+    "model_events", "model_profiles",
+)  # fmt: skip
+"""What the engines write (inserts and upserts); of these they delete only pruned card
+changes and the Spark engine's deferred rows. They also add audit lines (a rollback)."""
+
+
+def ensure_engine_role(conn: psycopg.Connection[Any], password: str) -> None:
+    """Create (or update) the engines' role and grant it exactly its rights on the current
+    database: every table read (the rule book, the lists, the labels...), its own tables
+    written, nothing dropped, altered or truncated, and none of the analysts' or the API's
+    records (users, audit, rule versions, lists, keys, reviews) written. Idempotent; needs
+    CREATEROLE and the schema at version 11 or later."""
+    _ensure_role(
+        conn,
+        ENGINE_ROLE,
+        password,
+        [
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+            "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
+            f"GRANT INSERT, UPDATE ON {', '.join(ENGINE_TABLES)} TO {{role}}",
+            "GRANT DELETE ON card_changes, deferred_rows TO {role}",
+            # A rollback below the quality floor is audited like an analyst's action.
+            "GRANT INSERT ON audit_log TO {role}",
+            "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
+        ],
+    )
 
 
 def ensure_dashboard_role(conn: psycopg.Connection[Any], password: str) -> None:
