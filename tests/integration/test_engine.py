@@ -432,6 +432,11 @@ def test_the_engines_database_user_writes_only_what_engines_write(
     the API's or the audit trail's records changed; the engines run as it (every engine test
     here does)."""
     settings = isolated(stack_settings, models_dir)
+    with psycopg.connect(conninfo(settings)) as conn:  # the owner, who migrates: no superuser
+        owner = conn.execute(
+            "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        assert owner == (False, True)
     with psycopg.connect(engine_conninfo(settings), autocommit=True) as conn:
         role = conn.execute(
             "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles "

@@ -42,6 +42,7 @@ __all__ = [
     "dashboard_password_file",
     "engine_password_file",
     "password_file",
+    "superuser_password_file",
 ]
 
 
@@ -63,6 +64,10 @@ def password_file(settings: Settings) -> Path:
 
 def dashboard_password_file(settings: Settings) -> Path:
     return settings.state_dir / "postgres" / "dashboard-password"
+
+
+def superuser_password_file(settings: Settings) -> Path:
+    return settings.state_dir / "postgres" / "superuser-password"
 
 
 def engine_password_file(settings: Settings) -> Path:
@@ -155,9 +160,20 @@ class EmbeddedPostgres:
             connect_timeout=max(1, int(self.db.connect_timeout_s)),
         )
 
+    def admin_conninfo(self) -> str:
+        """The cluster's superuser, ``postgres``, which only creates the owner and its
+        database. A cluster made before the owner stopped being the superuser has no such
+        password file: its owner is the superuser."""
+        secret = superuser_password_file(self.settings)
+        if not secret.exists():
+            return self.conninfo("postgres")
+        return psycopg.conninfo.make_conninfo(
+            self.conninfo("postgres"), user=_SUPERUSER, password=secret.read_text().strip()
+        )
+
     def healthy(self) -> bool:
         try:
-            with psycopg.connect(self.conninfo("postgres"), connect_timeout=2) as conn:
+            with psycopg.connect(self.admin_conninfo(), connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
         except (psycopg.Error, ServiceError):
             return False
@@ -223,8 +239,10 @@ class EmbeddedPostgres:
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)  # a half-made cluster from an interrupted first start
         self.data_dir.mkdir(mode=0o700)
+        superuser = superuser_password_file(self.settings)
+        write_private(superuser, secrets.token_urlsafe(24))
         pwfile = self.home / ".initdb-password"
-        write_private(pwfile, self.password())
+        write_private(pwfile, superuser.read_text())
         try:
             if self.run_as:
                 account = pwd.getpwnam(self.run_as)
@@ -232,7 +250,7 @@ class EmbeddedPostgres:
                     os.chown(path, account.pw_uid, account.pw_gid)
             result = subprocess.run(
                 [
-                    str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", self.db.user,
+                    str(bin_dir / "initdb"), "-D", str(self.data_dir), "-U", _SUPERUSER,
                     f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=scram-sha-256",
                     "--encoding=UTF8", "--locale=C",
                 ],
@@ -249,12 +267,31 @@ class EmbeddedPostgres:
         return pwd.getpwnam(self.run_as).pw_gid if self.run_as else None
 
     def _create_database(self) -> None:
-        with psycopg.connect(self.conninfo("postgres"), autocommit=True) as conn:
+        """The owner (``database.user``: not a superuser; it migrates, creates the services'
+        users and, for tests and benchmarks, databases) and its database."""
+        with psycopg.connect(self.admin_conninfo(), autocommit=True) as conn:
+            owner = sql.Identifier(self.db.user)
+            if (
+                conn.execute(
+                    "SELECT 1 FROM pg_roles WHERE rolname = %s", (self.db.user,)
+                ).fetchone()
+                is None
+            ):
+                conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} LOGIN NOSUPERUSER CREATEDB CREATEROLE PASSWORD {}"
+                    ).format(owner, sql.Literal(self.password()))
+                )
+                conn.execute(sql.SQL("GRANT pg_checkpoint TO {}").format(owner))
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (self.db.name,)
             ).fetchone()
             if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.db.name)))
+                conn.execute(
+                    sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(self.db.name), owner
+                    )
+                )
 
     def _prepare_system_user(self, bin_dir: Path) -> None:
         """Create the unprivileged account and let it reach the binaries and the data."""
@@ -276,6 +313,9 @@ class EmbeddedPostgres:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         for path in (self.home, bin_dir):
             _allow_traverse(path)
+
+
+_SUPERUSER = "postgres"
 
 
 def _kept_secret(path: Path) -> str:

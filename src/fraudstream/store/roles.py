@@ -37,8 +37,9 @@ ENGINE_TABLES = (
     "shadow_rule_decisions", "deferred_rows", "quality_daily", "quality_histogram",
     "model_events", "model_profiles",
 )  # fmt: skip
-"""What the engines write (inserts and upserts); of these they delete only pruned card
-changes and the Spark engine's deferred rows. They also add audit lines (a rollback)."""
+"""What the engines write (inserts and upserts); of these they delete only card checkpoints
+(pruned, or forgotten for another feature set) and the Spark engine's deferred rows. They
+also add audit lines (a rollback)."""
 
 
 def ensure_engine_role(conn: psycopg.Connection[Any], password: str) -> None:
@@ -55,7 +56,7 @@ def ensure_engine_role(conn: psycopg.Connection[Any], password: str) -> None:
             "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
             "ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT ON TABLES TO {role}",
             f"GRANT INSERT, UPDATE ON {', '.join(ENGINE_TABLES)} TO {{role}}",
-            "GRANT DELETE ON card_changes, deferred_rows TO {role}",
+            "GRANT DELETE ON card_changes, feature_state, deferred_rows TO {role}",
             # A rollback below the quality floor is audited like an analyst's action.
             "GRANT INSERT ON audit_log TO {role}",
             "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}",
@@ -113,14 +114,17 @@ def _ensure_role(
     conn: psycopg.Connection[Any], name: str, password: str, grants: Sequence[str]
 ) -> None:
     role = sql.Identifier(name)
-    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,))
-    verb = sql.SQL("ALTER") if exists.fetchone() else sql.SQL("CREATE")
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
     # Utility statements take no bind parameters: the password goes in as a quoted literal.
-    conn.execute(
-        sql.SQL("{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-            verb, role, sql.Literal(password)
-        )
+    # A role is created without any attribute beyond LOGIN (not a superuser, no databases,
+    # no roles); an existing one only gets its password again (the owner is no superuser,
+    # and only a superuser may even restate the SUPERUSER attribute).
+    statement = (
+        "ALTER ROLE {} LOGIN PASSWORD {}"
+        if exists
+        else ("CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}")
     )
+    conn.execute(sql.SQL(statement).format(role, sql.Literal(password)))
     database = conn.execute("SELECT current_database()").fetchone()
     assert database is not None
     for statement in (
