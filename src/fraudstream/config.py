@@ -149,6 +149,35 @@ class KafkaSettings(_Section):
         return self.bootstrap_servers is None
 
     @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
+
+    @property
+    def scram(self) -> bool:
+        """Clients authenticate with SASL/SCRAM (and a managed broker requires it of them)."""
+        return self.security_protocol.startswith("SASL") and (self.sasl_mechanism or "").startswith(
+            "SCRAM"
+        )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_mechanism, "
+                f"kafka.sasl_username and kafka.sasl_password ({env_name('kafka.sasl_password')})"
+            )
+        if self.managed and self.security_protocol not in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            raise ValueError(
+                "the managed broker speaks PLAINTEXT or SASL_PLAINTEXT (SCRAM); TLS is for an "
+                "external cluster (kafka.bootstrap_servers)"
+            )
+        if self.managed and self.security_protocol == "SASL_PLAINTEXT" and not self.scram:
+            raise ValueError("the managed broker authenticates with SCRAM-SHA-256 or -512 only")
+        return self
+
+    @property
     def bootstrap(self) -> str:
         return self.bootstrap_servers or f"{self.host}:{self.port}"
 

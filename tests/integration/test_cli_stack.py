@@ -14,8 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer
+from pydantic import SecretStr
 
-from fraudstream.config import Settings, load_settings
+from fraudstream import bus
+from fraudstream.config import Settings, env_name, load_settings
 from fraudstream.stack.process import port_in_use
 from fraudstream.store.db import connect, conninfo
 from fraudstream.telemetry import scrape
@@ -335,3 +337,49 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
         assert "stopped dashboard, simulator, api, engine, postgres, kafka" in down.stdout
     finally:
         run_cli("down", "--volumes", env=env, timeout=180)
+
+
+def test_the_managed_broker_requires_scram_when_asked_and_clients_use_it(tmp_path: Path) -> None:
+    password = f"scram-{uuid.uuid4().hex}"
+    overrides = {
+        **stack_overrides(tmp_path / "state"),
+        "kafka.security_protocol": "SASL_PLAINTEXT",
+        "kafka.sasl_mechanism": "SCRAM-SHA-512",
+        "kafka.sasl_username": "fraudstream",
+    }
+    env = {**overrides_env(overrides), env_name("kafka.sasl_password"): password}
+    settings = load_settings(overrides={**overrides, "kafka.sasl_password": password})
+    try:
+        up = run_cli("up", env=env, timeout=300)
+        assert up.returncode == 0, up.stderr  # topics created: the CLI authenticated
+        producer = Producer(settings.kafka.client_config())
+        producer.produce(settings.kafka.topics.transactions, key="k", value="v")
+        assert producer.flush(30) == 0
+        # Without credentials, or with the wrong password, the broker answers nothing.
+        anonymous = settings.kafka.model_copy(
+            update={"security_protocol": "PLAINTEXT", "sasl_mechanism": None,
+                    "sasl_username": None, "sasl_password": None}
+        )  # fmt: skip
+        assert not bus.ping(anonymous, timeout_s=5)
+        wrong = settings.kafka.model_copy(update={"sasl_password": SecretStr("not-it")})
+        assert not bus.ping(wrong, timeout_s=5)
+        assert bus.ping(settings.kafka, timeout_s=5)
+        # The password is in no process's command line and no log.
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    assert password not in Path(f"/proc/{pid}/cmdline").read_text()
+                except OSError:
+                    continue
+        for log in (tmp_path / "state" / "logs").iterdir():
+            assert password not in log.read_text(errors="replace"), log
+    finally:
+        run_cli("down", "--volumes", env=env, timeout=180)
+
+
+def test_a_broker_beyond_loopback_without_authentication_is_refused(tmp_path: Path) -> None:
+    overrides = {**stack_overrides(tmp_path / "state"), "kafka.host": "0.0.0.0"}
+    result = run_cli("up", env=overrides_env(overrides), timeout=120)
+    assert result.returncode != 0
+    assert "beyond loopback, without authentication" in result.stderr
+    assert "FRAUDSTREAM_KAFKA__SASL_PASSWORD" in result.stderr

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from fraudstream import bus
-from fraudstream.config import Settings
+from fraudstream.config import Settings, env_name
 from fraudstream.stack.maven import resolve_jars
 from fraudstream.stack.process import (
     PidRecord,
@@ -27,6 +27,7 @@ from fraudstream.stack.process import (
     spawn,
     stop,
     wait_until,
+    write_private,
 )
 
 __all__ = ["KafkaBroker", "ensure_jars", "java_major_version", "require_java"]
@@ -107,6 +108,13 @@ class KafkaBroker:
     def preflight(self) -> str:
         """Check what start() needs (Java, free ports) before anything is started."""
         java = require_java(self.kafka.java)
+        if not self.kafka.loopback and not self.kafka.scram:
+            raise ServiceError(
+                f"cannot start Kafka on {self.kafka.host}, beyond loopback, without "
+                "authentication: set kafka.security_protocol=SASL_PLAINTEXT, "
+                "kafka.sasl_mechanism=SCRAM-SHA-512, kafka.sasl_username and "
+                f"kafka.sasl_password ({env_name('kafka.sasl_password')})"
+            )
         for port, role in (
             (self.kafka.port, "port"),
             (self.kafka.controller_port, "controller_port"),
@@ -126,6 +134,12 @@ class KafkaBroker:
         self._write_config()
         if not (self.data_dir / "meta.properties").exists():
             self._format(java, libs)
+        elif self.kafka.scram and not self._scram_marker.exists():
+            raise ServiceError(
+                f"the broker's storage in {self.data_dir} was made without SCRAM users: "
+                "authentication is set up when the storage is formatted, on a first start "
+                "(`fraudstream down --volumes` deletes it, and every message)"
+            )
         log4j = self.config_file.parent / "log4j2.properties"
         log4j.write_text(
             resources.files("fraudstream.stack").joinpath("resources/log4j2.properties").read_text()
@@ -157,18 +171,48 @@ class KafkaBroker:
         # SIGTERM runs the broker's controlled shutdown, which flushes and closes the logs.
         return stop(self.pid_file, timeout_s=60.0)
 
+    @property
+    def _scram_marker(self) -> Path:
+        return self.data_dir / ".fraudstream-scram"
+
+    def _listeners(self) -> dict[str, str]:
+        """Clients' listener: PLAINTEXT, or SASL_PLAINTEXT with SCRAM (the broker talks to
+        itself through it too). The controller's stays on loopback, where only this node
+        reaches it."""
+        k = self.kafka
+        controller = f"CONTROLLER://127.0.0.1:{k.controller_port}"
+        if not k.scram:
+            return {
+                "listeners": f"PLAINTEXT://{k.host}:{k.port},{controller}",
+                "advertised.listeners": f"PLAINTEXT://{k.host}:{k.port}",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        mechanism = str(k.sasl_mechanism)
+        assert k.sasl_password is not None  # (the settings require it with SASL)
+        login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{k.sasl_username}" password="{k.sasl_password.get_secret_value()}";'
+        )
+        return {
+            "listeners": f"SASL_PLAINTEXT://{k.host}:{k.port},{controller}",
+            "advertised.listeners": f"SASL_PLAINTEXT://{k.host}:{k.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": mechanism,
+            "sasl.mechanism.inter.broker.protocol": mechanism,
+            f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": login,
+        }
+
     def _write_config(self) -> None:
         k = self.kafka
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"{k.host}:{k.controller_port}",
-            "listeners": f"PLAINTEXT://{k.host}:{k.port},CONTROLLER://{k.host}:{k.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://{k.host}:{k.port}",
+            "controller.quorum.bootstrap.servers": f"127.0.0.1:{k.controller_port}",
+            **self._listeners(),
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": str(k.partitions),
             "default.replication.factor": "1",
@@ -182,17 +226,39 @@ class KafkaBroker:
             "auto.create.topics.enable": "false",
             "log.retention.hours": "168",
         }
-        self.config_file.write_text("".join(f"{key}={value}\n" for key, value in lines.items()))
+        # Private from its creation: with SCRAM it holds the broker's own password.
+        write_private(self.config_file, "".join(f"{key}={value}\n" for key, value in lines.items()))
 
     def _format(self, java: str, libs: Path) -> None:
         # A cluster id may begin with "-", so it is passed as --cluster-id=ID, never as two words.
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        result = subprocess.run(
-            [
-                java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format",
-                f"--cluster-id={cluster_id}", "--config", str(self.config_file), "--standalone",
-            ],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        k = self.kafka
+        arguments = [
+            "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+            "--config", str(self.config_file), "--standalone",
+        ]  # fmt: skip
+        if k.scram:  # the one user, in the metadata from the start (the broker needs it too)
+            assert k.sasl_password is not None
+            secret = k.sasl_password.get_secret_value()
+            arguments += [
+                "--add-scram",
+                f"{k.sasl_mechanism}=[name={k.sasl_username},password={secret}]",
+            ]
+        # The arguments go in a private file the java launcher reads (`java @file`): the
+        # password never shows in the process list.
+        argfile = self.config_file.parent / ".format-arguments"
+        write_private(argfile, "\n".join(f'"{a}"' for a in arguments) + "\n")
+        try:
+            result = subprocess.run(
+                [java, "-cp", f"{libs}/*", f"@{argfile}"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        finally:
+            argfile.unlink(missing_ok=True)
         if result.returncode != 0:
-            raise ServiceError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}")
+            output = f"{result.stdout}{result.stderr}"
+            if k.sasl_password is not None:
+                output = output.replace(k.sasl_password.get_secret_value(), "********")
+            raise ServiceError(f"formatting Kafka storage failed: {output}")
+        if k.scram:
+            write_private(self._scram_marker, f"{k.sasl_mechanism} {k.sasl_username}\n")
