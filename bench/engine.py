@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -87,7 +88,7 @@ class Sizes:
 
 FULL = Sizes(1_000_000, 60.0, 20.0, 30.0, (1_000, 5_000, 20_000), 5)
 FULL_SPARK = Sizes(400_000, 60.0, 20.0, 30.0, (1_000, 5_000), 5)
-QUICK = Sizes(3_000, 4.0, 2.0, 3.0, (500,), 1, model_customers=1_000)
+QUICK = Sizes(3_000, 3.0, 1.0, 2.0, (500,), 1, model_customers=1_000)
 
 
 class EngineBench:
@@ -111,18 +112,16 @@ class EngineBench:
 
     @contextmanager
     def running(self) -> Iterator[EngineBench]:
-        with tempfile.TemporaryDirectory(prefix="fraudstream-bench-") as root:
-            self.root = Path(root)
-            self.settings = _private(self.base, self.root)
-            stack = Stack(self.settings)
-            self.stack = stack
-            self.progress("starting a private Kafka broker and PostgreSQL server")
-            try:
-                stack.up()
-                self._model()
-                yield self
-            finally:
-                stack.down(volumes=True)
+        shared = _SHARED.get()
+        if shared is not None:  # the run's services (`shared_services`)
+            self.root, self.settings, self.stack = shared
+            self._model()
+            yield self
+            return
+        with private_services(self.base, self.progress) as (root, settings, stack):
+            self.root, self.settings, self.stack = root, settings, stack
+            self._model()
+            yield self
 
     def _model(self) -> None:
         """The configured current model, or (none yet) a first one trained as `up` does, in
@@ -419,6 +418,39 @@ class _Background:
         if not self._result:
             raise RuntimeError("the benchmark producer failed (see the log above)")
         return self._result[0]
+
+
+_SHARED: ContextVar[tuple[Path, Settings, Stack] | None] = ContextVar(
+    "bench_services", default=None
+)
+
+
+@contextmanager
+def private_services(base: Settings, progress: Progress) -> Iterator[tuple[Path, Settings, Stack]]:
+    """A broker and a server of our own on free ports, in a temporary directory, removed
+    afterwards: that directory, their settings and the stack."""
+    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-") as root:
+        settings = _private(base, Path(root))
+        stack = Stack(settings)
+        progress("starting a private Kafka broker and PostgreSQL server")
+        try:
+            stack.up()
+            yield Path(root), settings, stack
+        finally:
+            stack.down(volumes=True)
+
+
+@contextmanager
+def shared_services(base: Settings, progress: Progress) -> Iterator[None]:
+    """One private broker and server for every section of a run (`--quick`, where starting
+    them would be a good part of each section); each trial still gets its own topics,
+    database and consumer group."""
+    with private_services(base, progress) as services:
+        token = _SHARED.set(services)
+        try:
+            yield
+        finally:
+            _SHARED.reset(token)
 
 
 def _private(base: Settings, root: Path) -> Settings:

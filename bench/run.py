@@ -6,6 +6,7 @@ Kafka broker and PostgreSQL server on free ports and remove them afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import tempfile
@@ -39,11 +40,14 @@ def run(
     ``profile`` None samples the local engine where py-spy may attach to it."""
     if only not in SECTIONS:
         raise ValueError(f"unknown benchmark section {only!r}")
-    with tempfile.TemporaryDirectory(prefix="fraudstream-bench-models-") as models:
+    with contextlib.ExitStack() as stack:
+        models = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fs-models-")))
+        with_a_model = functools.partial(_with_a_model, settings, models)
+        if quick and only not in ("stages", "dashboard"):
+            stack.enter_context(engine_bench.shared_services(with_a_model(), progress))
         return _run(
-            functools.partial(_with_a_model, settings, Path(models)), only=only, quick=quick,
-            out=out, profile=profile, progress=progress,
-        )  # fmt: skip
+            with_a_model, only=only, quick=quick, out=out, profile=profile, progress=progress
+        )
 
 
 def _with_a_model(settings: Callable[[], Settings], models: Path) -> Settings:
