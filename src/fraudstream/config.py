@@ -616,14 +616,25 @@ def _nest(flat: Mapping[str, str], source: str) -> dict[str, Any]:
     return nested
 
 
-def _describe(error: ValidationError, file: Path | None) -> str:
+def _describe(
+    error: ValidationError, file: Path | None, overridden: frozenset[str] = frozenset()
+) -> str:
+    """Each bad value with where it came from: ``--set`` (which wins), else the environment
+    variable or the config file."""
     lines = []
     for issue in error.errors():
         path = ".".join(str(part) for part in issue["loc"])
         if issue["type"] == "extra_forbidden":
             lines.append(_unknown(f"{path!r}" + (f" (in {file})" if file else ""), path))
             continue
-        where = f"{path} (env {env_name(path)}" + (f", or in {file}" if file else "") + ")"
+        if isinstance(issue.get("input"), dict):  # a rule over several of a section's values
+            message = str(issue["msg"]).removeprefix("Value error, ")
+            lines.append(f"{path or 'settings'}: {message}")
+            continue
+        if path in overridden:
+            where = f"{path} (from --set)"
+        else:
+            where = f"{path} (env {env_name(path)}" + (f", or in {file}" if file else "") + ")"
         secret = any(word in path for word in ("password", "url", "key"))
         shown = "" if secret else f" got {issue.get('input')!r}:"
         lines.append(f"bad value for {where}:{shown} {issue['msg']}")
@@ -647,7 +658,7 @@ def load_settings(
     try:
         return Settings(**_nest(dict(overrides or {}), "from --set"))
     except ValidationError as error:
-        raise SettingsError(_describe(error, config_file)) from None
+        raise SettingsError(_describe(error, config_file, frozenset(overrides or {}))) from None
     except tomllib.TOMLDecodeError as error:
         raise SettingsError(f"config file {config_file} is not valid TOML: {error}") from None
     finally:

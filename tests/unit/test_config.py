@@ -117,6 +117,8 @@ def test_external_services_switch_off_management(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("FRAUDSTREAM_KAFKA__BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
     monkeypatch.setenv("FRAUDSTREAM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
     monkeypatch.setenv("FRAUDSTREAM_KAFKA__SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SASL_USERNAME", "fraudstream")
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__SASL_PASSWORD", "a-password")
     settings = load_settings()
     assert not settings.kafka.managed
     assert settings.kafka.client_config()["bootstrap.servers"] == "k1:9092,k2:9092"
@@ -133,3 +135,19 @@ def test_every_setting_has_an_environment_variable() -> None:
     paths = setting_paths()
     assert "kafka.topics.dlq" in paths
     assert env_name("kafka.topics.dlq") == "FRAUDSTREAM_KAFKA__TOPICS__DLQ"
+
+
+def test_a_bad_value_from_set_names_set_as_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FRAUDSTREAM_KAFKA__PORT", "9095")  # a good one, from the environment
+    with pytest.raises(SettingsError) as error:
+        load_settings(overrides={"database.port": "70000"})
+    assert "database.port (from --set)" in str(error.value)
+    assert "FRAUDSTREAM_DATABASE__PORT" not in str(error.value)
+
+
+def test_a_rule_over_several_values_names_them_not_a_variable() -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings(overrides={"kafka.security_protocol": "SASL_PLAINTEXT"})
+    message = str(error.value)
+    assert "kafka: kafka.security_protocol SASL_PLAINTEXT needs kafka.sasl_mechanism" in message
+    assert "FRAUDSTREAM_KAFKA)" not in message and "got {" not in message
