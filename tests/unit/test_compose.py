@@ -37,6 +37,7 @@ IMAGE = "fraudstream:local"
 # What a user puts in .env; the values only need to be valid.
 USER_ENV = {
     "POSTGRES_PASSWORD": "pg0password",
+    "POSTGRES_SUPERUSER_PASSWORD": "su0password",
     "DASHBOARD_DB_PASSWORD": "db0password",
     "DASHBOARD_ADMIN_PASSWORD": "ui0password-admin",
     "API_DB_PASSWORD": "api0password",
@@ -306,6 +307,23 @@ def test_the_api_is_reached_only_through_the_hosts_loopback_as_its_own_user(
     assert user == API_ROLE
     exposed = [a for instruction, a in _dockerfile_instructions() if instruction == "EXPOSE"]
     assert str(settings.api.port) in " ".join(exposed).split()
+
+
+def test_the_database_owner_is_no_superuser() -> None:
+    """The image's superuser only runs deploy/postgres/initdb on a new volume, which creates
+    the owner the fraudstream containers log in as (without SUPERUSER) and its database."""
+    postgres = _compose()["services"]["postgres"]
+    assert postgres["environment"]["POSTGRES_USER"] == "postgres"
+    mounted = [v for v in postgres["volumes"] if v.endswith(":/docker-entrypoint-initdb.d:ro")]
+    assert mounted == ["./deploy/postgres/initdb:/docker-entrypoint-initdb.d:ro"]
+    script = ROOT / "deploy" / "postgres" / "initdb" / "10-fraudstream-owner.sh"
+    assert subprocess.run(["sh", "-n", str(script)], check=False).returncode == 0
+    text = script.read_text()
+    url = _ours(_compose())["engine"]["environment"]["FRAUDSTREAM_DATABASE__URL"]
+    owner = conninfo_to_dict(str(url))
+    assert f"CREATE ROLE {owner['user']} LOGIN NOSUPERUSER" in text
+    assert f"CREATE DATABASE {owner['dbname']} OWNER {owner['user']}" in text
+    assert postgres["environment"]["OWNER_PASSWORD"] == owner["password"]
 
 
 def test_the_engines_log_in_as_their_own_user(monkeypatch: pytest.MonkeyPatch) -> None:
