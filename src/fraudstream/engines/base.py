@@ -271,9 +271,11 @@ class StepWriter:
         if any(c.snapshot is not None for c in output.checkpoints):
             ENGINE_CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
             ENGINE_LAST_CHECKPOINT.set_to_current_time()
-        count_stored(output.predictions, result)
+        tx_ids = output.predictions["tx_id"]
+        inserted = tx_ids.isin(result.inserted_ids)
+        count_stored(output.predictions[inserted])
         alerted = output.predictions[
-            output.predictions["tx_id"].isin(result.inserted_ids | output.redelivered)
+            inserted | tx_ids.isin(output.redelivered) if output.redelivered else inserted
         ]
         alerts = publish_alerts(self.producer, self.settings.kafka.topics.alerts, alerted)
         self.stats.alerts += alerts
@@ -304,12 +306,11 @@ class StepWriter:
         return sink.write(output.predictions, output.checkpoints, [*output.rejected, *kept])
 
 
-def count_stored(predictions: pd.DataFrame, result: StoredBatch) -> None:
-    """The metrics of the rows this write inserted (an absorbed replay was counted when it
-    was first stored): how many, their decisions, Kafka append → stored."""
-    if not result.inserted:
+def count_stored(inserted: pd.DataFrame) -> None:
+    """The metrics of the rows a write inserted (an absorbed replay was counted when it was
+    first stored): how many, their decisions, Kafka append → stored."""
+    if inserted.empty:
         return
-    inserted = predictions[predictions["tx_id"].isin(result.inserted_ids)]
     ENGINE_TRANSACTIONS.inc(len(inserted))
     for decision, count in inserted["decision"].value_counts().items():
         ENGINE_DECISIONS.labels(str(decision)).inc(int(count))

@@ -169,6 +169,7 @@ class LocalEngine:
         self._written: list[tuple[int, int]] = []  # (partition, sequence) in the batch in flight
         self.blocked: dict[int, np.datetime64] = {}  # partition → day whose table it waits for
         self.stats = EngineStats()
+        ENGINE_INFO.labels(self.name).set(1)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
         self._in_flight: Future[StoredBatch] | None = None
         self._unstored = _InFlight()  # the rows of the batch in flight
@@ -667,7 +668,6 @@ class LocalEngine:
             self.conn, self.stats, model_version=self.scorer.version,
             partitions=sorted(self.partitions), lag=None if lag is None else sum(lag.values()),
         )  # fmt: skip
-        ENGINE_INFO.labels(self.name).set(1)
         challenger = self.models.challenger
         show_model(self.scorer.version, challenger.version if challenger else None)
         if lag is not None:

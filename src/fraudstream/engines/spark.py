@@ -243,6 +243,7 @@ class SparkEngine:
         self.sink = self._new_sink(engine_connect(settings))
         self.producer = engine_producer(settings.kafka)
         self.stats = EngineStats()
+        ENGINE_INFO.labels(self.name).set(1)
         self.writer = StepWriter(settings, self.producer, self.stats)
         self.labels = LabelReader(settings, f"spark-{settings.engine.group_id}", self.producer)
         self.offsets = Consumer(  # only asks where each partition's log ends
@@ -600,7 +601,6 @@ class SparkEngine:
             self.conn, self.stats, model_version=self.scorer.version,
             partitions=list(range(self.settings.kafka.partitions)), lag=self._lag,
         )  # fmt: skip
-        ENGINE_INFO.labels(self.name).set(1)
         ENGINE_PARTITIONS.set(self.settings.kafka.partitions)
         challenger = self.models.challenger
         show_model(self.scorer.version, challenger.version if challenger else None)

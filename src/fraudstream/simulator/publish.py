@@ -259,7 +259,9 @@ def simulate_live(
     began = started = clock.monotonic()  # `started` moves when the stream waits for the present
     pace = _Pace(rate, clock)
     realtime = not accelerated  # event time is the send time
-    chunk = max(1, int(rate / 200))  # about 5 ms of traffic per step
+    # What is due is sent at once (a few rows per step on pace), at most 50 ms of traffic:
+    # on a busy machine the rate is caught up rather than lost.
+    most = max(1, int(rate / 20))
     SIMULATOR_TARGET.set(rate)
     while not stop.is_set():
         elapsed = clock.monotonic() - started
@@ -273,9 +275,7 @@ def simulate_live(
         if due <= 0:
             clock.sleep(pace.until_next())
             continue
-        # About 5 ms of traffic per step; behind (a busy machine), up to ten steps at once,
-        # so that the rate is caught up rather than lost.
-        rows = buffer.peek_rows(min(due, chunk if due <= chunk else 10 * chunk))
+        rows = buffer.peek_rows(min(due, most))
         if realtime:
             times = [clock.now()] * len(rows)
         else:
@@ -285,7 +285,7 @@ def simulate_live(
                 if live_rate is not None:
                     realtime = True
                     pace = _Pace(live_rate, clock)
-                    chunk = max(1, int(live_rate / 200))
+                    most = max(1, int(live_rate / 20))
                     SIMULATOR_TARGET.set(live_rate)
                     continue
                 # At the simulation's own pace: wait for the next transaction's time.
