@@ -488,7 +488,7 @@ def test_a_database_restart_shows_a_message_then_recovers(
 ) -> None:
     app = _page("system")
     database = Stack(stack_settings).database
-    database.stop()
+    assert database.stop(), "the database was not running, or not the one this stack started"
     try:
         app.run()
         assert not app.exception

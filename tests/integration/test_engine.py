@@ -254,7 +254,7 @@ def test_engine_waits_out_a_restart_and_loses_nothing(
     wait_for(lambda: stored_count(settings) > total // 10, 120, "some rows before the restart")
     target = getattr(Stack(stack_settings), service)
     before = stored_count(settings)
-    target.stop()
+    assert target.stop(), f"the {service} was not running, or not the one this stack started"
     time.sleep(3)  # the engine meets the outage mid-stream
     assert process.poll() is None, log.read_text()[-3000:]
     target.start()

@@ -163,7 +163,7 @@ def test_the_driver_waits_out_a_database_restart_and_loses_nothing(
     )
     wait_for(lambda: stored_count(settings) > 0, 180, "the first micro-batch")
     database = Stack(stack_settings).database
-    database.stop()
+    assert database.stop(), "the database was not running, or not the one this stack started"
     time.sleep(3)  # micro-batches meet the outage
     assert driver.poll() is None, log.read_text()[-3000:]
     database.start()

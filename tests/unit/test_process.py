@@ -40,13 +40,47 @@ def test_a_reused_pid_is_not_mistaken_for_our_service(tmp_path: Path) -> None:
         log_file=tmp_path / "svc.log",
         address="x:1",
     )
-    imposter = dataclasses.replace(record, create_time=record.create_time - 1000)
+    imposter = dataclasses.replace(
+        record, create_time=record.create_time - 1000, start_ticks=(record.start_ticks or 0) - 7
+    )
     assert running(record) and not running(imposter)
     pid_file.write_text(json.dumps(dataclasses.asdict(imposter)))
     assert stop(pid_file) is False  # never signals a process it did not start
     assert running(record)
     pid_file.write_text(json.dumps(dataclasses.asdict(record)))
     assert stop(pid_file) is True
+
+
+def test_a_clock_change_does_not_make_our_service_a_stranger(tmp_path: Path) -> None:
+    """The system clock stepped by NTP moves every process's wall-clock start time; the
+    record's start since boot still names the process."""
+    pid_file = tmp_path / "svc.pid"
+    record = spawn(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        pid_file=pid_file,
+        log_file=tmp_path / "svc.log",
+        address="x:1",
+    )
+    assert record.start_ticks is not None
+    stepped = dataclasses.replace(record, create_time=record.create_time + 5.0)
+    assert running(stepped)
+    pid_file.write_text(json.dumps(dataclasses.asdict(stepped)))
+    assert stop(pid_file, timeout_s=10) is True
+    assert not running(record)
+
+
+def test_a_record_written_before_start_ticks_is_still_read(tmp_path: Path) -> None:
+    pid_file = tmp_path / "svc.pid"
+    record = spawn(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        pid_file=pid_file,
+        log_file=tmp_path / "svc.log",
+        address="x:1",
+    )
+    old = {k: v for k, v in dataclasses.asdict(record).items() if k != "start_ticks"}
+    pid_file.write_text(json.dumps(old))
+    assert read_pid(pid_file) == dataclasses.replace(record, start_ticks=None)
+    assert stop(pid_file, timeout_s=10) is True
 
 
 def test_wait_until_reports_an_early_exit_with_the_log_tail(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
 """Detached service processes: start in their own session, remember them in a pid file, stop them.
 
 A pid file records the pid *and* the process start time, so a pid reused by an unrelated
-process after a crash is never mistaken for our service.
+process after a crash is never mistaken for our service. The start time that identifies it is
+counted from boot, in clock ticks: the wall-clock start time psutil reports moves whenever the
+system clock is set (NTP), and a moved one made a running service look like a stranger.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "read_pid",
     "running",
     "spawn",
+    "start_ticks",
     "stop",
     "wait_until",
     "write_private",
@@ -45,6 +48,7 @@ class PidRecord:
     create_time: float
     address: str
     started_at: float
+    start_ticks: int | None = None  # since boot; absent from records written before it was kept
 
 
 def read_pid(path: Path) -> PidRecord | None:
@@ -60,10 +64,26 @@ def running(record: PidRecord | None) -> bool:
         return False
     try:
         process = psutil.Process(record.pid)
-        alive = bool(process.status() != psutil.STATUS_ZOMBIE)
-        return alive and abs(process.create_time() - record.create_time) < 1.0
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        ticks = start_ticks(record.pid)
+        if record.start_ticks is not None and ticks is not None:
+            return ticks == record.start_ticks
+        return abs(process.create_time() - record.create_time) < 1.0
     except psutil.Error:
         return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat``, field 22): a
+    number no clock change can move; None where there is no such file."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may itself hold spaces or ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[19])
 
 
 PRIVATE_UMASK = 0o077
@@ -120,6 +140,7 @@ def spawn(
         create_time=psutil.Process(process.pid).create_time(),
         address=address,
         started_at=time.time(),
+        start_ticks=start_ticks(process.pid),
     )
     pid_file.write_text(json.dumps(asdict(record)))
     return record
