@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fraudstream.stack.process import (
+    PidRecord,
     ServiceError,
     port_in_use,
     read_pid,
@@ -15,6 +16,16 @@ from fraudstream.stack.process import (
     stop,
     wait_until,
 )
+
+
+def _sleeper(pid_file: Path) -> PidRecord:
+    """A service that only sleeps, recorded in ``pid_file``."""
+    return spawn(
+        [sys.executable, "-c", "import time; time.sleep(30)"],
+        pid_file=pid_file,
+        log_file=pid_file.with_suffix(".log"),
+        address="x:1",
+    )
 
 
 def test_spawn_detaches_records_and_stops(tmp_path: Path) -> None:
@@ -34,12 +45,7 @@ def test_spawn_detaches_records_and_stops(tmp_path: Path) -> None:
 
 def test_a_reused_pid_is_not_mistaken_for_our_service(tmp_path: Path) -> None:
     pid_file = tmp_path / "svc.pid"
-    record = spawn(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
-        pid_file=pid_file,
-        log_file=tmp_path / "svc.log",
-        address="x:1",
-    )
+    record = _sleeper(pid_file)
     imposter = dataclasses.replace(
         record, create_time=record.create_time - 1000, start_ticks=(record.start_ticks or 0) - 7
     )
@@ -55,12 +61,7 @@ def test_a_clock_change_does_not_make_our_service_a_stranger(tmp_path: Path) -> 
     """The system clock stepped by NTP moves every process's wall-clock start time; the
     record's start since boot still names the process."""
     pid_file = tmp_path / "svc.pid"
-    record = spawn(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
-        pid_file=pid_file,
-        log_file=tmp_path / "svc.log",
-        address="x:1",
-    )
+    record = _sleeper(pid_file)
     assert record.start_ticks is not None
     stepped = dataclasses.replace(record, create_time=record.create_time + 5.0)
     assert running(stepped)
@@ -71,12 +72,7 @@ def test_a_clock_change_does_not_make_our_service_a_stranger(tmp_path: Path) -> 
 
 def test_a_record_written_before_start_ticks_is_still_read(tmp_path: Path) -> None:
     pid_file = tmp_path / "svc.pid"
-    record = spawn(
-        [sys.executable, "-c", "import time; time.sleep(30)"],
-        pid_file=pid_file,
-        log_file=tmp_path / "svc.log",
-        address="x:1",
-    )
+    record = _sleeper(pid_file)
     old = {k: v for k, v in dataclasses.asdict(record).items() if k != "start_ticks"}
     pid_file.write_text(json.dumps(old))
     assert read_pid(pid_file) == dataclasses.replace(record, start_ticks=None)
