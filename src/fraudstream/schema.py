@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 import msgspec
+import msgspec.inspect
 
 from fraudstream.privacy import is_card_number
 
@@ -116,16 +117,33 @@ def _unstorable_text(record: msgspec.Struct, payload: bytes) -> str | None:
     return None
 
 
+def _holds_float(info: msgspec.inspect.Type) -> bool:
+    if isinstance(info, msgspec.inspect.UnionType):
+        return any(_holds_float(member) for member in info.types)
+    return isinstance(info, msgspec.inspect.FloatType)
+
+
+_FLOAT_FIELDS = tuple(
+    field.name
+    for field in msgspec.structs.fields(Transaction)
+    if _holds_float(msgspec.inspect.type_info(field.type))
+)
+"""The fields where a -0.0 may hide (the digest counts it as 0.0)."""
+
+
 def content_digest(record: Transaction) -> int:
     """A signed 64-bit digest of a transaction's content: equal for equal records however the
     JSON was written (key order, spacing, the instant's UTC offset, -0.0), so that a reused
     ``tx_id`` can be told from a replay."""
-    changes: dict[str, Any] = {"event_time": record.event_time.astimezone(timezone.utc)}
-    for name in record.__struct_fields__:
+    changes: dict[str, Any] = {}
+    if record.event_time.tzinfo is not timezone.utc:  # the decoder's own for any +00:00
+        changes["event_time"] = record.event_time.astimezone(timezone.utc)
+    for name in _FLOAT_FIELDS:
         value = getattr(record, name)
         if isinstance(value, float) and value == 0.0:
             changes[name] = 0.0  # -0.0 == 0.0, and encodes otherwise
-    canonical = msgspec.structs.replace(record, **changes)
+    # Most records are canonical already: a copy is made only to change something.
+    canonical = msgspec.structs.replace(record, **changes) if changes else record
     digest = hashlib.blake2b(_encoder.encode(canonical), digest_size=8).digest()
     return int.from_bytes(digest, "little", signed=True)
 

@@ -4,6 +4,7 @@ registry that maps ``engine.kind`` to a class imported only when chosen."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -55,6 +56,7 @@ __all__ = [
     "create_engine",
     "decision_rules",
     "engine_id",
+    "tune_garbage_collector",
 ]
 
 log = logging.getLogger("fraudstream.engine")
@@ -87,6 +89,19 @@ class Engine(Protocol):
     def run(self, max_idle_s: float | None = None) -> EngineStats:
         """Process until ``stop`` is set (or nothing arrives for ``max_idle_s``)."""
         ...
+
+
+def tune_garbage_collector() -> None:
+    """Collect cycles far less often, and never again look at what start-up made.
+
+    A batch allocates tens of thousands of objects, so with Python's default thresholds the
+    collector ran every few hundred rows and walked every live object each time (modules,
+    the model, the card cache): over a third of the step's time when profiled in memory.
+    Batches make few reference cycles; reference counting frees the rest as before.
+    """
+    gc.collect()
+    gc.freeze()  # what exists now (modules, settings, the model) lives as long as the process
+    gc.set_threshold(50_000, 20, 100)
 
 
 def create_engine(

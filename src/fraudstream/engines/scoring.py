@@ -106,7 +106,8 @@ def predictions_frame(
     predictions = pd.DataFrame(
         {
             "tx_id": batch["tx_id"].to_numpy(),
-            "event_time": batch["event_time"].to_numpy(),
+            # ``.array``: the column as it is; ``to_numpy`` would make a Timestamp per row.
+            "event_time": batch["event_time"].array,
             "card_id": batch["card_id"].to_numpy(),
             "terminal_id": batch["terminal_id"].to_numpy(),
             "amount": batch["amount"].round(2).to_numpy(),
@@ -118,7 +119,7 @@ def predictions_frame(
             "engine": engine,
             "kafka_partition": batch["kafka_partition"].to_numpy(),
             "kafka_offset": batch["kafka_offset"].to_numpy(),
-            "kafka_time": batch["kafka_time"].to_numpy(),
+            "kafka_time": batch["kafka_time"].array,
             "scored_at": scored_at,
             "content_hash": batch["content_hash"].to_numpy(),
             "features": features[list(FEATURE_NAMES)].to_numpy(dtype=float).tolist(),
