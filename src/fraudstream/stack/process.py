@@ -69,7 +69,7 @@ def running(record: PidRecord | None) -> bool:
         ticks = start_ticks(record.pid)
         if record.start_ticks is not None and ticks is not None:
             return ticks == record.start_ticks
-        return abs(process.create_time() - record.create_time) < 1.0
+        return bool(abs(process.create_time() - record.create_time) < 1.0)
     except psutil.Error:
         return False
 
