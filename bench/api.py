@@ -26,7 +26,16 @@ from typing import IO
 import msgspec
 
 from bench.api_load import Body, LoadResult, run_load
-from bench.engine import QUICK, EngineBench, Progress, Sizes, Workload, _child_env, _free_port
+from bench.engine import (
+    QUICK,
+    EngineBench,
+    Progress,
+    Sizes,
+    TerminalPast,
+    Workload,
+    _child_env,
+    _free_port,
+)
 from bench.stages import Result
 from fraudstream.api.keys import create_key
 from fraudstream.config import Settings, env_name
@@ -101,9 +110,13 @@ class _Run:
 class ApiBench:
     def __init__(self, engines: EngineBench, sizes: ApiSizes, progress: Progress) -> None:
         self.engines, self.sizes, self.progress = engines, sizes, progress
+        # The requests' terminals (every worker's population names the same ones), with the
+        # past a bank's database would hold: requests are stamped now.
+        self.terminal_past = TerminalPast(Workload(customers=_CUSTOMERS, seed=1_000).params())
 
     def trial(self) -> Settings:
-        trial = self.engines._trial()
+        today = datetime.now(timezone.utc).date()
+        trial = self.engines._trial(past=(self.terminal_past, today))
         run = trial.engine.group_id.removeprefix("bench-")
         topics = trial.kafka.topics.model_copy(update={"decisions": f"dec-{run}"})
         kafka = trial.kafka.model_copy(update={"topics": topics})

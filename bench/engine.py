@@ -63,7 +63,7 @@ from fraudstream.store import migrations
 from fraudstream.store.db import connect
 from fraudstream.store.roles import ensure_engine_role
 
-__all__ = ["Drained", "EngineBench", "Workload"]
+__all__ = ["Drained", "EngineBench", "TerminalPast", "Workload"]
 
 Progress = Callable[[str], None]
 
