@@ -27,7 +27,7 @@ from fraudstream.store.roles import API_ROLE
 from fraudstream.telemetry import read_samples
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
-from ..conftest import run_cli
+from ..conftest import free_port, run_cli
 from ..engine_kit import engine_env, isolated, start_engine, stop_engine, wait_for
 
 
@@ -203,6 +203,38 @@ def test_the_metrics_count_each_answer_by_status_and_decision(shared_api: Api) -
         labels = f"decision={decision},degraded=false"
         assert grew("fraudstream_api_decisions_total", labels) == decisions.count(decision)
     assert grew("fraudstream_api_degraded_answers_total", "reason=engine_late") == 0
+
+
+def test_two_workers_serve_one_sum_of_their_metrics(shared_api: Api, tmp_path: Path) -> None:
+    """With ``api.workers`` > 1 each worker counts into its own files and the server's
+    endpoint serves their sum: every answer is counted once, whichever worker gave it."""
+    base = shared_api.settings
+    settings = base.model_copy(
+        update={
+            "api": base.api.model_copy(update={"port": free_port(), "workers": 2}),
+            "metrics": base.metrics.model_copy(update={"api_port": free_port()}),
+        }
+    )
+    server = start_api(settings, tmp_path / "api.log")
+    clients = [Client(settings.api.port, shared_api.key) for _ in range(8)]
+    try:
+        url = settings.metrics.url_of("api")
+        assert url is not None
+        wait_for(lambda: bool(read_samples(url)), 30, "the workers' metrics endpoint")
+        replies = [client.post(_tx()) for client in clients for _ in range(3)]
+        assert [reply.status for reply in replies] == [200] * len(replies)
+        answered = {
+            sample.labels.get("status"): sample.value
+            for sample in read_samples(url)
+            if sample.name == "fraudstream_api_requests_total"
+        }
+        assert answered.get("200") == len(replies), answered
+        files = list((settings.state_dir / "run" / "api-metrics").glob("*.db"))
+        assert len({path.stem.rsplit("_", 1)[-1] for path in files}) == 2  # a pid each
+    finally:
+        for client in clients:
+            client.close()
+        stop_api(server)
 
 
 @pytest.mark.parametrize(
