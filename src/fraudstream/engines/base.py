@@ -286,11 +286,11 @@ class StepWriter:
         if any(c.snapshot is not None for c in output.checkpoints):
             ENGINE_CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
             ENGINE_LAST_CHECKPOINT.set_to_current_time()
-        tx_ids = output.predictions["tx_id"]
-        inserted = tx_ids.isin(result.inserted_ids)
+        tx_ids = output.predictions["tx_id"].tolist()
+        inserted = _among(tx_ids, result.inserted_ids)
         count_stored(output.predictions[inserted])
         alerted = output.predictions[
-            inserted | tx_ids.isin(output.redelivered) if output.redelivered else inserted
+            inserted | _among(tx_ids, output.redelivered) if output.redelivered else inserted
         ]
         alerts = publish_alerts(self.producer, self.settings.kafka.topics.alerts, alerted)
         self.stats.alerts += alerts
@@ -319,6 +319,12 @@ class StepWriter:
         keep = np.setdiff1d(np.arange(len(predictions)), [row for row, _ in rows])
         output.predictions = predictions.iloc[keep].reset_index(drop=True)
         return sink.write(output.predictions, output.checkpoints, [*output.rejected, *kept])
+
+
+def _among(tx_ids: list[str], ids: frozenset[str]) -> np.ndarray:
+    """Which of ``tx_ids`` are in ``ids``: a set lookup each (pandas' ``isin`` on Arrow
+    strings took 25 times as long, 5 % of the engine's time in a profile)."""
+    return np.fromiter((tx_id in ids for tx_id in tx_ids), dtype=bool, count=len(tx_ids))
 
 
 def count_stored(inserted: pd.DataFrame) -> None:
