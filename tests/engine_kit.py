@@ -108,6 +108,7 @@ def engine_env(settings: Settings) -> dict[str, str]:
             "model.dir": str(settings.model.dir),
             "api.port": str(settings.api.port),
             "api.budget_ms": str(settings.api.budget_ms),
+            "api.workers": str(settings.api.workers),
             **{
                 f"metrics.{service}_port": str(settings.metrics.port_of(service))
                 for service in METRIC_SERVICES
