@@ -136,7 +136,7 @@ def content_digest(record: Transaction) -> int:
     JSON was written (key order, spacing, the instant's UTC offset, -0.0), so that a reused
     ``tx_id`` can be told from a replay."""
     changes: dict[str, Any] = {}
-    if record.event_time.tzinfo is not timezone.utc:  # the decoder's own for any +00:00
+    if record.event_time.tzinfo is not timezone.utc:  # msgspec reads Z and +00:00 as this one
         changes["event_time"] = record.event_time.astimezone(timezone.utc)
     for name in _FLOAT_FIELDS:
         value = getattr(record, name)
