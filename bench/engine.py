@@ -166,7 +166,7 @@ class EngineBench:
         self.params = workload.params()
         self.terminal_past = TerminalPast(self.params)
         self._first_days: dict[str, tuple[TerminalPast, date]] = {}  # by transactions topic
-        self._templates: dict[tuple[int, date], str] = {}  # seeded databases to copy
+        self._templates: dict[tuple[TerminalPast, date], str] = {}  # seeded, to copy
 
     @contextmanager
     def running(self) -> Iterator[EngineBench]:
@@ -401,11 +401,9 @@ class EngineBench:
         if past is None:
             self._database(name)
         else:  # a copy of the seeded database: seeding takes a while, a file copy does not
-            terminals, first_day = past
-            template = self._templates.get((id(terminals), first_day))
+            template = self._templates.get(past)
             if template is None:
-                template = self._database(f"bench_past_{run}", past)
-                self._templates[(id(terminals), first_day)] = template
+                template = self._templates[past] = self._database(f"bench_past_{run}", past)
             with connect(self.settings, autocommit=True) as conn:
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
