@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
+import numpy as np
+import pandas as pd
 import psycopg
 import pytest
 
+from fraudstream.engines.terminals import SettledCounts
+from fraudstream.schema import Label
 from fraudstream.store import migrations
+from fraudstream.store.outcomes import load_terminal_activity, store_labels
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
@@ -132,3 +137,50 @@ def test_a_newer_database_schema_is_refused(
     monkeypatch.setattr(migrations, "migrations", lambda: ())
     with pytest.raises(migrations.MigrationError, match="upgrade fraudstream"):
         migrations.is_current(db)
+
+
+def test_counts_kept_from_seal_to_seal_build_the_tables_of_a_full_read(
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    # An engine reads only the day of counts that became final at each seal and keeps the
+    # rest; every table must be the one a full read of the database gives, labels included.
+    rng = np.random.default_rng(3)
+    # After any table other tests sealed in this database: a label reported before the newest
+    # sealed midnight is known only after it (migration 0006).
+    first = date(2035, 3, 1)
+    terminals = [f"settled-T{i}" for i in range(40)]
+
+    def history(day: date) -> None:
+        chosen = rng.choice(terminals, 25, replace=False).tolist()
+        db.execute(
+            "INSERT INTO terminal_daily (terminal_id, day, tx_count) "
+            "SELECT t, %s, c FROM unnest(%s::text[], %s::int8[]) AS u(t, c)",
+            (day, chosen, rng.integers(1, 30, len(chosen)).tolist()),
+        )
+
+    def fraud(tx_id: str, terminal: str, at: datetime, reported: datetime) -> None:
+        db.execute(_INSERT, {**_prediction(tx_id), "terminal_id": terminal, "event_time": at})
+        store_labels(
+            db, [Label(tx_id=tx_id, is_fraud=True, reported_at=reported, source="chargeback")]
+        )
+
+    for back in range(1, 46):
+        history(first - timedelta(days=back))
+    start = datetime(2035, 3, 1, tzinfo=timezone.utc)
+    fraud("settled-f1", terminals[3], start - timedelta(days=5), start - timedelta(days=2))
+    db.commit()
+    settled = SettledCounts()
+    for after in range(6):
+        day = np.datetime64(first + timedelta(days=after), "D")
+        got = settled.activity_for(db, day).table(day).frame
+        expected = load_terminal_activity(db, day).table(day).frame
+        pd.testing.assert_frame_equal(got, expected.loc[got.index])
+        assert (expected.drop(got.index) == 0).all().all()
+        assert (got["terminal_known_frauds_7d"] > 0).any()
+        history(first + timedelta(days=after))  # final by the time a table reads it
+        # reported after this table's midnight: the next tables must know it
+        fraud(f"settled-f{after + 2}", terminals[after], start, start + timedelta(days=after))
+        db.commit()
+    # labels read again at every seal: the five reported after the first are known by now
+    assert (got["terminal_known_frauds_7d"] > 0).sum() == 5
+    assert len(settled.counted) == 36  # only the days the windows span are kept

@@ -20,13 +20,15 @@ from fraudstream.bus.clients import message_offset, message_partition, retry
 from fraudstream.bus.deadletter import dead_letter
 from fraudstream.config import Settings
 from fraudstream.engines.step import Decoded, earliest_day
-from fraudstream.features import FEATURES_VERSION, TerminalTable
+from fraudstream.features import FEATURES_VERSION, TerminalActivity, TerminalTable
+from fraudstream.features.terminal import count_buckets
 from fraudstream.features.watermarks import NO_WATERMARK, PartitionProgress, sealable
 from fraudstream.records import Rejected
 from fraudstream.schema import Invalid, Label, decode_label
 from fraudstream.store.outcomes import (
+    add_daily_counts,
+    known_frauds,
     load_sealed_table,
-    load_terminal_activity,
     newest_sealed_day,
     promise_watermarks,
     seal_table,
@@ -35,7 +37,7 @@ from fraudstream.store.outcomes import (
 )
 from fraudstream.telemetry import count_dead_letters
 
-__all__ = ["LabelReader", "TerminalTables"]
+__all__ = ["LabelReader", "SettledCounts", "TerminalTables"]
 
 log = logging.getLogger("fraudstream.engine")
 
@@ -168,6 +170,32 @@ class LabelReader:
         self.consumer.close()
 
 
+class SettledCounts:
+    """What terminal tables are built from, kept from one seal to the next: a day's table
+    then reads the one day of counts that became final since the last, not the forty its
+    windows span (sealing a day used to stall every partition for seconds)."""
+
+    def __init__(self) -> None:
+        self.activity = TerminalActivity()
+        self.counted: set[np.datetime64] = set()  # the days whose counts are in ``activity``
+
+    def activity_for(self, conn: psycopg.Connection[Any], day: np.datetime64) -> TerminalActivity:
+        """What the table of ``day`` is built from, once the logs allow sealing it. Its count
+        windows end before ``day - 1``: transactions of those days not stored by now are late
+        (``sealable``; ``late_after_seal`` for idle partitions) and never counted, so the
+        counts read are final and kept. Frauds are read again each time: labels arrive."""
+        edges = count_buckets(day)
+        self.activity.forget_before(day)
+        self.counted = {counted for counted in self.counted if counted >= edges[0]}
+        needed = np.arange(edges[0], edges[-1], dtype="datetime64[D]")
+        missing = [needed_day for needed_day in needed if needed_day not in self.counted]
+        add_daily_counts(conn, self.activity, missing)
+        self.counted.update(missing)
+        self.activity.replace_frauds(*known_frauds(conn, day))
+        conn.commit()
+        return self.activity
+
+
 class TerminalTables:
     """Each UTC day's terminal table: read from PostgreSQL once sealed, else sealed here when
     ``sealable`` allows it and the labels reported by its midnight are stored. ``group`` and
@@ -190,6 +218,7 @@ class TerminalTables:
         self.group, self.topic, self.log_ends = group, topic, log_ends
         self._cache: OrderedDict[np.datetime64, TerminalTable] = OrderedDict()
         self.sealed_here = 0
+        self._settled = SettledCounts()
 
     def cached(self) -> set[np.datetime64]:
         return set(self._cache)
@@ -264,7 +293,7 @@ class TerminalTables:
         if not self.labels.read(conn, midnight + int(self.lateness.total_seconds() * _US)):
             log.warning("labels topic not read up to %s; the table of that day waits", day)
             return None
-        activity = load_terminal_activity(conn, day)
+        activity = self._settled.activity_for(conn, day)
         with conn.transaction():
             table, sealed = seal_table(
                 conn, activity.table(day), features_version=FEATURES_VERSION,

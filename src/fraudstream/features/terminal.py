@@ -11,6 +11,7 @@ transaction's event day, so no transaction ever sees a label reported after it h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,136 +69,159 @@ class TerminalActivity:
     """Daily transaction counts per terminal and fraud outcomes with their report times.
 
     Engines feed it from the database (or as they go); the trainer feeds it a whole history.
-    Both then ask for ``table(day)``, which is a pure function of what was fed.
+    Both then ask for ``table(day)``, which is a pure function of what was fed. Terminals are
+    kept as integer codes, so a table is a few ``bincount``s over arrays whatever the number
+    of terminals and days (an engine seals one a simulated day; it must not stall scoring).
     """
 
     def __init__(self) -> None:
-        self._counts = pd.Series(dtype="int64")  # index (terminal_id, day)
-        self._frauds = pd.DataFrame({"terminal_id": [], "tx_day": [], "reported_at": []})
+        self._terminals = pd.Index([], dtype=object)  # a terminal's code is its position
+        self._rank: np.ndarray | None = None  # each code's place in terminal_id order
+        # Per day (since the epoch): (code, transactions) chunks, a code possibly repeated
+        self._counts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        # (code, the transaction's day, reported at in µs since the epoch)
+        self._frauds: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add_transactions(self, terminal_ids: pd.Series, event_times: pd.Series) -> None:
-        days = (
-            pd.to_datetime(event_times, utc=True)
-            .dt.tz_localize(None)
-            .to_numpy()
-            .astype("datetime64[D]")
-        )
-        counts = (
-            pd.Series(1, index=pd.MultiIndex.from_arrays([np.asarray(terminal_ids), days]))
-            .groupby(level=[0, 1])
-            .sum()
-        )
-        self._counts = (
-            self._counts.add(counts, fill_value=0).astype("int64") if len(self._counts) else counts
-        )
+        days = _epoch_days(pd.to_datetime(event_times, utc=True).dt.tz_localize(None).to_numpy())
+        self._add_counts(self._encode(terminal_ids), days, np.ones(len(days), np.int64))
 
     def add_daily_counts(
         self, terminal_ids: np.ndarray, days: np.ndarray, counts: np.ndarray
     ) -> None:
         """Pre-aggregated counts (terminal, UTC day, transactions), e.g. from the database."""
-        index = pd.MultiIndex.from_arrays(
-            [np.asarray(terminal_ids, dtype=object), np.asarray(days).astype("datetime64[D]")]
-        )
-        series = pd.Series(np.asarray(counts, dtype="int64"), index=index)
-        series = series.groupby(level=[0, 1]).sum()
-        self._counts = (
-            self._counts.add(series, fill_value=0).astype("int64") if len(self._counts) else series
+        self._add_counts(
+            self._encode(terminal_ids), _epoch_days(np.asarray(days)), np.asarray(counts, np.int64)
         )
 
     def add_frauds(
         self, terminal_ids: pd.Series, event_times: pd.Series, reported_at: pd.Series
     ) -> None:
         """Fraud outcomes (terminal, the transaction's time, when the fraud was reported)."""
-        frame = pd.DataFrame(
-            {
-                "terminal_id": np.asarray(terminal_ids),
-                "tx_day": pd.to_datetime(event_times, utc=True)
-                .dt.tz_localize(None)
-                .to_numpy()
-                .astype("datetime64[D]"),
-                "reported_at": pd.to_datetime(reported_at, utc=True)
-                .dt.tz_localize(None)
-                .to_numpy()
-                .astype("datetime64[us]"),
-            }
+        days = _epoch_days(pd.to_datetime(event_times, utc=True).dt.tz_localize(None).to_numpy())
+        reported = (
+            pd.to_datetime(reported_at, utc=True)
+            .dt.tz_localize(None)
+            .to_numpy()
+            .astype("datetime64[us]")
+            .astype(np.int64)
         )
-        self._frauds = (
-            pd.concat([self._frauds, frame], ignore_index=True) if len(self._frauds) else frame
-        )
+        self._frauds.append((self._encode(terminal_ids), days, reported))
+
+    def replace_frauds(
+        self, terminal_ids: pd.Series, event_times: pd.Series, reported_at: pd.Series
+    ) -> None:
+        """The fraud outcomes known now, instead of those added before (labels keep
+        arriving; counts of past days do not change)."""
+        self._frauds = []
+        self.add_frauds(terminal_ids, event_times, reported_at)
+
+    def days(self) -> set[np.datetime64]:
+        """The days that have counts."""
+        return {np.datetime64(day, "D") for day in self._counts}
 
     def table(self, when: np.datetime64) -> TerminalTable:
         day: Any = np.asarray(when).astype("datetime64[D]")[()]
-        as_of = day.astype("datetime64[us]")
-        counts = self._counts
-        columns: dict[str, pd.Series] = {}
-        tx_days = (
-            counts.index.get_level_values(1).to_numpy().astype("datetime64[D]")
-            if len(counts)
-            else np.array([], "datetime64[D]")
-        )
-        frauds = self._frauds
-        known = (
-            frauds[frauds["reported_at"].to_numpy().astype("datetime64[us]") <= as_of]
-            if len(frauds)
-            else frauds
-        )
-        known_days = (
-            known["tx_day"].to_numpy().astype("datetime64[D]")
-            if len(known)
-            else np.array([], "datetime64[D]")
-        )
+        today = int(day.astype(np.int64))
+        as_of = int(day.astype("datetime64[us]").astype(np.int64))
+        fraud_codes, fraud_days, reported = _joined(self._frauds)
+        known = reported <= as_of
+        fraud_codes, fraud_days = fraud_codes[known], fraud_days[known]
+        n = len(self._terminals)
+        listed = np.zeros(n, dtype=bool)  # the terminals the table lists (others read zeros)
+
+        def transactions(first: int, last: int) -> np.ndarray:
+            chunks = [chunk for day in range(first, last) for chunk in self._counts.get(day, ())]
+            codes, counts = _joined(chunks, width=2)
+            listed[codes] = True
+            return np.bincount(codes, weights=counts, minlength=n).astype(float)
+
+        def frauds(first: int, last: int) -> np.ndarray:
+            inside = (fraud_days >= first) & (fraud_days < last)
+            return np.bincount(fraud_codes[inside], minlength=n).astype(float)
+
+        columns: dict[str, np.ndarray] = {}
         for window in TERMINAL_WINDOWS:
-            first = day - _DELAY_DAYS - window.days
-            last = day - _DELAY_DAYS  # exclusive
-            n_tx = _sum_by_terminal(counts, (tx_days >= first) & (tx_days < last))
-            n_fraud = _count_by_terminal(known, (known_days >= first) & (known_days < last))
+            first, last = today - _DELAY_DAYS - window.days, today - _DELAY_DAYS  # [first, last)
+            n_tx, n_fraud = transactions(first, last), frauds(first, last)
             name = window_name(window)
             columns[f"terminal_tx_count_{name}_delayed"] = n_tx
-            columns[f"terminal_risk_{name}_delayed"] = (
-                n_fraud.reindex(n_tx.index).fillna(0) / n_tx
-            ).where(n_tx > 0, 0.0)
+            columns[f"terminal_risk_{name}_delayed"] = _rate(n_fraud, n_tx)
         # The known window ends a day before D: every engine has stored those transactions
         # when D starts, so every engine builds the same table.
-        end = day - _SETTLED_DAYS
-        recent_tx = _sum_by_terminal(counts, (tx_days >= end - _KNOWN_DAYS) & (tx_days < end))
-        recent_fraud = _count_by_terminal(
-            known, (known_days >= end - _KNOWN_DAYS) & (known_days < end)
-        )
+        end = today - _SETTLED_DAYS
+        recent_tx = transactions(end - _KNOWN_DAYS, end)
+        recent_fraud = frauds(end - _KNOWN_DAYS, end)
+        listed |= recent_fraud > 0
         name = window_name(KNOWN_FRAUD_WINDOW)
         columns[f"terminal_known_frauds_{name}"] = recent_fraud
-        columns[f"terminal_known_fraud_rate_{name}"] = (
-            recent_fraud.reindex(recent_tx.index).fillna(0) / recent_tx
-        ).where(recent_tx > 0, 0.0)
-        frame = pd.DataFrame(columns).fillna(0.0).astype(float)
-        frame = frame.reindex(columns=terminal_columns()).fillna(0.0).sort_index()
+        columns[f"terminal_known_fraud_rate_{name}"] = _rate(recent_fraud, recent_tx)
+        rows = np.flatnonzero(listed)
+        if self._rank is None:
+            self._rank = np.argsort(np.argsort(self._terminals.to_numpy()))
+        rows = rows[np.argsort(self._rank[rows])]  # by terminal_id
+        frame = pd.DataFrame(
+            {column: columns[column][rows] for column in terminal_columns()},
+            index=pd.Index(self._terminals[rows], dtype="str"),
+        )
         return TerminalTable(day=day, frame=frame)
 
     def forget_before(self, day: np.datetime64) -> None:
         """Drop activity no table from ``day`` on can use (bounded memory for engines)."""
-        oldest = (
-            np.asarray(day).astype("datetime64[D]")[()]
+        oldest = int(
+            np.asarray(day).astype("datetime64[D]").astype(np.int64)
             - _DELAY_DAYS
             - max(w.days for w in TERMINAL_WINDOWS)
         )
-        if len(self._counts):
-            keep = (
-                self._counts.index.get_level_values(1).to_numpy().astype("datetime64[D]") >= oldest
+        self._counts = {day: chunks for day, chunks in self._counts.items() if day >= oldest}
+        fraud_codes, fraud_days, reported = _joined(self._frauds)
+        keep = fraud_days >= oldest
+        self._frauds = [(fraud_codes[keep], fraud_days[keep], reported[keep])]
+
+    def _encode(self, terminal_ids: pd.Series | np.ndarray) -> np.ndarray:
+        """Each terminal's code, new terminals numbered as they come (vectorised: an engine
+        encodes a hundred thousand terminals a day)."""
+        names = pd.Index(np.asarray(terminal_ids, dtype=object), dtype=object)
+        codes: np.ndarray = self._terminals.get_indexer(names)
+        new = codes < 0
+        if new.any():
+            self._terminals = self._terminals.append(names[new].unique())
+            self._rank = None
+            codes[new] = self._terminals.get_indexer(names[new])
+        return codes.astype(np.int64, copy=False)
+
+    def _add_counts(self, codes: np.ndarray, days: np.ndarray, counts: np.ndarray) -> None:
+        """Counts filed by day (a table sums only the days of its windows)."""
+        if not len(days):
+            return
+        if (days == days[0]).all():  # the usual case: one day from the database
+            self._counts.setdefault(int(days[0]), []).append((codes, counts))
+            return
+        order = np.argsort(days, kind="stable")
+        days, codes, counts = days[order], codes[order], counts[order]
+        starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+        for start, end in zip(starts, np.r_[starts[1:], len(days)], strict=True):
+            self._counts.setdefault(int(days[start]), []).append(
+                (codes[start:end], counts[start:end])
             )
-            self._counts = self._counts[keep]
-        if len(self._frauds):
-            self._frauds = self._frauds[
-                self._frauds["tx_day"].to_numpy().astype("datetime64[D]") >= oldest
-            ]
 
 
-def _sum_by_terminal(counts: pd.Series, mask: np.ndarray) -> pd.Series:
-    if not len(counts) or not mask.any():
-        return pd.Series(dtype=float)
-    selected = counts[mask]
-    return selected.groupby(level=0).sum().astype(float)
+def _epoch_days(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values).astype("datetime64[D]").astype(np.int64)
 
 
-def _count_by_terminal(frauds: pd.DataFrame, mask: np.ndarray) -> pd.Series:
-    if not len(frauds) or not mask.any():
-        return pd.Series(dtype=float)
-    return frauds.loc[mask, "terminal_id"].value_counts().astype(float)
+def _joined(chunks: Sequence[tuple[np.ndarray, ...]], width: int = 3) -> tuple[np.ndarray, ...]:
+    """Chunks of parallel arrays as one set of arrays."""
+    if not chunks:
+        return (np.empty(0, np.int64),) * width
+    if len(chunks) == 1:
+        return chunks[0]
+    return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
+
+
+def _rate(frauds: np.ndarray, transactions: np.ndarray) -> np.ndarray:
+    """Frauds per transaction; 0 where there were none."""
+    rate: np.ndarray = np.divide(
+        frauds, transactions, out=np.zeros(len(transactions)), where=transactions > 0
+    )
+    return rate

@@ -20,6 +20,8 @@ from fraudstream.features.watermarks import NO_WATERMARK
 from fraudstream.schema import Label
 
 __all__ = [
+    "add_daily_counts",
+    "known_frauds",
     "load_sealed_table",
     "load_terminal_activity",
     "newest_sealed_day",
@@ -58,7 +60,6 @@ def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) ->
     edges = count_buckets(day)
     epoch_days = edges.astype(np.int64).tolist()
     first, last = edges[0].astype(object), edges[-1].astype(object)
-    midnight = pd.Timestamp(np.asarray(day).astype("datetime64[D]")[()], tz="UTC").to_pydatetime()
     activity = TerminalActivity()
     counts = conn.execute(
         # Days as integers since the epoch: converting date objects one by one is slow.
@@ -74,6 +75,40 @@ def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) ->
             np.array(days, dtype=np.int64).astype("datetime64[D]"),
             np.array(numbers, dtype=np.int64),
         )
+    activity.add_frauds(*known_frauds(conn, day))
+    return activity
+
+
+def add_daily_counts(
+    conn: psycopg.Connection[Any], activity: TerminalActivity, days: Sequence[np.datetime64]
+) -> None:
+    """The stored counts of transactions that were not late, per terminal, of each of
+    ``days`` into ``activity`` (one array per day: no Python object per row but the id)."""
+    with conn.cursor(binary=True) as cursor:
+        for day in days:  # a day at a time: an index range, aggregated in memory
+            row = cursor.execute(
+                "SELECT array_agg(terminal_id), array_agg(tx_count) FROM terminal_daily "
+                "WHERE day = %s",
+                (_day(day),),
+            ).fetchone()
+            if row is None or row[0] is None:
+                continue
+            terminals, counts = row
+            activity.add_daily_counts(
+                np.array(terminals, dtype=object),
+                np.full(len(terminals), day, dtype="datetime64[D]"),
+                np.array(counts, dtype=np.int64),
+            )
+
+
+def known_frauds(
+    conn: psycopg.Connection[Any], day: np.datetime64
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """The frauds the terminal table of ``day`` may know (reported by its midnight, among
+    transactions that were not late in its windows): terminal, event time, when known."""
+    edges = count_buckets(day)
+    first, last = edges[0].astype(object), edges[-1].astype(object)
+    midnight = pd.Timestamp(np.asarray(day).astype("datetime64[D]")[()], tz="UTC").to_pydatetime()
     frauds = conn.execute(
         "SELECT p.terminal_id, p.event_time, min(l.known_at) FROM labels l "
         "JOIN fraud_predictions p USING (tx_id) "
@@ -82,10 +117,12 @@ def load_terminal_activity(conn: psycopg.Connection[Any], day: np.datetime64) ->
         "GROUP BY p.tx_id, p.terminal_id, p.event_time",
         (midnight, first, last),
     ).fetchall()
-    if frauds:
-        terminals, times, reported = zip(*frauds, strict=True)
-        activity.add_frauds(pd.Series(terminals), pd.Series(times), pd.Series(reported))
-    return activity
+    terminals, times, reported = zip(*frauds, strict=True) if frauds else ((), (), ())
+    return (
+        pd.Series(terminals, dtype=object),
+        pd.Series(pd.to_datetime(list(times), utc=True)),
+        pd.Series(pd.to_datetime(list(reported), utc=True)),
+    )
 
 
 def _day(day: np.datetime64) -> object:
