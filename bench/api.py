@@ -243,7 +243,9 @@ class ApiBench:
         )  # fmt: skip
 
     def _warm(self, trial: Settings, key: str) -> int:
-        """Until the engine answers fully (its partitions assigned, its model loaded);
+        """Until the engine decides (its partitions assigned, its model loaded, its first
+        terminal table sealed): an answer in full, or a warm-up transaction stored (on a slow
+        machine every answer may miss the budget; the runs count those as degraded);
         returns how many requests that took."""
         import urllib.request
 
@@ -256,8 +258,10 @@ class ApiBench:
             with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
                 if not json.loads(response.read())["degraded"]:
                     return sent
+            if _outcome(trial)[1] > 0:  # stored: the engine decides, only not within budget
+                return sent
             if time.monotonic() > deadline:
-                raise RuntimeError("the engine gave no full decision within 120 s")
+                raise RuntimeError("the engine decided nothing within 120 s")
             time.sleep(0.2)
         raise AssertionError("unreachable: the transactions never end")
 
