@@ -116,10 +116,6 @@ class TerminalActivity:
         self._frauds = []
         self.add_frauds(terminal_ids, event_times, reported_at)
 
-    def days(self) -> set[np.datetime64]:
-        """The days that have counts."""
-        return {np.datetime64(day, "D") for day in self._counts}
-
     def table(self, when: np.datetime64) -> TerminalTable:
         day: Any = np.asarray(when).astype("datetime64[D]")[()]
         today = int(day.astype(np.int64))
