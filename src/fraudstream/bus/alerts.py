@@ -20,7 +20,10 @@ _ALERT_COLUMNS = (
 def publish_alerts(producer: Producer, topic: str, predictions: pd.DataFrame) -> int:
     """Review and decline rows of ``predictions`` to ``topic`` (at-least-once: consumers
     dedupe by ``tx_id``); returns how many."""
-    flagged = predictions[predictions["decision"] != "approve"]
+    wanted = predictions["decision"].to_numpy(dtype=object) != "approve"
+    if not wanted.any():  # most batches, and every small one of a quiet stream
+        return 0
+    flagged = predictions[wanted]
     columns = {name: flagged[name].tolist() for name in _ALERT_COLUMNS}  # not itertuples: slow
     for i, card_id in enumerate(columns["card_id"]):
         alert = Alert(

@@ -286,12 +286,14 @@ class StepWriter:
         if any(c.snapshot is not None for c in output.checkpoints):
             ENGINE_CHECKPOINT_SECONDS.observe(time.perf_counter() - started)
             ENGINE_LAST_CHECKPOINT.set_to_current_time()
-        tx_ids = output.predictions["tx_id"].tolist()
+        predictions = output.predictions
+        tx_ids = predictions["tx_id"].tolist()
         inserted = _among(tx_ids, result.inserted_ids)
-        count_stored(output.predictions[inserted])
-        alerted = output.predictions[
-            inserted | _among(tx_ids, output.redelivered) if output.redelivered else inserted
-        ]
+        count_stored(_rows_of(predictions, inserted))
+        alerted = _rows_of(
+            predictions,
+            inserted | _among(tx_ids, output.redelivered) if output.redelivered else inserted,
+        )
         alerts = publish_alerts(self.producer, self.settings.kafka.topics.alerts, alerted)
         self.stats.alerts += alerts
         ENGINE_ALERTS.inc(alerts)
@@ -327,16 +329,22 @@ def _among(tx_ids: list[str], ids: frozenset[str]) -> np.ndarray:
     return np.fromiter((tx_id in ids for tx_id in tx_ids), dtype=bool, count=len(tx_ids))
 
 
+def _rows_of(frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """``frame[mask]``, without the copy when every row is wanted (the usual case)."""
+    return frame if mask.all() else frame[mask]
+
+
 def count_stored(inserted: pd.DataFrame) -> None:
     """The metrics of the rows a write inserted (an absorbed replay was counted when it was
     first stored): how many, their decisions, Kafka append → stored."""
     if inserted.empty:
         return
     ENGINE_TRANSACTIONS.inc(len(inserted))
-    for decision, count in inserted["decision"].value_counts().items():
+    decisions, counts = np.unique(inserted["decision"].to_numpy(dtype=object), return_counts=True)
+    for decision, count in zip(decisions, counts, strict=True):
         ENGINE_DECISIONS.labels(str(decision)).inc(int(count))
-    appended = inserted["kafka_time"].dropna()
+    appended = inserted["kafka_time"].to_numpy(dtype="datetime64[us]")
+    appended = appended[~np.isnat(appended)]
     if len(appended):
         now_us = time.time_ns() // 1_000
-        appended_us = appended.to_numpy(dtype="datetime64[us]").astype(np.int64)
-        ENGINE_END_TO_END.observe_many((now_us - appended_us) / 1e6)
+        ENGINE_END_TO_END.observe_many((now_us - appended.view(np.int64)) / 1e6)

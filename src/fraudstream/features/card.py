@@ -203,7 +203,11 @@ def _numbers(batch: pd.DataFrame, column: str) -> np.ndarray | None:
     """A coordinate column as floats (NaN where missing or not a number), None if absent."""
     if column not in batch:
         return None
-    values: np.ndarray = pd.to_numeric(batch[column], errors="coerce").to_numpy(dtype=float)
+    series = batch[column]
+    try:  # numbers and missing values (the engines' batches): no parsing pass
+        values: np.ndarray = series.to_numpy(dtype=float)
+    except (TypeError, ValueError):  # text in a loaded file: what is not a number is missing
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
     return values
 
 

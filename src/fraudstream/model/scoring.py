@@ -29,7 +29,9 @@ class Scorer:
         self._backend = artifact.backend
 
     def matrix(self, features: pd.DataFrame) -> np.ndarray:
-        matrix: np.ndarray = features[self.names].to_numpy(dtype=float)
+        if list(features.columns) != self.names:  # selecting costs more than checking
+            features = features[self.names]
+        matrix: np.ndarray = features.to_numpy(dtype=float)
         return matrix
 
     def score(self, features: pd.DataFrame) -> np.ndarray:

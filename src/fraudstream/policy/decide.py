@@ -83,7 +83,8 @@ def decide(
     """``apply_rules`` with each row's rule hits named; with ``rules.explore`` and
     ``tx_ids``, a share of the model's own declines goes to review (rule hit ``explore``).
     ``texts``: the batch's text fields by name (card_id and terminal_id at least)."""
-    columns = {name: features[name].to_numpy(dtype=float) for name in features.columns}
+    matrix = features.to_numpy(dtype=float)  # once: a column at a time costs a millisecond
+    columns = {name: matrix[:, i] for i, name in enumerate(features.columns)}
     outcome = apply_rules(scores, columns, texts, thresholds, rules)
     severity = outcome.severity
     hits: list[list[str]] = [[] for _ in range(len(scores))]
@@ -91,7 +92,7 @@ def decide(
         for row in np.flatnonzero(fired):
             hits[row].append(rule.name)
     if rules.explore is not None and tx_ids is not None:
-        amounts = features["amount"].to_numpy(dtype=float)
+        amounts = columns["amount"]
         candidates = outcome.explorable & (amounts <= rules.explore.max_amount)
         for row in np.flatnonzero(candidates):
             if explore_draw(str(tx_ids[row])) < rules.explore.share:

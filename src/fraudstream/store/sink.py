@@ -377,10 +377,11 @@ def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
     for name in COLUMNS:
         column = frame[name]
         if name in _TIMES:
-            stamps = pd.to_datetime(column, utc=True)
-            micros = stamps.dt.tz_localize(None).to_numpy("datetime64[us]").astype(np.int64)
-            missing = stamps.isna().to_numpy()
-            values = micros.tolist()
+            if not isinstance(column.dtype, pd.DatetimeTZDtype):  # a scalar, or naive: as UTC
+                column = pd.to_datetime(column, utc=True)
+            stamps = column.to_numpy("datetime64[us]")  # UTC, without the per-call ``.dt``
+            missing = np.isnat(stamps)
+            values = stamps.view(np.int64).tolist()
             if missing.any():
                 values = [None if gap else v for v, gap in zip(values, missing, strict=True)]
         elif name in ("rule_hits", "reasons"):
