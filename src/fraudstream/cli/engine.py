@@ -38,7 +38,12 @@ def score(
     import logging
 
     from fraudstream.clock import SystemClock
-    from fraudstream.engines.base import ENGINES, create_engine, tune_garbage_collector
+    from fraudstream.engines.base import (
+        ENGINES,
+        create_engine,
+        tune_garbage_collector,
+        tune_thread_switching,
+    )
 
     settings = settings_of(ctx)
     kind = engine or settings.engine.kind
@@ -64,7 +69,8 @@ def score(
     from fraudstream.telemetry import serve_metrics
 
     serve_metrics(settings.metrics, "engine")
-    tune_garbage_collector()  # this process is the engine's: a setting of the whole process
+    tune_garbage_collector()  # this process is the engine's: settings of the whole process
+    tune_thread_switching()
     stats = runner.run(max_idle_s=max_idle)
     typer.echo(
         f"scored {stats.scored:,} transactions in {stats.batches:,} batches "
