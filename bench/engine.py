@@ -688,7 +688,8 @@ def _seconds(trial: Settings, query: str) -> float:
     """The interval ``query`` returns, in seconds."""
     with connect(trial) as conn:
         row = conn.execute(query).fetchone()
-    return row[0].total_seconds() if row and row[0] is not None else float("nan")
+    interval = cast(timedelta | None, row[0] if row else None)
+    return interval.total_seconds() if interval is not None else float("nan")
 
 
 def _committed(trial: Settings) -> int:

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from functools import partial
 
 import numpy as np
 import pandas as pd
 import psycopg
 import pytest
 
+from fraudstream.config import Settings
 from fraudstream.engines.terminals import SettledCounts
+from fraudstream.features.terminal import count_buckets
 from fraudstream.schema import Label
 from fraudstream.store import migrations
+from fraudstream.store.db import connect
 from fraudstream.store.outcomes import load_terminal_activity, store_labels
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
@@ -142,13 +146,32 @@ def test_a_newer_database_schema_is_refused(
 def test_counts_kept_from_seal_to_seal_build_the_tables_of_a_full_read(
     db: psycopg.Connection[tuple[object, ...]],
 ) -> None:
+    _tables_from_kept_counts(db, first=date(2035, 3, 1), settled=SettledCounts())
+
+
+def test_counts_read_ahead_of_the_next_seal_build_the_tables_of_a_full_read(
+    db: psycopg.Connection[tuple[object, ...]], stack_settings: Settings
+) -> None:
+    # A restarted engine knows a day's table and reads ahead, on a connection of its own,
+    # the counts the next day's table needs that are final already: that seal reads one day.
+    settled = SettledCounts(partial(connect, stack_settings))
+    _tables_from_kept_counts(db, first=date(2036, 3, 1), settled=settled, read_ahead=True)
+
+
+def _tables_from_kept_counts(
+    db: psycopg.Connection[tuple[object, ...]],
+    *,
+    first: date,
+    settled: SettledCounts,
+    read_ahead: bool = False,
+) -> None:
     # An engine reads only the day of counts that became final at each seal and keeps the
     # rest; every table must be the one a full read of the database gives, labels included.
     rng = np.random.default_rng(3)
-    # After any table other tests sealed in this database: a label reported before the newest
-    # sealed midnight is known only after it (migration 0006).
-    first = date(2035, 3, 1)
-    terminals = [f"settled-T{i}" for i in range(40)]
+    # ``first``: after any table other tests sealed in this database (a label reported before
+    # the newest sealed midnight is known only after it, migration 0006); a day of its own.
+    tag = f"settled-{first:%Y}"
+    terminals = [f"{tag}-T{i}" for i in range(40)]
 
     def history(day: date) -> None:
         chosen = rng.choice(terminals, 25, replace=False).tolist()
@@ -166,12 +189,16 @@ def test_counts_kept_from_seal_to_seal_build_the_tables_of_a_full_read(
 
     for back in range(1, 46):
         history(first - timedelta(days=back))
-    start = datetime(2035, 3, 1, tzinfo=timezone.utc)
-    fraud("settled-f1", terminals[3], start - timedelta(days=5), start - timedelta(days=2))
+    start = datetime(first.year, first.month, first.day, tzinfo=timezone.utc)
+    fraud(f"{tag}-f1", terminals[3], start - timedelta(days=5), start - timedelta(days=2))
     db.commit()
-    settled = SettledCounts()
     for after in range(6):
         day = np.datetime64(first + timedelta(days=after), "D")
+        if read_ahead:  # as when the table of the day before was loaded, not sealed here
+            settled.read_ahead(day - 1)
+            settled.finish_reading()
+            needed = np.arange(*count_buckets(day)[[0, -1]], dtype="datetime64[D]")
+            assert set(needed) - settled.counted == {needed[-1]}  # the seal reads one day
         got = settled.activity_for(db, day).table(day).frame
         expected = load_terminal_activity(db, day).table(day).frame
         pd.testing.assert_frame_equal(got, expected.loc[got.index])
@@ -179,7 +206,7 @@ def test_counts_kept_from_seal_to_seal_build_the_tables_of_a_full_read(
         assert (got["terminal_known_frauds_7d"] > 0).any()
         history(first + timedelta(days=after))  # final by the time a table reads it
         # reported after this table's midnight: the next tables must know it
-        fraud(f"settled-f{after + 2}", terminals[after], start, start + timedelta(days=after))
+        fraud(f"{tag}-f{after + 2}", terminals[after], start, start + timedelta(days=after))
         db.commit()
     # labels read again at every seal: the five reported after the first are known by now
     assert (got["terminal_known_frauds_7d"] > 0).sum() == 5

@@ -193,6 +193,7 @@ class LocalEngine:
         self.tables = TerminalTables(
             self.labels, lateness=self.lateness, built_by=self.engine_id, group=self.group,
             topic=self.topic, log_ends=self.consumer,
+            connect=functools.partial(engine_connect, settings),
         )  # fmt: skip
         self._model_checked = 0.0
         self._rules_checked = time.monotonic()

@@ -27,6 +27,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -252,6 +253,7 @@ class SparkEngine:
         self.tables = TerminalTables(
             self.labels, lateness=self.lateness, built_by=engine_id(settings),
             group=self.group, topic=self.topic, log_ends=self.offsets,
+            connect=partial(engine_connect, settings),
         )  # fmt: skip
         self.partitions: dict[int, PartitionState] = {}  # watermarks (cards live in Spark)
         self.precomputed: dict[tuple[int, int], np.ndarray] = {}
