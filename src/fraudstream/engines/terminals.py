@@ -178,12 +178,21 @@ class SettledCounts:
 
     An engine that (re)starts has none of them: with ``connect``, once a day's table is
     known the counts the next day's table will need that are already final are read in the
-    background (5 s at 100,000 terminals, a day ahead), so the next seal reads one day."""
+    background, so the next seal reads one day. The reading (5 s of CPU at 100,000
+    terminals) starts ``read_ahead_delay_s`` later, not while a restarted engine catches up
+    and the decision API waits on it; a seal that needs the counts before then reads at once.
+    """
 
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]] | None = None,
+        read_ahead_delay_s: float = 60.0,
+    ) -> None:
         self.activity = TerminalActivity()
         self.counted: set[np.datetime64] = set()  # the days whose counts are in ``activity``
         self._connect = connect
+        self._delay_s = read_ahead_delay_s
+        self._needed_now = threading.Event()  # a seal waits: no more delay
         self._reading: threading.Thread | None = None
         self._read_ahead_of: np.datetime64 | None = None
 
@@ -215,6 +224,7 @@ class SettledCounts:
                 return  # one reading at a time; the seal reads what it did not
             self.finish_reading()
         self._read_ahead_of = known
+        self._needed_now.clear()
         final_before = count_buckets(known)[-1]
         after = count_buckets(known + 1)
         days = np.arange(after[0], min(after[-1], final_before), dtype="datetime64[D]")
@@ -227,6 +237,7 @@ class SettledCounts:
 
     def _read_in_background(self, days: np.ndarray) -> None:
         assert self._connect is not None
+        self._needed_now.wait(self._delay_s)
         started = time.monotonic()
         try:
             with self._connect() as conn:
@@ -241,8 +252,10 @@ class SettledCounts:
             )  # fmt: skip
 
     def finish_reading(self) -> None:
-        """Wait until the counts being read ahead, if any, are in."""
+        """Wait until the counts being read ahead, if any, are in (read now if still
+        delayed)."""
         if self._reading is not None:
+            self._needed_now.set()
             self._reading.join()
             self._reading = None
 
