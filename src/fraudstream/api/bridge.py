@@ -151,7 +151,11 @@ class DecisionBridge:
     def _read(self) -> None:
         while not self._stop.is_set():
             try:
-                messages = self.consumer.consume(500, 0.05)
+                # A batch consume waits for its count or its timeout: wait for one verdict,
+                # then take whatever else has arrived.
+                messages = self.consumer.consume(1, 0.05)
+                if messages:
+                    messages += self.consumer.consume(499, 0)
             except Exception as error:  # keep reading: a request without answer degrades
                 log.warning("reading verdicts: %s", error)
                 continue

@@ -116,7 +116,12 @@ class LabelReader:
         while not all(done(p) for p in ends):
             if time.monotonic() > deadline:
                 return False
-            messages = [m for m in self.consumer.consume(10_000, 0.2) if not m.error()]
+            # A batch consume waits for its whole count or its timeout (0.2 s on every
+            # seal when a few labels are left): wait for one, then take what has arrived.
+            messages = self.consumer.consume(1, 0.2)
+            if messages:
+                messages += self.consumer.consume(9_999, 0)
+            messages = [m for m in messages if not m.error()]
             if messages:
                 self._store(conn, messages)
         return True
