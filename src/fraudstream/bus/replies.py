@@ -13,6 +13,7 @@ import math
 from datetime import datetime
 
 import msgspec
+import numpy as np
 import pandas as pd
 from confluent_kafka import Message, Producer
 
@@ -82,7 +83,9 @@ def publish_verdicts(
     whose transaction asked for one (``asked``: tx_id → API process); returns how many."""
     if not asked or not len(stored):
         return 0
-    rows = stored[stored["tx_id"].isin(asked.keys())]
+    # A set lookup per row: pandas' isin on Arrow strings was 1.6 % of the engine's time.
+    wanted = np.fromiter((tx_id in asked for tx_id in stored["tx_id"].tolist()), bool, len(stored))
+    rows = stored if wanted.all() else stored[wanted]
     columns = {name: rows[name].tolist() for name in _VERDICT_COLUMNS}  # not itertuples: slow
     for i, tx_id in enumerate(columns["tx_id"]):
         verdict = Verdict(

@@ -125,14 +125,18 @@ class CardChanges:
 
     card_ids: list[np.ndarray] = field(default_factory=list)
     rows: list[np.ndarray] = field(default_factory=list)
+    # Counted as rows are added: the engine asks every step, and a sum over the steps since
+    # the last checkpoint (hundreds when traffic is light) was 1.4 % of its time.
+    _size: int = field(default=0, repr=False)
 
     def __len__(self) -> int:
-        return sum(len(ids) for ids in self.card_ids)
+        return self._size
 
     def add(self, card_ids: np.ndarray, rows: np.ndarray) -> None:
         if len(card_ids):
             self.card_ids.append(card_ids)
             self.rows.append(rows)
+            self._size += len(card_ids)
 
     def newest_us(self) -> int | None:
         """The latest time appended, or None when nothing was."""
