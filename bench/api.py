@@ -186,7 +186,8 @@ class ApiBench:
                 [r.load.p99_ms for r in runs],
                 f"medians of {repeats}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, p99.9 {p999:.1f} ms; "
                 f"achieved {statistics.median(r.load.achieved_rate for r in runs):,.0f} req/s; "
-                f"errors {errors}; client send lag p99 ≤ {lag:.1f} ms",
+                f"errors {errors}; client send lag p99 ≤ {lag:.1f} ms; the server's own "
+                f"decision time p99 ≤ {max(r.load.server_p99_ms for r in runs):.1f} ms",
             ),
             Result(
                 f"degraded answers at {rate:,} req/s",
@@ -238,7 +239,9 @@ class ApiBench:
             [load.max_ms],
             f"{load.ok:,} of {load.sent:,} measured requests answered 200 (errors "
             f"{load.errors or 'none'}), {degraded:,} degraded; slowest {load.max_ms:.0f} ms "
-            f"vs budget + 10 = {budget + 10:.0f} ms; p99.9 {load.p999_ms:.1f} ms; "
+            f"vs budget + 10 = {budget + 10:.0f} ms; p99.9 {load.p999_ms:.1f} ms; the server's "
+            f"own decision time (its decision_ms) p99 {load.server_p99_ms:.1f} ms, max "
+            f"{load.server_max_ms:.1f} ms; "
             f"{stored:,} of {expected:,} transactions stored, each once (primary key)",
         )  # fmt: skip
 

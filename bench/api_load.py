@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import queue as queue_module
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
@@ -53,6 +54,7 @@ class Samples:
     before percentiles are taken (percentiles of percentiles would be wrong)."""
 
     latencies_ms: list[float] = field(default_factory=list)  # of 2xx responses
+    server_ms: list[float] = field(default_factory=list)  # their own ``decision_ms``, if any
     send_lags_ms: list[float] = field(default_factory=list)  # when started minus when due
     errors: Counter[str] = field(default_factory=Counter)  # status code or exception name
     sent: int = 0  # in the measured window (after the warm-up)
@@ -79,6 +81,11 @@ class LoadResult:
     max_ms: float
     send_lag_p99_ms: float
     send_lag_max_ms: float
+    # The server's own time per answer (its ``decision_ms``: body decoded → answer), NaN when
+    # the answers do not carry it; beside the client's, it tells a late handler from a
+    # request that waited in an overloaded machine before the handler ran.
+    server_p99_ms: float
+    server_max_ms: float
     warmup_sent: int
     client_cpu_s: float
     measured_from: float  # epoch seconds: when the recorded window (after warm-up) began
@@ -94,6 +101,7 @@ def summarize(samples: Samples, rate: float, duration_s: float, processes: int =
     """Percentiles and rates of (possibly merged) samples."""
     lat = np.asarray(samples.latencies_ms, dtype=np.float64)
     lag = np.asarray(samples.send_lags_ms, dtype=np.float64)
+    server = np.asarray(samples.server_ms, dtype=np.float64)
     p50, p95, p99, p999 = np.percentile(lat, [50, 95, 99, 99.9]) if lat.size else [np.nan] * 4
     elapsed = max(samples.elapsed_s, duration_s)
     return LoadResult(
@@ -103,6 +111,8 @@ def summarize(samples: Samples, rate: float, duration_s: float, processes: int =
         max_ms=float(lat.max()) if lat.size else float("nan"),
         send_lag_p99_ms=float(np.percentile(lag, 99)) if lag.size else float("nan"),
         send_lag_max_ms=float(lag.max()) if lag.size else float("nan"),
+        server_p99_ms=float(np.percentile(server, 99)) if server.size else float("nan"),
+        server_max_ms=float(server.max()) if server.size else float("nan"),
         warmup_sent=samples.warmup_sent, client_cpu_s=samples.client_cpu_s, processes=processes,
         measured_from=samples.measured_from,
     )  # fmt: skip
@@ -113,6 +123,7 @@ def merge(parts: Iterable[Samples]) -> Samples:
     out = Samples()
     for part in parts:
         out.latencies_ms += part.latencies_ms
+        out.server_ms += part.server_ms
         out.send_lags_ms += part.send_lags_ms
         out.errors.update(part.errors)
         out.sent += part.sent
@@ -123,6 +134,7 @@ def merge(parts: Iterable[Samples]) -> Samples:
     return out
 
 
+_SERVER_MS = re.compile(rb'"decision_ms":\s*([0-9.eE+-]+)')
 _MIN_SLEEP_S = 0.001  # uvloop's timers count whole milliseconds: a shorter sleep spins a core
 
 
@@ -144,7 +156,7 @@ async def _send(
     data, headers = _split(body)
     try:
         async with session.post(url, data=data, headers=headers) as resp:
-            await resp.read()
+            answer = await resp.read()
             status = resp.status
     except Exception as exc:  # a refused or reset connection or a timeout is a result
         if record:
@@ -154,6 +166,9 @@ async def _send(
         return
     if 200 <= status < 300:
         out.latencies_ms.append((time.monotonic() - due) * 1000.0)
+        server = _SERVER_MS.search(answer)
+        if server is not None:
+            out.server_ms.append(float(server.group(1)))
     else:
         out.errors[str(status)] += 1
 

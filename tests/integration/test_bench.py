@@ -47,6 +47,8 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(quick_report: 
     assert "API decision time at 200 req/s" in api and "degraded answers at 200 req/s" in api
     assert "latency at 500 tx/s, append → stored" in api
     assert "engine kill -9 during 200 req/s" in api and "errors none" in api
+    # The server's own time per answer, read from each answer's decision_ms, beside the client's.
+    assert re.search(r"own decision time \(its decision_ms\) p99 \d+\.\d ms, max \d+\.\d ms", api)
     # The Spark engine's section (pyspark is installed by the test set-up), measured the same way.
     spark = text[text.index("## Spark engine (local[2]), end to end") :]
     assert "catch-up: one engine drains a backlog" in spark and "3,000 transactions" in spark
