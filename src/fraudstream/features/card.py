@@ -127,7 +127,7 @@ class CardChanges:
     rows: list[np.ndarray] = field(default_factory=list)
     # Counted as rows are added: the engine asks every step, and a sum over the steps since
     # the last checkpoint (hundreds when traffic is light) was 1.4 % of its time.
-    _size: int = field(default=0, repr=False)
+    _size: int = field(default=0, init=False, repr=False)
 
     def __len__(self) -> int:
         return self._size
