@@ -323,11 +323,15 @@ def test_recorded_changes_rebuild_the_state_exactly(
     stream.loc[late, "event_time"] -= pd.Timedelta(days=3)
     live = CardState(changes=CardChanges())
     segments = []
+    since = 0  # rows appended since the last checkpoint: what len() of the changes must say
     for start in range(0, len(stream), 700):
-        card_features(live, stream.iloc[start : start + 700])
+        batch = stream.iloc[start : start + 700]
+        card_features(live, batch)
+        since += len(batch)
+        assert live.changes is not None and len(live.changes) == since
         if start % 2100 == 0:  # a checkpoint every third batch
             segments.append(live.changes.to_bytes())
-            live.changes = CardChanges()
+            live.changes, since = CardChanges(), 0
     segments.append(live.changes.to_bytes())
     rebuilt = CardState()
     for blob in segments:
