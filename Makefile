@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test files run on this many workers, each with its own broker and database: most of a test's
+# time is waiting on a service, so two workers take about two thirds of one on two cores.
+TEST_WORKERS ?= 2
 
 .PHONY: up down status test lint setup system clean
 
@@ -18,7 +21,7 @@ status:
 test: setup ## set up everything and run the whole test suite (starts its own Kafka and PostgreSQL)
 	@./scripts/ensure-system-packages --for-tests
 	$(BIN)/ruff check src tests bench
-	$(BIN)/pytest
+	$(BIN)/pytest --numprocesses $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests bench

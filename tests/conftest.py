@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -24,11 +25,25 @@ from fraudstream.simulator.history import write_history
 from fraudstream.stack import Stack
 from fraudstream.store.db import connect
 
+# Each test worker (pytest-xdist) hands out ports from a range of its own, below the
+# kernel's ephemeral range: two workers starting stacks at once cannot pick the same port,
+# and no client's source port can take one between the pick and the server's bind.
+_PORTS_PER_WORKER = 2_000
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_FIRST_PORT = 20_000 + _PORTS_PER_WORKER * (_WORKER % 6)
+_next_ports = itertools.cycle(range(_FIRST_PORT, _FIRST_PORT + _PORTS_PER_WORKER))
+
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback port no one listens on, never the same twice in a row of this worker."""
+    for port in _next_ports:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("unreachable: the cycle never ends")
 
 
 def stack_overrides(state_dir: Path) -> dict[str, str]:
