@@ -55,6 +55,7 @@ class Samples:
 
     latencies_ms: list[float] = field(default_factory=list)  # of 2xx responses
     server_ms: list[float] = field(default_factory=list)  # their own ``decision_ms``, if any
+    degraded: int = 0  # 2xx answers marked ``"degraded": true``
     send_lags_ms: list[float] = field(default_factory=list)  # when started minus when due
     errors: Counter[str] = field(default_factory=Counter)  # status code or exception name
     sent: int = 0  # in the measured window (after the warm-up)
@@ -86,6 +87,7 @@ class LoadResult:
     # request that waited in an overloaded machine before the handler ran.
     server_p99_ms: float
     server_max_ms: float
+    degraded: int  # of the measured requests' answers, those marked degraded
     warmup_sent: int
     client_cpu_s: float
     measured_from: float  # epoch seconds: when the recorded window (after warm-up) began
@@ -113,8 +115,8 @@ def summarize(samples: Samples, rate: float, duration_s: float, processes: int =
         send_lag_max_ms=float(lag.max()) if lag.size else float("nan"),
         server_p99_ms=float(np.percentile(server, 99)) if server.size else float("nan"),
         server_max_ms=float(server.max()) if server.size else float("nan"),
-        warmup_sent=samples.warmup_sent, client_cpu_s=samples.client_cpu_s, processes=processes,
-        measured_from=samples.measured_from,
+        degraded=samples.degraded, warmup_sent=samples.warmup_sent,
+        client_cpu_s=samples.client_cpu_s, processes=processes, measured_from=samples.measured_from,
     )  # fmt: skip
 
 
@@ -124,6 +126,7 @@ def merge(parts: Iterable[Samples]) -> Samples:
     for part in parts:
         out.latencies_ms += part.latencies_ms
         out.server_ms += part.server_ms
+        out.degraded += part.degraded
         out.send_lags_ms += part.send_lags_ms
         out.errors.update(part.errors)
         out.sent += part.sent
@@ -135,6 +138,7 @@ def merge(parts: Iterable[Samples]) -> Samples:
 
 
 _SERVER_MS = re.compile(rb'"decision_ms":\s*([0-9.eE+-]+)')
+_DEGRADED = re.compile(rb'"degraded":\s*true')
 _MIN_SLEEP_S = 0.001  # uvloop's timers count whole milliseconds: a shorter sleep spins a core
 
 
@@ -169,6 +173,7 @@ async def _send(
         server = _SERVER_MS.search(answer)
         if server is not None:
             out.server_ms.append(float(server.group(1)))
+        out.degraded += _DEGRADED.search(answer) is not None
     else:
         out.errors[str(status)] += 1
 

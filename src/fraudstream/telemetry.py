@@ -178,7 +178,8 @@ ENGINE_CARDS = Gauge(
 )
 ENGINE_STATE_BYTES = Gauge(
     "fraudstream_engine_card_store_bytes",
-    "Card state on local disk (RocksDB's estimate of its live data).",
+    "Card state's size: on local disk (RocksDB's estimate of its live data) for the local "
+    "engine, in the state store's memory for Spark.",
 )  # fmt: skip
 
 

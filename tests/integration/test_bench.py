@@ -45,6 +45,15 @@ def test_bench_runs_every_benchmark_and_updates_only_its_sections(quick_report: 
     # The decision API beside the streaming path, and its kill run: real requests answered.
     api = text[text.index("## Decision API, beside the streaming path") :]
     assert "API decision time at 200 req/s" in api and "degraded answers at 200 req/s" in api
+    # Counted among the measured requests' answers (a count by answer time could exceed them).
+    degraded = re.search(
+        r"degraded answers at 200 req/s \| \*\*([\d,]+) answers\*\* \|[^|]*\| of ([\d,]+) measured "
+        r"requests per run \(after \d+ s of warm-up\), as their answers said; recorded in "
+        r"degraded_decisions",
+        api,
+    )
+    assert degraded, api
+    assert int(degraded[1].replace(",", "")) <= int(degraded[2].replace(",", ""))
     assert "latency at 500 tx/s, append → stored" in api
     assert "engine kill -9 during 200 req/s" in api and "errors none" in api
     # The server's own time per answer, read from each answer's decision_ms, beside the client's.

@@ -17,6 +17,7 @@ import pandas as pd
 import psycopg
 import pytest
 from confluent_kafka import Producer
+from prometheus_client import REGISTRY
 
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings, env_name
@@ -25,6 +26,7 @@ from fraudstream.engines.spark import SparkEngine
 from fraudstream.stack import Stack
 from fraudstream.stack.spark import StandaloneCluster
 from fraudstream.store.db import conninfo
+from fraudstream.telemetry import ENGINE_LAG, ENGINE_STATE_BYTES
 
 from ..conftest import free_port
 from ..engine_kit import (
@@ -38,6 +40,7 @@ from ..engine_kit import (
 )
 from .test_engine import todays_transactions
 
+_LAG = "fraudstream_engine_consumer_lag"
 MALFORMED = [b"not json", json.dumps({"tx_id": "x", "amount": -1}).encode()]
 
 
@@ -91,12 +94,19 @@ def test_spark_gives_the_local_engines_predictions_across_micro_batches(
     settings = spark_settings(scored, stack_settings, models_dir, tmp_path)
     engine = SparkEngine(settings, SystemClock(), master="local[2]")
     total = len(scored.expected)
+    partitions = [str(p) for p in range(settings.kafka.partitions)]
+    ENGINE_LAG.clear()  # the metrics are this process's: a local engine's may be there
+    ENGINE_STATE_BYTES.set(0)
+
+    def lag() -> list[float | None]:
+        return [REGISTRY.get_sample_value(_LAG, {"partition": p}) for p in partitions]
 
     def stop_when_stored() -> None:  # every row and dead letter stored, or time is up
         try:
             wait_for(
-                lambda: stored_count(settings) == total and _dead(settings) == len(MALFORMED),
-                300, "every row and dead letter",
+                lambda: stored_count(settings) == total and _dead(settings) == len(MALFORMED)
+                and lag() == [0.0] * len(partitions),
+                300, "every row and dead letter, and no lag on any partition",
             )  # fmt: skip
         finally:
             engine.stop.set()
@@ -104,6 +114,10 @@ def test_spark_gives_the_local_engines_predictions_across_micro_batches(
     threading.Thread(target=stop_when_stored, daemon=True).start()
     stats = engine.run()
     assert stats.batches >= 4
+    # The driver exports what each micro-batch's progress says: lag per partition (all read
+    # by now) and the card state's size in Spark's state store.
+    assert lag() == [0.0] * len(partitions)
+    assert (REGISTRY.get_sample_value("fraudstream_engine_card_store_bytes") or 0) > 0
     assert_same_rows(settings, scored)
     with psycopg.connect(conninfo(settings)) as conn:
         reasons = [r for (r,) in conn.execute("SELECT reason FROM dlq_events").fetchall()]

@@ -21,6 +21,7 @@ kept in ``deferred_rows`` with its card features and scored first in a later mic
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -79,6 +80,8 @@ from fraudstream.telemetry import (
     ENGINE_INFO,
     ENGINE_LATE,
     ENGINE_PARTITIONS,
+    ENGINE_STATE_BYTES,
+    show_lag,
     show_model,
 )
 
@@ -372,7 +375,7 @@ class SparkEngine:
                 self._retry_deferred()
             if progress and progress["batchId"] != last_batch:
                 last_batch = progress["batchId"]
-                self._lag = _lag(progress, self.settings.kafka.partitions)
+                self._lag = self._show_progress(progress)
                 log.info("micro-batch %s", _timings(progress))
             if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                 return
@@ -594,10 +597,21 @@ class SparkEngine:
         self.stats.replays += result.replays
         self.stats.conflicts += result.conflicts
 
+    def _show_progress(self, progress: dict[str, Any]) -> int | None:
+        """Export a finished micro-batch's lag per partition and card-state size (the cards
+        themselves live in Spark's state store, a bucket of cards per row: their number is
+        not exported); returns the whole lag. Metrics only, no database: this runs beside
+        the micro-batches, whose thread has the connections."""
+        lag = partition_lag(progress, self.topic)
+        if lag is not None:
+            show_lag(lag)
+        state_bytes = _state_bytes(progress)
+        if state_bytes is not None:
+            ENGINE_STATE_BYTES.set(state_bytes)
+        return _lag(progress, self.settings.kafka.partitions) if lag is None else sum(lag.values())
+
     def _report(self) -> None:
-        """The status row and log line, and the slow metrics. The driver sees the lag only
-        summed over partitions (Spark's source metrics), so it exports no per-partition lag;
-        card state lives in Spark's state store, outside these metrics."""
+        """The status row and log line, and the slow metrics."""
         self._reported = time.monotonic()
         self._reporter.report(
             self.conn, self.stats, model_version=self.scorer.version,
@@ -616,6 +630,40 @@ def _lag(progress: dict[str, Any], partitions: int) -> int | None:
         if behind is not None:
             return round(float(behind) * partitions)
     return None
+
+
+def partition_lag(progress: dict[str, Any], topic: str) -> dict[int, int] | None:
+    """Messages behind the log end per partition of ``topic`` after the last micro-batch:
+    the Kafka source's latest offsets minus those the batch read to (None when the progress
+    does not say, as before a first batch)."""
+    for source in progress.get("sources", []):
+        latest = _offsets(source.get("latestOffset"), topic)
+        end = _offsets(source.get("endOffset"), topic)
+        if latest is not None and end is not None:
+            return {p: max(latest[p] - end.get(p, latest[p]), 0) for p in sorted(latest)}
+    return None
+
+
+def _offsets(value: object, topic: str) -> dict[int, int] | None:
+    """A Kafka source's offsets (``{topic: {partition: offset}}``, or that as JSON text) for
+    ``topic``."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    per_partition = value.get(topic) if isinstance(value, dict) else None
+    if not isinstance(per_partition, dict):
+        return None
+    return {int(partition): int(offset) for partition, offset in per_partition.items()}
+
+
+def _state_bytes(progress: dict[str, Any]) -> int | None:
+    """The memory the stateful operators' stores use, from the last micro-batch's progress."""
+    operators = progress.get("stateOperators") or []
+    if not operators:
+        return None
+    return sum(int(op.get("memoryUsedBytes", 0)) for op in operators)
 
 
 def _timings(progress: dict[str, Any]) -> str:
