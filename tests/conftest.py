@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import itertools
 import os
 import socket
@@ -93,9 +92,6 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         stack.up()
         yield settings
     finally:
-        # Kafka clients the tests left in reference cycles go while the broker still runs
-        # (after it, each would log refused connections until the interpreter exits).
-        gc.collect()
         stack.down(volumes=True)
 
 
