@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import stat
 import time
@@ -297,6 +298,17 @@ def test_up_runs_the_whole_pipeline_and_catches_fraud(tmp_path: Path) -> None:
         up = run_cli("up", env=env, timeout=600)
         assert up.returncode == 0, up.stderr
         assert "trained and promoted a first model" in up.stdout
+        # Output to a pipe, as in CI: a plain line per step with the time since the start
+        # (no spinner, no terminal codes), the first model's steps among them.
+        steps = up.stderr.splitlines()
+        for step in (
+            r"starting kafka on 127\.0\.0\.1:\d+",
+            r"first model, \d+ s: simulating \d+ days",
+            r"first model, \d+ s: m-[0-9a-f]+ promoted",
+            r"starting engine",
+        ):
+            assert any(re.fullmatch(rf" *\d+\.\d s  {step}.*", line) for line in steps), step
+        assert "\x1b" not in up.stderr and "\r" not in up.stderr
         assert "create a key: fraudstream api-keys create NAME" in up.stdout
         states = {name: row["state"] for name, row in _status(env).items()}
         assert states == {

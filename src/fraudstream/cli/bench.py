@@ -110,7 +110,12 @@ def bench(
         def progress(message: str) -> None:
             # A line per step, terminal or not (a log shows where the time went); the spinner
             # says what is happening now.
-            err.print(f"{time.monotonic() - started:7.1f} s  {message}", highlight=False)
+            err.print(
+                f"{time.monotonic() - started:7.1f} s  {message}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,  # one line each in a log
+            )
             status.update(message)
 
         results = harness.run(

@@ -24,7 +24,12 @@ def up(ctx: typer.Context) -> None:
         def progress(message: str) -> None:
             # A line per step, terminal or not (a log shows what `up` did and how long it
             # took); the spinner says what is happening now.
-            err.print(f"{time.monotonic() - started:6.1f} s  {message}", highlight=False)
+            err.print(
+                f"{time.monotonic() - started:6.1f} s  {message}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,  # one line each in a log
+            )
             status.update(message + "…")
 
         report = stack.up(progress=progress)
