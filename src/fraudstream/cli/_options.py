@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -93,6 +94,14 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     return stop
+
+
+def print_step(started: float, message: str, width: int = 6) -> None:
+    """A progress line on stderr: seconds since ``started`` (``time.monotonic``), then the
+    step. Terminal or not, one line each, never wrapped or read as markup: a log shows what
+    ran and where the time went."""
+    elapsed = time.monotonic() - started
+    err.print(f"{elapsed:{width}.1f} s  {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def progress_bar() -> Progress:

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 import fraudstream
-from fraudstream.cli._options import err, fail, settings_of
+from fraudstream.cli._options import err, fail, print_step, settings_of
 
 
 def _checkout_harness() -> Path | None:
@@ -110,12 +110,7 @@ def bench(
         def progress(message: str) -> None:
             # A line per step, terminal or not (a log shows where the time went); the spinner
             # says what is happening now.
-            err.print(
-                f"{time.monotonic() - started:7.1f} s  {message}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,  # one line each in a log
-            )
+            print_step(started, message, width=7)
             status.update(message)
 
         results = harness.run(

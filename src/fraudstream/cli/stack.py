@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fraudstream.cli._options import err, fail, out, settings_of, stack_of
+from fraudstream.cli._options import err, fail, out, print_step, settings_of, stack_of
 from fraudstream.config import Settings
 from fraudstream.stack import ServiceError, Stack
 from fraudstream.stack import logs as service_logs
@@ -24,12 +24,7 @@ def up(ctx: typer.Context) -> None:
         def progress(message: str) -> None:
             # A line per step, terminal or not (a log shows what `up` did and how long it
             # took); the spinner says what is happening now.
-            err.print(
-                f"{time.monotonic() - started:6.1f} s  {message}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,  # one line each in a log
-            )
+            print_step(started, message)
             status.update(message + "…")
 
         report = stack.up(progress=progress)
