@@ -43,8 +43,8 @@ from fraudstream.bus.clients import engine_producer, message_offset, message_par
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings
 from fraudstream.engines.base import decision_rules
-from fraudstream.engines.scoring import predictions_frame
-from fraudstream.engines.step import Decoded, frame_of
+from fraudstream.engines.scoring import predictions_of
+from fraudstream.engines.step import Decoded, columns_of
 from fraudstream.engines.terminals import LabelReader
 from fraudstream.features import CardState, FeatureComputer, TerminalTable
 from fraudstream.model.registry import Registry
@@ -133,9 +133,9 @@ class PerMessage:
             message_offset(message), message.key(), value, appended if appended > 0 else None,
             record,
         )  # fmt: skip
-        row = frame_of([decoded], late=np.zeros(1, dtype=bool))  # no watermark: never late
-        features = self.features.compute(row)
-        scored = predictions_frame(row, features, self.scorer, self.rules, now, engine=self.name)
+        row = columns_of([decoded], late=np.zeros(1, dtype=bool))  # no watermark: never late
+        features = self.features.compute(row.frame())
+        scored = predictions_of(row, features, self.scorer, self.rules, now, engine=self.name)
         if scored.failed:
             return  # (not with the simulator's transactions)
         prediction = scored.predictions

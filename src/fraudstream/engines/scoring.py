@@ -9,19 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fraudstream.engines.columns import RecordColumns, utc_micros
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
 from fraudstream.policy.expressions import TEXT_FIELDS
-from fraudstream.records import BATCH_SOURCE_COLUMNS, PREDICTION_COLUMNS
+from fraudstream.records import PREDICTION_COLUMNS
 from fraudstream.store.projections import Observed, ShadowRuleDecisions, ShadowScores
 
-__all__ = ["Scored", "empty_predictions", "observed", "predictions_frame", "texts_of"]
+__all__ = ["Scored", "empty_predictions", "observed", "predictions_of", "texts_of"]
 
 log = logging.getLogger("fraudstream.engine")
 
@@ -57,13 +59,19 @@ def _per_row(
     return results, failed
 
 
-def _utc(times: pd.Series) -> pd.api.extensions.ExtensionArray:
-    """A time column as UTC, converted only when it is not already (a conversion costs a
-    fraction of a millisecond per batch)."""
-    dtype = times.dtype
-    if isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC":
-        return times.array
-    return pd.to_datetime(times, utc=True).array
+def _objects(values: list[Any]) -> np.ndarray:
+    """A list as an object array, element for element (even when the elements are lists)."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def _micros(stamp: datetime) -> int:
+    """A timezone-aware time as microseconds since the epoch."""
+    return (stamp - _EPOCH) // timedelta(microseconds=1)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _in_order(features: pd.DataFrame) -> pd.DataFrame:
@@ -106,8 +114,8 @@ def texts_of(batch: pd.DataFrame) -> Mapping[str, np.ndarray]:
     return _Texts(batch)
 
 
-def predictions_frame(
-    batch: pd.DataFrame,
+def predictions_of(
+    batch: RecordColumns,
     features: pd.DataFrame,
     scorer: Scorer,
     rules: RuleSet,
@@ -116,10 +124,9 @@ def predictions_frame(
     engine: str,
     scores: np.ndarray | None = None,
 ) -> Scored:
-    """Score, decide and explain a batch.
+    """Score, decide and explain a batch (``features``: its rows, ``FEATURE_NAMES``).
 
-    ``batch`` has the canonical columns plus ``BATCH_SOURCE_COLUMNS``; ``scores`` are
-    ``scorer``'s when already computed elsewhere (Spark's executors)."""
+    ``scores`` are ``scorer``'s when already computed elsewhere (Spark's executors)."""
     failed: dict[int, str] = {}
     if scores is None:
         try:
@@ -130,11 +137,8 @@ def predictions_frame(
             scores = np.array([np.nan if v is None else v for v in values], dtype=float)
     kept = np.delete(np.arange(len(batch), dtype=np.int64), sorted(failed))
     if len(failed):
-        batch, features, scores = batch.iloc[kept], features.iloc[kept], scores[kept]
-    decisions = decide(
-        scores, features, texts_of(batch), scorer.thresholds, rules,
-        tx_ids=batch["tx_id"].to_numpy(),
-    )  # fmt: skip
+        batch, features, scores = batch.take(kept), features.iloc[kept], scores[kept]
+    decisions = decide(scores, features, batch.texts, scorer.thresholds, rules, tx_ids=batch.tx_id)
     reasons: list[list[dict[str, object]]] = [[] for _ in range(len(batch))]
     flagged = np.flatnonzero(decisions.decision != "approve")
     unexplained: dict[int, str] = {}
@@ -148,32 +152,32 @@ def predictions_frame(
         for row, row_reasons in zip(flagged, explained, strict=True):
             if row_reasons is not None:
                 reasons[row] = [reason.as_dict() for reason in row_reasons]  # type: ignore[attr-defined]
-    # ``.array``: each column as it is (``to_numpy`` would make a Timestamp per row, or turn
-    # Arrow strings into objects for the frame to turn back); one constructor, no column
-    # added afterwards: this runs on every batch, and pandas costs per call, not per row.
+    # One constructor, every column an array of its length already (a scalar or a list
+    # costs pandas a conversion): this runs on every batch, and pandas costs per call.
+    n = len(batch)
     predictions = pd.DataFrame(
         {
-            "tx_id": batch["tx_id"].array,
-            "event_time": _utc(batch["event_time"]),
-            "card_id": batch["card_id"].array,
-            "terminal_id": batch["terminal_id"].array,
-            "amount": batch["amount"].to_numpy(dtype=float).round(2),
+            "tx_id": batch.tx_id,
+            "event_time": utc_micros(batch.event_us),
+            "card_id": batch.card_id,
+            "terminal_id": batch.terminal_id,
+            "amount": batch.amount.round(2),
             "score": scores,
             "decision": decisions.decision,
-            "rule_hits": decisions.rule_hits,
-            "reasons": reasons,
-            "model_version": scorer.version,
-            "engine": engine,
-            "kafka_partition": batch["kafka_partition"].to_numpy(),
-            "kafka_offset": batch["kafka_offset"].to_numpy(),
-            "kafka_time": _utc(batch["kafka_time"]),
-            "scored_at": scored_at,
-            "content_hash": batch["content_hash"].to_numpy(),
-            "features": _in_order(features).to_numpy(dtype=float).tolist(),
-            "rules_version": decisions.rules_version,
-            "late": batch["late"].to_numpy(dtype=bool),
+            "rule_hits": _objects(decisions.rule_hits),
+            "reasons": _objects(reasons),
+            "model_version": np.full(n, scorer.version, dtype=object),
+            "engine": np.full(n, engine, dtype=object),
+            "kafka_partition": batch.kafka_partition,
+            "kafka_offset": batch.kafka_offset,
+            "kafka_time": utc_micros(batch.kafka_time_us),
+            "scored_at": utc_micros(np.full(n, _micros(scored_at), dtype=np.int64)),
+            "content_hash": batch.content_hash,
+            "features": _objects(_in_order(features).to_numpy(dtype=float).tolist()),
+            "rules_version": np.full(n, decisions.rules_version, dtype=object),
+            "late": batch.late,
         },
-        index=pd.RangeIndex(len(batch)),
+        index=pd.RangeIndex(n),
     )
     if unexplained:
         drop = np.array(sorted(unexplained))
@@ -181,12 +185,11 @@ def predictions_frame(
         failed |= {int(kept[row]): reason for row, reason in unexplained.items()}
         kept = np.delete(kept, drop)
     assert tuple(predictions.columns) == PREDICTION_COLUMNS
-    assert set(BATCH_SOURCE_COLUMNS) <= set(batch.columns)
     return Scored(predictions=predictions, failed=sorted(failed.items()), kept=kept)
 
 
 def observed(
-    batch: pd.DataFrame,
+    batch: RecordColumns,
     features: pd.DataFrame,
     scorer: Scorer,
     engine: str,
@@ -200,16 +203,13 @@ def observed(
     coordinates, its feature values counted into the model's training bins, and, when a
     ``challenger`` is being tried, its scores of the same rows and what it would have decided
     (shadow: stored, never acted on)."""
-    ids = batch["terminal_id"].to_numpy(dtype=object)
+    ids = batch.terminal_id
     _unique, first = np.unique(ids, return_index=True)
     first.sort()  # each terminal's first row, in batch order (as ``drop_duplicates`` keeps)
     terminals = pd.DataFrame(
         {
             "terminal_id": ids[first],
-            **{
-                short: batch[name].to_numpy(dtype=object)[first]
-                for name, short in _TERMINAL_PLACES.items()
-            },
+            **{short: batch.column(name)[first] for name, short in _TERMINAL_PLACES.items()},
         }
     )
     profile = scorer.profile
@@ -227,46 +227,45 @@ def observed(
 
 
 def _shadow_rules(
-    batch: pd.DataFrame, features: pd.DataFrame, scores: np.ndarray, scorer: Scorer,
+    batch: RecordColumns, features: pd.DataFrame, scores: np.ndarray, scorer: Scorer,
     rules: RuleSet,
 ) -> ShadowRuleDecisions | None:  # fmt: skip
     """What the shadow rules would have decided with the champion's scores; None (and a
     warning) when they cannot: a shadow never stops the live decisions."""
     try:
         decisions = decide(
-            scores, features, texts_of(batch), scorer.thresholds, rules,
-            tx_ids=batch["tx_id"].to_numpy(),
-        )  # fmt: skip
+            scores, features, batch.texts, scorer.thresholds, rules, tx_ids=batch.tx_id
+        )
     except Exception as error:
         log.warning("shadow rules %s could not decide a batch: %s", rules.version, error)
         return None
     return ShadowRuleDecisions(
         rules_version=rules.version,
-        tx_ids=batch["tx_id"].to_numpy(),
-        event_times=pd.to_datetime(batch["event_time"], utc=True).to_numpy(),
+        tx_ids=batch.tx_id,
+        event_times=batch["event_time"],
         decisions=np.asarray(decisions.decision),
         rule_hits=decisions.rule_hits,
     )
 
 
 def _shadow(
-    batch: pd.DataFrame, features: pd.DataFrame, challenger: Scorer, rules: RuleSet | None
+    batch: RecordColumns, features: pd.DataFrame, challenger: Scorer, rules: RuleSet | None
 ) -> ShadowScores | None:
     """The challenger's scores and decisions; None (and a warning) when it cannot score: a
     shadow never stops the champion's batch."""
     try:
         scores = np.clip(challenger.score(features), 0.0, 1.0)
         decisions = decide(
-            scores, features, texts_of(batch), challenger.thresholds,
-            rules or RuleSet(version="model only"), tx_ids=batch["tx_id"].to_numpy(),
+            scores, features, batch.texts, challenger.thresholds,
+            rules or RuleSet(version="model only"), tx_ids=batch.tx_id,
         )  # fmt: skip
     except Exception as error:  # the champion's decisions stand; the shadow has a gap
         log.warning("challenger %s could not score a batch: %s", challenger.version, error)
         return None
     return ShadowScores(
         model_version=challenger.version,
-        tx_ids=batch["tx_id"].to_numpy(),
-        event_times=pd.to_datetime(batch["event_time"], utc=True).to_numpy(),
+        tx_ids=batch.tx_id,
+        event_times=batch["event_time"],
         scores=scores,
         decisions=np.asarray(decisions.decision),
     )

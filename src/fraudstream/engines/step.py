@@ -23,9 +23,10 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.scoring import empty_predictions, predictions_frame
+from fraudstream.engines.columns import RecordColumns
+from fraudstream.engines.scoring import empty_predictions, predictions_of
 from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, TerminalTable
-from fraudstream.features.card import CardInputs, card_features
+from fraudstream.features.card import COORDINATES, CardInputs, card_features
 from fraudstream.features.watermarks import NO_WATERMARK, late_rows
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
@@ -40,6 +41,7 @@ __all__ = [
     "StepResult",
     "StoredId",
     "blocked_at",
+    "columns_of",
     "drive",
     "duplicate_reason",
     "earliest_day",
@@ -50,7 +52,6 @@ __all__ = [
 
 log = logging.getLogger("fraudstream.engine")
 
-_FIELDS = list(Transaction.__struct_fields__)
 CARD_FEATURES = [name for name in FEATURE_NAMES if name.startswith("card_")]
 """The features computed from a card's state, in ``FEATURE_NAMES`` order."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -93,7 +94,7 @@ class PartitionState:
 class StepResult:
     predictions: pd.DataFrame  # PREDICTION_COLUMNS
     features: pd.DataFrame  # FEATURE_NAMES, aligned with predictions
-    batch: pd.DataFrame  # the scored records' BATCH_COLUMNS, aligned with predictions
+    batch: RecordColumns  # the scored records, aligned with predictions
     rejected: list[Rejected]
     redelivered: frozenset[str]  # tx_ids this very message stored before (a replay after a crash)
     late: int
@@ -120,33 +121,31 @@ def blocked_at(
     return ready, first_blocked
 
 
-def frame_of(
+def columns_of(
     items: list[Decoded], late: np.ndarray, digests: list[int] | None = None
-) -> pd.DataFrame:
-    """Valid records as one frame: the canonical columns plus ``BATCH_SOURCE_COLUMNS``
-    (``digests``: their content digests, when already computed)."""
+) -> RecordColumns:
+    """Valid records as columns, with where each came from, its content digest (``digests``,
+    when already computed) and its late flag."""
     records = [item.record for item in items]
     n = len(items)
     if digests is None:
         digests = [content_digest(r) for r in records]  # type: ignore[arg-type]
-    event_us = np.fromiter((_micros(r.event_time) for r in records), np.int64, n)  # type: ignore[union-attr]
-    stamps = np.fromiter((i.kafka_time_ms or 0 for i in items), np.int64, n)
-    appended = np.where(stamps > 0, stamps * 1000, np.iinfo(np.int64).min)  # no broker time: NaT
-    # A list per field (about twice as fast as transposing each record's tuple); every column
-    # in one constructor (each column added afterwards costs a tenth of a millisecond).
-    columns: dict[str, object] = {name: [getattr(r, name) for r in records] for name in _FIELDS}
-    columns["event_time"] = _utc_micros(event_us)
-    columns["kafka_partition"] = np.fromiter((i.partition for i in items), np.int32, n)
-    columns["kafka_offset"] = np.fromiter((i.offset for i in items), np.int64, n)
-    columns["kafka_time"] = _utc_micros(appended)
-    columns["content_hash"] = np.array(digests, dtype=np.int64).reshape(n)
-    columns["late"] = np.asarray(late, dtype=bool).reshape(n)
-    return pd.DataFrame(columns)
+    return RecordColumns.of(
+        records,  # type: ignore[arg-type]
+        event_us=np.fromiter((_micros(r.event_time) for r in records), np.int64, n),  # type: ignore[union-attr]
+        partitions=np.fromiter((i.partition for i in items), np.int32, n),
+        offsets=np.fromiter((i.offset for i in items), np.int64, n),
+        appended_ms=np.fromiter((i.kafka_time_ms or 0 for i in items), np.int64, n),
+        digests=digests,
+        late=late,
+    )
 
 
-def _utc_micros(micros: np.ndarray) -> pd.api.extensions.ExtensionArray:
-    """Microseconds since the epoch as a UTC time column (the minimum int64 is NaT)."""
-    return pd.array(micros.view("datetime64[us]"), dtype="datetime64[us, UTC]")
+def frame_of(
+    items: list[Decoded], late: np.ndarray, digests: list[int] | None = None
+) -> pd.DataFrame:
+    """Valid records as one frame: the canonical columns plus ``BATCH_SOURCE_COLUMNS``."""
+    return columns_of(items, late, digests).frame()
 
 
 def duplicate_reason(
@@ -200,13 +199,13 @@ def _deduplicate(
 
 
 def _card_features(
-    batch: pd.DataFrame, states: Mapping[int, PartitionState]
+    batch: RecordColumns, states: Mapping[int, PartitionState]
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """Card features of ``batch``, partition by partition; a partition whose rows fail
     together is done row by row (``card_features`` changes no state when it raises), so that
     only the failing rows are left out."""
     n = len(batch)
-    partitions = batch["kafka_partition"].to_numpy()
+    partitions = batch.kafka_partition
     columns: dict[str, np.ndarray] = {}
     failed: dict[int, str] = {}
 
@@ -214,7 +213,11 @@ def _card_features(
         for name, column in values.items():
             columns.setdefault(name, np.full(n, np.nan))[rows] = column
 
-    inputs = CardInputs.of(batch)  # once: each partition takes its rows without pandas
+    inputs = CardInputs.build(  # once: each partition takes its rows
+        card_ids=batch.card_id, event_us=batch.event_us, amounts=batch.amount,
+        terminal_ids=batch.terminal_id,
+        coordinates={name: batch.column(name) for name in COORDINATES},
+    )  # fmt: skip
     for partition in np.unique(partitions):
         rows = np.flatnonzero(partitions == partition)
         cards = states[int(partition)].cards
@@ -232,24 +235,28 @@ def _card_features(
 
 
 def _features(
-    batch: pd.DataFrame,
+    batch: RecordColumns,
     states: Mapping[int, PartitionState],
     tables: Mapping[np.datetime64, TerminalTable],
     precomputed: Mapping[tuple[int, int], np.ndarray] | None,
 ) -> tuple[pd.DataFrame, dict[int, str]]:
-    """The whole feature vector of each row of ``batch``, and the rows that failed."""
+    """The whole feature vector of each row of ``batch`` that did not fail (the frame's
+    index: the row's position in ``batch``), and the rows that failed."""
     if precomputed is None:
         card, failed = _card_features(batch, states)
     else:  # card features computed where the card state lives (Spark's state operator)
-        keys = zip(batch["kafka_partition"].tolist(), batch["kafka_offset"].tolist(), strict=True)
+        keys = zip(batch.kafka_partition.tolist(), batch.kafka_offset.tolist(), strict=True)
         matrix = np.vstack([precomputed[key] for key in keys])
         card, failed = {name: matrix[:, i] for i, name in enumerate(CARD_FEATURES)}, {}
+    rows = np.arange(len(batch))
     if failed:
-        keep = np.array([row for row in range(len(batch)) if row not in failed], dtype=np.int64)
-        batch = batch.iloc[keep]
-        card = {name: values[keep] for name, values in card.items()}
-    computer = FeatureComputer(tables=tables.__getitem__)
-    return computer.complete(batch, card), failed
+        rows = np.array([row for row in rows if row not in failed], dtype=np.int64)
+        batch = batch.take(rows)
+        card = {name: values[rows] for name, values in card.items()}
+    vectors = FeatureComputer(tables=tables.__getitem__).vectors(
+        amounts=batch.amount, event_us=batch.event_us, terminal_ids=batch.terminal_id, card=card
+    )
+    return pd.DataFrame(vectors, columns=list(FEATURE_NAMES), index=rows), failed
 
 
 def late_after_seal(predictions: pd.DataFrame, sealed: np.datetime64 | None) -> int:
@@ -314,36 +321,36 @@ def step(
     kept, digests, duplicates, redelivered, replays, conflicts = _deduplicate(valid, stored)
     rejected += duplicates
 
-    def empty() -> StepResult:  # built only when needed: three frames cost milliseconds
+    def empty() -> StepResult:  # built only when needed: two frames cost a millisecond
         return StepResult(
-            empty_predictions(), pd.DataFrame(), pd.DataFrame(), rejected, frozenset(), 0,
-            replays, conflicts,
+            empty_predictions(), pd.DataFrame(), columns_of([], np.zeros(0, dtype=bool)),
+            rejected, frozenset(), 0, replays, conflicts,
         )  # fmt: skip
 
     if not kept:
         return empty()
     kept_late = np.array([late[(i.partition, i.offset)] for i in kept], dtype=bool)
-    batch = frame_of(kept, kept_late, digests)
+    batch = columns_of(kept, kept_late, digests)
     features, failed = _features(batch, states, tables, precomputed)
     if failed:
         rejected += [kept[row].rejected(reason) for row, reason in sorted(failed.items())]
         keep = np.array([row for row in range(len(kept)) if row not in failed], dtype=np.int64)
-        batch, kept = batch.iloc[keep].reset_index(drop=True), [kept[row] for row in keep]
+        batch, kept = batch.take(keep), [kept[row] for row in keep]
         features = features.reset_index(drop=True)
     if not kept:
         return empty()
-    scored = predictions_frame(batch, features, scorer, rules, scored_at, engine=engine)
+    scored = predictions_of(batch, features, scorer, rules, scored_at, engine=engine)
     if scored.failed:
         rejected += [kept[row].rejected(reason) for row, reason in scored.failed]
-        batch = batch.iloc[scored.kept].reset_index(drop=True)
-        features = features.iloc[scored.kept].reset_index(drop=True)
+        batch = batch.take(scored.kept)
+        features = features.iloc[scored.kept]
     return StepResult(
         predictions=scored.predictions,
         features=features.reset_index(drop=True),
-        batch=batch.reset_index(drop=True),
+        batch=batch,
         rejected=rejected,
         redelivered=frozenset(redelivered),
-        late=int(batch["late"].sum()),
+        late=int(batch.late.sum()),
         replays=replays,
         conflicts=conflicts,
     )

@@ -24,7 +24,14 @@ from fraudstream.features.definitions import (
     window_name,
 )
 
-__all__ = ["CardChanges", "CardInputs", "CardState", "append_changes", "card_features"]
+__all__ = [
+    "COORDINATES",
+    "CardChanges",
+    "CardInputs",
+    "CardState",
+    "append_changes",
+    "card_features",
+]
 
 _US = 1_000_000
 _MAX_WINDOW_US = int(max(CARD_WINDOWS).total_seconds() * _US)
@@ -235,7 +242,7 @@ def _coordinates(
     return x, y, kind
 
 
-_COORDINATES = (
+COORDINATES = (
     "customer_x", "customer_y", "terminal_x", "terminal_y",
     "customer_lat", "customer_lon", "terminal_lat", "terminal_lon",
 )  # fmt: skip
@@ -248,21 +255,34 @@ class CardInputs:
 
     card_ids: np.ndarray  # object
     rows: np.ndarray  # (n, 6) int64: time µs, cents, terminal hash, x, y, coordinate kind
-    coordinates: dict[str, np.ndarray | None]  # _COORDINATES as floats, None when absent
+    coordinates: dict[str, np.ndarray | None]  # COORDINATES as floats, None when absent
 
     @classmethod
     def of(cls, batch: pd.DataFrame) -> CardInputs:
-        n = len(batch)
-        times = batch["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
-        cents = np.round(batch["amount"].to_numpy(dtype=float) * 100).astype(np.int64)
-        terminals = np.fromiter((terminal_hash(t) for t in batch["terminal_id"]), np.int64, n)
-        coordinates = {name: _numbers(batch, name) for name in _COORDINATES}
-        x, y, kind = _coordinates(coordinates, n)
-        return cls(
-            batch["card_id"].to_numpy(dtype=object),
-            np.column_stack([times, cents, terminals, x, y, kind]),
-            coordinates,
+        return cls.build(
+            card_ids=batch["card_id"].to_numpy(dtype=object),
+            event_us=batch["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64),
+            amounts=batch["amount"].to_numpy(dtype=float),
+            terminal_ids=batch["terminal_id"].to_numpy(dtype=object),
+            coordinates={name: _numbers(batch, name) for name in COORDINATES},
         )
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        card_ids: np.ndarray,
+        event_us: np.ndarray,
+        amounts: np.ndarray,
+        terminal_ids: np.ndarray,
+        coordinates: dict[str, np.ndarray | None],
+    ) -> CardInputs:
+        """From arrays (``coordinates``: ``COORDINATES`` as floats, None when absent)."""
+        n = len(card_ids)
+        cents = np.round(amounts * 100).astype(np.int64)
+        terminals = np.fromiter((terminal_hash(t) for t in terminal_ids), np.int64, n)
+        x, y, kind = _coordinates(coordinates, n)
+        return cls(card_ids, np.column_stack([event_us, cents, terminals, x, y, kind]), coordinates)
 
     def __len__(self) -> int:
         return len(self.card_ids)

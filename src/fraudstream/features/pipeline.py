@@ -15,13 +15,18 @@ from fraudstream.features.card import CardState, card_features
 from fraudstream.features.definitions import FEATURE_NAMES, NIGHT_HOURS
 from fraudstream.features.terminal import TerminalActivity, TerminalTable
 
-__all__ = ["FeatureComputer", "calendar_features", "history_features"]
+__all__ = ["FeatureComputer", "calendar_columns", "calendar_features", "history_features"]
 
 
 def calendar_features(event_times: pd.Series) -> dict[str, np.ndarray]:
-    # From microseconds since the epoch: the ``.dt`` accessors cost a millisecond a batch.
     micros = pd.to_datetime(event_times, utc=True).to_numpy(dtype="datetime64[us]").view(np.int64)
-    days, in_day = np.divmod(micros, _DAY_US)
+    return calendar_columns(micros)
+
+
+def calendar_columns(event_us: np.ndarray) -> dict[str, np.ndarray]:
+    """Calendar features from microseconds since the epoch (UTC): the ``.dt`` accessors
+    cost a millisecond a batch."""
+    days, in_day = np.divmod(event_us, _DAY_US)
     hour = in_day // _HOUR_US
     return {
         "hour": hour.astype(float),
@@ -80,27 +85,44 @@ class FeatureComputer:
         """The feature vector of ``batch`` given its card features (computed by
         ``card_features``, here or elsewhere: the Spark engine computes them in its state
         operator): amount, calendar and terminal features added."""
-        columns: dict[str, np.ndarray] = {"amount": batch["amount"].to_numpy(dtype=float)}
-        columns.update(calendar_features(batch["event_time"]))
-        columns.update(card)
-        columns.update(self._terminal(batch))
-        # One float block, not a frame of columns: built on every batch, at any size.
-        matrix = np.empty((len(batch), len(FEATURE_NAMES)))
-        for i, name in enumerate(FEATURE_NAMES):
-            matrix[:, i] = columns[name]
+        matrix = self.vectors(
+            amounts=batch["amount"].to_numpy(dtype=float),
+            event_us=batch["event_time"].to_numpy(dtype="datetime64[us]").view(np.int64),
+            terminal_ids=batch["terminal_id"].to_numpy(),
+            card=card,
+        )
         return pd.DataFrame(matrix, columns=list(FEATURE_NAMES), index=batch.index)
 
-    def _terminal(self, batch: pd.DataFrame) -> dict[str, np.ndarray]:
-        days = batch["event_time"].to_numpy(dtype="datetime64[us]").astype("datetime64[D]")
+    def vectors(
+        self,
+        *,
+        amounts: np.ndarray,
+        event_us: np.ndarray,
+        terminal_ids: np.ndarray,
+        card: Mapping[str, np.ndarray],
+    ) -> np.ndarray:
+        """``complete`` on arrays: one row per transaction, ``FEATURE_NAMES`` columns."""
+        columns: dict[str, np.ndarray] = {"amount": amounts}
+        columns.update(calendar_columns(event_us))
+        columns.update(card)
+        columns.update(self._terminal(event_us, terminal_ids))
+        # One float block, not a frame of columns: built on every batch, at any size.
+        matrix = np.empty((len(amounts), len(FEATURE_NAMES)))
+        for i, name in enumerate(FEATURE_NAMES):
+            matrix[:, i] = columns[name]
+        return matrix
+
+    def _terminal(self, event_us: np.ndarray, terminal_ids: np.ndarray) -> dict[str, np.ndarray]:
+        days = event_us.view("datetime64[us]").astype("datetime64[D]")
         unique_days = np.unique(days)
         if len(unique_days) == 1:
-            return self.table(unique_days[0]).lookup(batch["terminal_id"].to_numpy())
+            return self.table(unique_days[0]).lookup(terminal_ids)
         out: dict[str, np.ndarray] = {}
         for day in unique_days:
             mask = days == day
-            part = self.table(day).lookup(batch["terminal_id"].to_numpy()[mask])
+            part = self.table(day).lookup(terminal_ids[mask])
             for name, values in part.items():
-                out.setdefault(name, np.zeros(len(batch)))[mask] = values
+                out.setdefault(name, np.zeros(len(terminal_ids)))[mask] = values
         return out
 
 
