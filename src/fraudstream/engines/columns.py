@@ -18,7 +18,7 @@ from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.records import BATCH_COLUMNS
 from fraudstream.schema import Transaction
 
-__all__ = ["NO_TIME", "RecordColumns", "utc_micros"]
+__all__ = ["NO_TIME", "RecordColumns", "objects", "utc_micros"]
 
 NO_TIME = np.iinfo(np.int64).min
 """Microseconds of a time that is not known (NaT once in a frame)."""
@@ -66,9 +66,9 @@ class RecordColumns:
         n = len(records)
         return cls(
             records=records,
-            tx_id=_objects([r.tx_id for r in records]),
-            card_id=_objects([r.card_id for r in records]),
-            terminal_id=_objects([r.terminal_id for r in records]),
+            tx_id=objects([r.tx_id for r in records]),
+            card_id=objects([r.card_id for r in records]),
+            terminal_id=objects([r.terminal_id for r in records]),
             amount=np.fromiter((r.amount for r in records), float, n),
             event_us=np.asarray(event_us, dtype=np.int64).reshape(n),
             kafka_partition=np.asarray(partitions, dtype=np.int32).reshape(n),
@@ -100,7 +100,7 @@ class RecordColumns:
                 raise KeyError(name)
             values = [getattr(record, name) for record in self.records]
             if name in _OPTIONAL_TEXT:
-                self._taken[name] = _objects(values)
+                self._taken[name] = objects(values)
             else:
                 self._taken[name] = np.array(
                     [np.nan if v is None else v for v in values], dtype=float
@@ -155,7 +155,9 @@ _FIXED = frozenset(
 _OPTIONAL = frozenset(Transaction.__struct_fields__) - _FIXED - {"event_time"}
 
 
-def _objects(values: list[object]) -> np.ndarray:
+def objects(values: Sequence[object]) -> np.ndarray:
+    """Values as an object array, element for element (even when the elements are lists,
+    which ``np.array`` would turn into a second dimension)."""
     array = np.empty(len(values), dtype=object)
     array[:] = values
     return array

@@ -10,12 +10,11 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.columns import RecordColumns, utc_micros
+from fraudstream.engines.columns import RecordColumns, objects, utc_micros
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
@@ -57,13 +56,6 @@ def _per_row(
             failed[row] = f"{what} failed: {type(error).__name__}: {error}"
             results.append(None)
     return results, failed
-
-
-def _objects(values: list[Any]) -> np.ndarray:
-    """A list as an object array, element for element (even when the elements are lists)."""
-    array = np.empty(len(values), dtype=object)
-    array[:] = values
-    return array
 
 
 def _micros(stamp: datetime) -> int:
@@ -164,8 +156,8 @@ def predictions_of(
             "amount": batch.amount.round(2),
             "score": scores,
             "decision": decisions.decision,
-            "rule_hits": _objects(decisions.rule_hits),
-            "reasons": _objects(reasons),
+            "rule_hits": objects(decisions.rule_hits),
+            "reasons": objects(reasons),
             "model_version": np.full(n, scorer.version, dtype=object),
             "engine": np.full(n, engine, dtype=object),
             "kafka_partition": batch.kafka_partition,
@@ -173,7 +165,7 @@ def predictions_of(
             "kafka_time": utc_micros(batch.kafka_time_us),
             "scored_at": utc_micros(np.full(n, _micros(scored_at), dtype=np.int64)),
             "content_hash": batch.content_hash,
-            "features": _objects(_in_order(features).to_numpy(dtype=float).tolist()),
+            "features": objects(_in_order(features).to_numpy(dtype=float).tolist()),
             "rules_version": np.full(n, decisions.rules_version, dtype=object),
             "late": batch.late,
         },
