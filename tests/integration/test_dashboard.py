@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -33,7 +34,7 @@ from fraudstream.stack import Stack
 from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import connect, dashboard_conninfo
 from fraudstream.store.lists import active_lists
-from fraudstream.store.projections import Observed
+from fraudstream.store.projections import Observed, TerminalPlaces
 from fraudstream.store.quality import labelled_scores, refresh_quality
 from fraudstream.store.roles import ensure_dashboard_role
 from fraudstream.store.rulebook import published
@@ -105,9 +106,10 @@ def _observed(live: pd.DataFrame) -> Observed:
     """The live batch as an engine reports it: four terminals on the simulator's grid, and
     features distributed as in training except the amount, far above every training amount."""
     features = _training_features(len(live)).assign(amount=1000.0)
-    terminals = pd.DataFrame(
-        {"terminal_id": [f"T{i}" for i in range(4)], "x": [10.0, 20.0, 30.0, 40.0],
-         "y": [50.0, 60.0, 70.0, 80.0], "lat": [None] * 4, "lon": [None] * 4}
+    nowhere = np.full(4, np.nan)
+    terminals = TerminalPlaces(
+        np.array([f"T{i}" for i in range(4)], dtype=object), np.array([10.0, 20.0, 30.0, 40.0]),
+        np.array([50.0, 60.0, 70.0, 80.0]), nowhere, nowhere,
     )  # fmt: skip
     return Observed(terminals, "local", "m-test", PROFILE.as_dict(), PROFILE.counts(features))
 

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import numpy as np
 import pandas as pd
 import psycopg
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from fraudstream.config import Settings
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store.db import connect
-from fraudstream.store.projections import Observed
+from fraudstream.store.projections import Observed, TerminalPlaces
 from fraudstream.store.sink import (
     CHANGES_KEPT,
     Checkpoint,
@@ -154,8 +155,9 @@ def test_observed_features_count_once_and_terminals_are_located_once(
     batch = _batch(engine, 10, engine)
     features = pd.DataFrame({name: [float(i) for i in range(10)] for name in PROFILED_FEATURES})
     profile = FeatureProfile.of_training(features, batch["score"].to_numpy())
-    located = pd.DataFrame(
-        {"terminal_id": [f"T-{engine}"], "x": [1.5], "y": [2.5], "lat": [None], "lon": [None]}
+    nowhere = np.array([np.nan])
+    located = TerminalPlaces(
+        np.array([f"T-{engine}"], dtype=object), np.array([1.5]), np.array([2.5]), nowhere, nowhere
     )
     seen = Observed(located, engine, f"m-{engine}", profile.as_dict(), profile.counts(features))
     sink.write(batch, [], observed=seen)

@@ -20,7 +20,12 @@ from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
 from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.records import PREDICTION_COLUMNS
-from fraudstream.store.projections import Observed, ShadowRuleDecisions, ShadowScores
+from fraudstream.store.projections import (
+    Observed,
+    ShadowRuleDecisions,
+    ShadowScores,
+    TerminalPlaces,
+)
 
 __all__ = ["Scored", "empty_predictions", "observed", "predictions_of", "texts_of"]
 
@@ -73,9 +78,7 @@ def _in_order(features: pd.DataFrame) -> pd.DataFrame:
     return features[list(FEATURE_NAMES)]
 
 
-_TERMINAL_PLACES = {
-    "terminal_x": "x", "terminal_y": "y", "terminal_lat": "lat", "terminal_lon": "lon",
-}  # fmt: skip
+_TERMINAL_PLACES = ("terminal_x", "terminal_y", "terminal_lat", "terminal_lon")
 
 
 class _Texts(Mapping[str, np.ndarray]):
@@ -198,11 +201,8 @@ def observed(
     ids = batch.terminal_id
     _unique, first = np.unique(ids, return_index=True)
     first.sort()  # each terminal's first row, in batch order (as ``drop_duplicates`` keeps)
-    terminals = pd.DataFrame(
-        {
-            "terminal_id": ids[first],
-            **{short: batch.column(name)[first] for name, short in _TERMINAL_PLACES.items()},
-        }
+    terminals = TerminalPlaces(
+        ids[first], *(batch.column(name)[first] for name in _TERMINAL_PLACES)
     )
     profile = scorer.profile
     return Observed(

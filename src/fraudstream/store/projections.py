@@ -33,6 +33,7 @@ __all__ = [
     "ShadowRules",
     "ShadowScores",
     "TerminalLocations",
+    "TerminalPlaces",
     "rollup_ctes",
 ]
 
@@ -42,12 +43,28 @@ LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 1000
 
 
 @dataclass(frozen=True)
+class TerminalPlaces:
+    """Where a batch's terminals are, one row per terminal (floats, NaN where unknown)."""
+
+    terminal_ids: np.ndarray  # object
+    x: np.ndarray
+    y: np.ndarray
+    lat: np.ndarray
+    lon: np.ndarray
+
+    @property
+    def coordinates(self) -> tuple[np.ndarray, ...]:
+        """x, y, lat, lon: the columns of ``terminal_locations`` after the id."""
+        return self.x, self.y, self.lat, self.lon
+
+
+@dataclass(frozen=True)
 class Observed:
     """What a batch shows besides its predictions, for the dashboard: where its terminals are
-    (``terminal_id``, ``x``, ``y``, ``lat``, ``lon``) and how its features fall in the bins of
-    the scoring model's training profile (``model.profile``; none when the model has none)."""
+    and how its features fall in the bins of the scoring model's training profile
+    (``model.profile``; none when the model has none)."""
 
-    terminals: pd.DataFrame
+    terminals: TerminalPlaces
     engine: str
     model_version: str
     profile: dict[str, Any] | None = None
@@ -183,19 +200,19 @@ class TerminalLocations:
         self._pending = []
         if observed is None:
             return
-        terminals = observed.terminals
-        # A set lookup per terminal of the batch: Series.isin would convert the whole set.
-        unseen = [terminal not in self._located for terminal in terminals["terminal_id"]]
-        new = terminals[np.array(unseen, dtype=bool)]
-        if len(new):
-            cursor.execute(  # one statement, the columns as arrays (not a row at a time)
-                "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
-                "SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], "
-                "%s::float8[]) ON CONFLICT (terminal_id) DO NOTHING",
-                [[str(t) for t in new["terminal_id"]]]
-                + [_floats(new[axis]) for axis in ("x", "y", "lat", "lon")],
-            )
-        self._pending = [str(terminal) for terminal in new["terminal_id"]]
+        places = observed.terminals
+        # A set lookup per terminal of the batch: most batches bring no terminal not seen.
+        unseen = np.array([t not in self._located for t in places.terminal_ids], dtype=bool)
+        if not unseen.any():
+            return
+        ids = [str(t) for t in places.terminal_ids[unseen]]
+        cursor.execute(  # one statement, the columns as arrays (not a row at a time)
+            "INSERT INTO terminal_locations (terminal_id, x, y, lat, lon) "
+            "SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[], %s::float8[], "
+            "%s::float8[]) ON CONFLICT (terminal_id) DO NOTHING",
+            [ids, *(_floats(axis[unseen]) for axis in places.coordinates)],
+        )
+        self._pending = ids
 
     def committed(self) -> None:
         self._located.update(self._pending)
@@ -343,6 +360,5 @@ def DASHBOARD_PROJECTIONS() -> list[Projection]:
     ]  # fmt: skip
 
 
-def _floats(column: pd.Series) -> list[float | None]:
-    values = pd.to_numeric(column, errors="coerce").astype(float).to_numpy()
+def _floats(values: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else float(v) for v in values]
