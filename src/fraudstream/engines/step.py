@@ -45,7 +45,6 @@ __all__ = [
     "drive",
     "duplicate_reason",
     "earliest_day",
-    "frame_of",
     "late_after_seal",
     "step",
 ]
@@ -139,13 +138,6 @@ def columns_of(
         digests=digests,
         late=late,
     )
-
-
-def frame_of(
-    items: list[Decoded], late: np.ndarray, digests: list[int] | None = None
-) -> pd.DataFrame:
-    """Valid records as one frame: the canonical columns plus ``BATCH_SOURCE_COLUMNS``."""
-    return columns_of(items, late, digests).frame()
 
 
 def duplicate_reason(
