@@ -13,6 +13,7 @@ import pytest
 
 from fraudstream.config import Settings
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
+from fraudstream.store import sink as sink_module
 from fraudstream.store.db import connect
 from fraudstream.store.projections import Observed, TerminalPlaces
 from fraudstream.store.sink import (
@@ -53,6 +54,17 @@ def _batch(prefix: str, n: int, engine: str) -> pd.DataFrame:
     )
 
 
+@pytest.fixture(params=["pipelined", "copied"])
+def staging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a batch's rows reach the staging table: INSERTs in a pipeline with the rest
+    of the transaction (small batches), or binary COPY (large ones)."""
+    if request.param == "copied":
+        monkeypatch.setattr(sink_module, "PIPELINED_ROWS", 0)
+    else:
+        monkeypatch.setattr(sink_module, "PIPELINED_ROWS", 1_000)
+    return str(request.param)
+
+
 @pytest.fixture
 def sink(stack_settings: Settings) -> PredictionSink:
     return PredictionSink(
@@ -61,7 +73,7 @@ def sink(stack_settings: Settings) -> PredictionSink:
 
 
 def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
-    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
+    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]], staging: str
 ) -> None:
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 40, engine)
@@ -102,6 +114,28 @@ def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
     assert kept == (39, 39.0, True, "r-test", True)
 
 
+def test_pipelined_and_copied_batches_store_the_same_rows(
+    sink: PredictionSink,
+    db: psycopg.Connection[tuple[object, ...]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine = f"e-{uuid.uuid4().hex[:6]}"
+    stored = {}
+    for way, limit in (("pipelined", 1_000), ("copied", 0)):
+        monkeypatch.setattr(sink_module, "PIPELINED_ROWS", limit)
+        batch = _batch(f"{engine}-{way}", 12, engine)
+        assert sink.write(batch, [Checkpoint("transactions", 0, 12)]).inserted == 12
+        stored[way] = db.execute(
+            "SELECT split_part(tx_id, '-', 4), event_time, card_id, terminal_id, amount, score, "
+            "decision, rule_hits, reasons, model_version, engine, kafka_partition, "
+            "kafka_offset, kafka_time, scored_at, content_hash, features::text, "
+            "rules_version, late FROM fraud_predictions WHERE tx_id LIKE %s ORDER BY 1",
+            (f"{engine}-{way}-%",),
+        ).fetchall()
+    assert len(stored["pipelined"]) == 12
+    assert stored["pipelined"] == stored["copied"]
+
+
 def test_latency_lands_in_the_right_bucket(
     sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
 ) -> None:
@@ -117,7 +151,7 @@ def test_latency_lands_in_the_right_bucket(
 
 
 def test_a_failed_batch_leaves_no_trace(
-    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
+    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]], staging: str
 ) -> None:
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 10, engine)

@@ -12,12 +12,14 @@ resumes from what this transaction recorded, and replays are absorbed by the pri
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
+from psycopg.types.json import Jsonb
 
 from fraudstream.features.definitions import CARD_STATE_TTL, CARD_WINDOWS
 from fraudstream.records import PREDICTION_COLUMNS, Rejected, StoredId
@@ -44,6 +46,14 @@ _STAGED = {
     "features": "float8[]", "rules_version": "text", "late": "bool",
 }  # fmt: skip
 assert tuple(_STAGED) == COLUMNS
+
+_STAGE_ROW = (
+    f"INSERT INTO staging_predictions ({', '.join(_STAGED)}) "  # noqa: S608 (names from code)
+    f"VALUES ({', '.join(f'%s::{kind}' for kind in _STAGED.values())})"
+)
+PIPELINED_ROWS = 50
+"""A batch of up to this many rows is staged with one INSERT per row in a pipeline with the
+rest of its transaction; a larger one with binary COPY."""
 
 _STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS staging_predictions
@@ -171,10 +181,17 @@ class PredictionSink:
         and so does what was ``observed``: feature counts only when every row was new, so
         that a replayed batch adds nothing.
         """
+        # A small batch goes in one pipeline: its rows as INSERTs, then everything else of the
+        # transaction, in two round trips instead of one per statement (COPY, cheaper for a
+        # large batch, cannot share a pipeline).
+        pipelined = len(predictions) <= PIPELINED_ROWS
         try:
-            with self.conn.transaction():
+            with self.conn.pipeline() if pipelined else nullcontext(), self.conn.transaction():
                 with self.conn.cursor() as cursor:
-                    self._stage(cursor, predictions)
+                    if pipelined:
+                        cursor.executemany(_STAGE_ROW, _rows(predictions, jsonb=True))
+                    else:
+                        self._stage(cursor, predictions)
                     inserted = {row[0] for row in cursor.execute(self._insert).fetchall()}
                     if rejected:
                         cursor.executemany(
@@ -371,8 +388,10 @@ def stored_ids(conn: psycopg.Connection[Any], tx_ids: list[str]) -> dict[str, St
     return {str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows}
 
 
-def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
-    """The frame as COPY rows, converted column by column (per-row Python is the cost here)."""
+def _rows(frame: pd.DataFrame, *, jsonb: bool = False) -> list[tuple[object, ...]]:
+    """The frame as staged rows, converted column by column (per-row Python is the cost
+    here); ``jsonb``: the reasons wrapped for a statement's parameter (COPY is told the
+    column's type instead)."""
     columns = []
     for name in COLUMNS:
         column = frame[name]
@@ -384,6 +403,8 @@ def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
             values = stamps.view(np.int64).tolist()
             if missing.any():
                 values = [None if gap else v for v, gap in zip(values, missing, strict=True)]
+        elif name == "reasons" and jsonb:
+            values = [Jsonb(v) if len(v) else None for v in column.tolist()]
         elif name in ("rule_hits", "reasons"):
             values = [v if len(v) else None for v in column.tolist()]
         elif name == "features":
