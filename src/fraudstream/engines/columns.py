@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -18,12 +19,21 @@ from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.records import BATCH_COLUMNS
 from fraudstream.schema import Transaction
 
-__all__ = ["NO_TIME", "RecordColumns", "objects", "utc_micros"]
+__all__ = ["NO_TIME", "RecordColumns", "micros", "objects", "utc_micros"]
 
 NO_TIME = np.iinfo(np.int64).min
 """Microseconds of a time that is not known (NaT once in a frame)."""
 
 _OPTIONAL_TEXT = frozenset({"currency", "merchant_category", "channel"})
+
+
+def micros(stamp: datetime) -> int:
+    """A timezone-aware time as microseconds since the epoch."""
+    return (stamp - _EPOCH) // _MICROSECOND
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def utc_micros(micros: np.ndarray) -> pd.api.extensions.ExtensionArray:

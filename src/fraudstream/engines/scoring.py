@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.columns import RecordColumns, objects, utc_micros
+from fraudstream.engines.columns import RecordColumns, micros, objects, utc_micros
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
@@ -61,14 +61,6 @@ def _per_row(
             failed[row] = f"{what} failed: {type(error).__name__}: {error}"
             results.append(None)
     return results, failed
-
-
-def _micros(stamp: datetime) -> int:
-    """A timezone-aware time as microseconds since the epoch."""
-    return (stamp - _EPOCH) // timedelta(microseconds=1)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _in_order(features: pd.DataFrame) -> pd.DataFrame:
@@ -166,7 +158,7 @@ def predictions_of(
             "kafka_partition": batch.kafka_partition,
             "kafka_offset": batch.kafka_offset,
             "kafka_time": utc_micros(batch.kafka_time_us),
-            "scored_at": utc_micros(np.full(n, _micros(scored_at), dtype=np.int64)),
+            "scored_at": utc_micros(np.full(n, micros(scored_at), dtype=np.int64)),
             "content_hash": batch.content_hash,
             "features": objects(_in_order(features).to_numpy(dtype=float).tolist()),
             "rules_version": np.full(n, decisions.rules_version, dtype=object),

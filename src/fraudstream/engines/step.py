@@ -17,13 +17,13 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.columns import RecordColumns
+from fraudstream.engines.columns import RecordColumns, micros
 from fraudstream.engines.scoring import empty_predictions, predictions_of
 from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, TerminalTable
 from fraudstream.features.card import COORDINATES, CardInputs, card_features
@@ -53,8 +53,6 @@ log = logging.getLogger("fraudstream.engine")
 
 CARD_FEATURES = [name for name in FEATURE_NAMES if name.startswith("card_")]
 """The features computed from a card's state, in ``FEATURE_NAMES`` order."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,7 @@ def columns_of(
         digests = [content_digest(r) for r in records]  # type: ignore[arg-type]
     return RecordColumns.of(
         records,  # type: ignore[arg-type]
-        event_us=np.fromiter((_micros(r.event_time) for r in records), np.int64, n),  # type: ignore[union-attr]
+        event_us=np.fromiter((micros(r.event_time) for r in records), np.int64, n),  # type: ignore[union-attr]
         partitions=np.fromiter((i.partition for i in items), np.int32, n),
         offsets=np.fromiter((i.offset for i in items), np.int64, n),
         appended_ms=np.fromiter((i.kafka_time_ms or 0 for i in items), np.int64, n),
@@ -274,7 +272,7 @@ def _late(
     """Late flag per (partition, offset), advancing each partition's watermark."""
     partitions = np.fromiter((i.partition for i in valid), np.int64, len(valid))
     event_us = np.fromiter(
-        (_micros(i.record.event_time) for i in valid),  # type: ignore[union-attr]
+        (micros(i.record.event_time) for i in valid),  # type: ignore[union-attr]
         np.int64,
         len(valid),
     )
@@ -283,10 +281,6 @@ def _late(
     for partition in np.unique(partitions):
         states[int(partition)].watermark = watermarks[int(partition)]
     return {(i.partition, i.offset): bool(flag) for i, flag in zip(valid, flags, strict=True)}
-
-
-def _micros(stamp: datetime) -> int:
-    return (stamp - _EPOCH) // _MICROSECOND
 
 
 def step(
