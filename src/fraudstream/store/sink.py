@@ -1,7 +1,8 @@
 """The exactly-once effect of a micro-batch in PostgreSQL.
 
-One transaction per batch: predictions are binary-COPYed into a session staging table and
-inserted with ``ON CONFLICT (tx_id) DO NOTHING``; only rows actually inserted (and not late)
+One transaction per batch: predictions are staged in a session table (binary COPY; a small
+batch with INSERTs in one pipeline with the rest of its transaction) and inserted with
+``ON CONFLICT (tx_id) DO NOTHING``; only rows actually inserted (and not late)
 feed the daily terminal counts the next terminal tables read; the dead letters' records, the
 consumed offsets and watermarks (and, periodically, the card state) are written in the same
 transaction. The dashboard's projections (``projections.py``) are registered beside this core
