@@ -242,15 +242,21 @@ class FeatureDrift:
             )
             self._pending = observed.model_version
         if all_new and observed.feature_counts:
-            cursor.executemany(
+            # One statement for every feature (one per feature cost PostgreSQL as much as
+            # the batch's predictions on a step of one transaction); the histograms differ in
+            # length, so each travels as an array literal.
+            names = list(observed.feature_counts)
+            histograms = [
+                "{" + ",".join(map(str, observed.feature_counts[name].tolist())) + "}"
+                for name in names
+            ]
+            cursor.execute(
                 "INSERT INTO feature_hour AS f (hour, engine, model_version, feature, counts) "
-                "VALUES (date_trunc('hour', clock_timestamp()), %s, %s, %s, %s) "
+                "SELECT date_trunc('hour', clock_timestamp()), %s, %s, u.feature, "
+                "u.counts::bigint[] FROM unnest(%s::text[], %s::text[]) AS u(feature, counts) "
                 "ON CONFLICT (hour, engine, model_version, feature) DO UPDATE SET "
                 "counts = fs_histogram_add(f.counts, excluded.counts)",
-                [
-                    (observed.engine, observed.model_version, name, counts.tolist())
-                    for name, counts in observed.feature_counts.items()
-                ],
+                (observed.engine, observed.model_version, names, histograms),
             )
 
     def committed(self) -> None:
