@@ -2,7 +2,7 @@
 
 A pandas frame costs about a millisecond to build and tens of microseconds for each column
 read back, whatever its size. Most steps of a live stream hold one or a few records, and a
-payment waiting on the decision API pays each of those costs (docs/benchmarks.md), so the
+payment waiting on the decision API pays each of those costs (ADR 14, docs/api.md), so the
 step works on arrays and builds a frame only where one is still wanted (``frame``).
 """
 
@@ -36,9 +36,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def utc_micros(micros: np.ndarray) -> pd.api.extensions.ExtensionArray:
+def utc_micros(values: np.ndarray) -> pd.api.extensions.ExtensionArray:
     """Microseconds since the epoch as a UTC time column (``NO_TIME`` is NaT)."""
-    return pd.array(micros.view("datetime64[us]"), dtype="datetime64[us, UTC]")
+    return pd.array(values.view("datetime64[us]"), dtype="datetime64[us, UTC]")
 
 
 @dataclass(frozen=True)
