@@ -26,12 +26,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from fraudstream.config import Settings
 from fraudstream.engines.base import decision_rules
-from fraudstream.engines.scoring import texts_of
 from fraudstream.features import FEATURE_NAMES, history_features
 from fraudstream.model.data import from_dataset
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import decide
+from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.schema import encode
 from fraudstream.simulator.adapters import load_dataset
 from fraudstream.simulator.generator import generate_blocks, preset
@@ -171,8 +171,9 @@ def stream(
     features = history_features(frame, frauds).set_axis(frame["tx_id"].to_numpy())
     scorer = Scorer(Registry(models_dir).load())
     scores = scorer.score(features)
+    texts = {name: frame[name].to_numpy(dtype=object) for name in TEXT_FIELDS if name in frame}
     decisions = decide(
-        scores, features, texts_of(frame), scorer.thresholds, decision_rules(stack_settings),
+        scores, features, texts, scorer.thresholds, decision_rules(stack_settings),
     )  # fmt: skip
     expected = features.assign(score=scores, decision=decisions.decision)
     # The stream must exercise what the first round's tests could not see.

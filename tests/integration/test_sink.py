@@ -55,14 +55,13 @@ def _batch(prefix: str, n: int, engine: str) -> pd.DataFrame:
 
 
 @pytest.fixture(params=["pipelined", "copied"])
-def staging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def staging(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both ways a batch's rows reach the staging table: INSERTs in a pipeline with the rest
     of the transaction (small batches), or binary COPY (large ones)."""
     if request.param == "copied":
         monkeypatch.setattr(sink_module, "PIPELINED_ROWS", 0)
     else:
         monkeypatch.setattr(sink_module, "PIPELINED_ROWS", 1_000)
-    return str(request.param)
 
 
 @pytest.fixture
@@ -72,8 +71,9 @@ def sink(stack_settings: Settings) -> PredictionSink:
     )
 
 
+@pytest.mark.usefixtures("staging")
 def test_a_batch_is_stored_with_its_offsets_and_a_replay_changes_nothing(
-    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]], staging: str
+    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 40, engine)
@@ -150,8 +150,9 @@ def test_latency_lands_in_the_right_bucket(
     assert histogram[0][9] == 1 and sum(histogram[0]) == 1  # [500, 1000) ms
 
 
+@pytest.mark.usefixtures("staging")
 def test_a_failed_batch_leaves_no_trace(
-    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]], staging: str
+    sink: PredictionSink, db: psycopg.Connection[tuple[object, ...]]
 ) -> None:
     engine = f"e-{uuid.uuid4().hex[:6]}"
     batch = _batch(engine, 10, engine)

@@ -7,7 +7,6 @@ reason (the caller dead-letters it); the rest of the batch goes on.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -18,7 +17,6 @@ from fraudstream.engines.columns import RecordColumns, micros, objects, utc_micr
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
-from fraudstream.policy.expressions import TEXT_FIELDS
 from fraudstream.records import PREDICTION_COLUMNS
 from fraudstream.store.projections import (
     Observed,
@@ -27,7 +25,7 @@ from fraudstream.store.projections import (
     TerminalPlaces,
 )
 
-__all__ = ["Scored", "empty_predictions", "observed", "predictions_of", "texts_of"]
+__all__ = ["Scored", "empty_predictions", "observed", "predictions_of"]
 
 log = logging.getLogger("fraudstream.engine")
 
@@ -71,34 +69,6 @@ def _in_order(features: pd.DataFrame) -> pd.DataFrame:
 
 
 _TERMINAL_PLACES = ("terminal_x", "terminal_y", "terminal_lat", "terminal_lon")
-
-
-class _Texts(Mapping[str, np.ndarray]):
-    """The batch's text fields the rules may read (``expressions.TEXT_FIELDS``), each taken
-    from the frame when a rule first reads it: most rule sets read one or two."""
-
-    def __init__(self, batch: pd.DataFrame) -> None:
-        self._batch = batch
-        self._names = [name for name in TEXT_FIELDS if name in batch]
-        self._taken: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._taken:
-            if name not in self._names:
-                raise KeyError(name)
-            self._taken[name] = self._batch[name].to_numpy(dtype=object)
-        return self._taken[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-
-def texts_of(batch: pd.DataFrame) -> Mapping[str, np.ndarray]:
-    """The batch's text fields the rules may read (``expressions.TEXT_FIELDS``)."""
-    return _Texts(batch)
 
 
 def predictions_of(

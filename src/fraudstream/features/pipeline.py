@@ -15,15 +15,10 @@ from fraudstream.features.card import CardState, card_features
 from fraudstream.features.definitions import FEATURE_NAMES, NIGHT_HOURS
 from fraudstream.features.terminal import TerminalActivity, TerminalTable
 
-__all__ = ["FeatureComputer", "calendar_columns", "calendar_features", "history_features"]
+__all__ = ["FeatureComputer", "calendar_features", "history_features"]
 
 
-def calendar_features(event_times: pd.Series) -> dict[str, np.ndarray]:
-    micros = pd.to_datetime(event_times, utc=True).to_numpy(dtype="datetime64[us]").view(np.int64)
-    return calendar_columns(micros)
-
-
-def calendar_columns(event_us: np.ndarray) -> dict[str, np.ndarray]:
+def calendar_features(event_us: np.ndarray) -> dict[str, np.ndarray]:
     """Calendar features from microseconds since the epoch (UTC): the ``.dt`` accessors
     cost a millisecond a batch."""
     days, in_day = np.divmod(event_us, _DAY_US)
@@ -103,7 +98,7 @@ class FeatureComputer:
     ) -> np.ndarray:
         """``complete`` on arrays: one row per transaction, ``FEATURE_NAMES`` columns."""
         columns: dict[str, np.ndarray] = {"amount": amounts}
-        columns.update(calendar_columns(event_us))
+        columns.update(calendar_features(event_us))
         columns.update(card)
         columns.update(self._terminal(event_us, terminal_ids))
         # One float block, not a frame of columns: built on every batch, at any size.
