@@ -25,6 +25,7 @@ from datetime import datetime
 import msgspec
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from fraudstream.bus.clients import FETCH_WAIT_MS
 from fraudstream.bus.replies import REPLY_HEADER
 from fraudstream.config import KafkaSettings
 from fraudstream.records import Verdict
@@ -75,7 +76,7 @@ class DecisionBridge:
                 **kafka.client_config(),
                 "group.id": self.name,  # never joins: partitions are assigned, not subscribed
                 "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,  # the broker answers as soon as a verdict arrives
+                "fetch.wait.max.ms": FETCH_WAIT_MS,  # answered as soon as a verdict arrives
                 "log_level": 3,
             }
         )

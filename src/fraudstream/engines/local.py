@@ -45,10 +45,12 @@ from confluent_kafka import (
 )
 
 from fraudstream.bus.clients import (
+    FETCH_WAIT_MS,
     engine_producer,
     first_line,
     message_offset,
     message_partition,
+    offsets_client,
     transient,
 )
 from fraudstream.bus.deadletter import DeadLetterError
@@ -186,16 +188,17 @@ class LocalEngine:
                 "partition.assignment.strategy": "range",
                 "max.poll.interval.ms": 300_000,
                 "session.timeout.ms": 10_000,
-                "fetch.wait.max.ms": 10,
+                "fetch.wait.max.ms": FETCH_WAIT_MS,
                 "log_level": 3,
             }
         )
+        self.offsets = offsets_client(settings.kafka, self.group)
         self.producer = engine_producer(settings.kafka)
         self.writer = StepWriter(settings, self.producer, self.stats)
         self.labels = LabelReader(settings, self.group, self.producer)
         self.tables = TerminalTables(
             self.labels, lateness=self.lateness, built_by=self.engine_id, group=self.group,
-            topic=self.topic, log_ends=self.consumer,
+            topic=self.topic, log_ends=self.offsets,
             connect=functools.partial(engine_connect, settings),
         )  # fmt: skip
         self._model_checked = 0.0
@@ -356,6 +359,7 @@ class LocalEngine:
         self._close_cards()
         try:
             self.consumer.close()
+            self.offsets.close()
             self.labels.close()
         finally:
             self.conn.close()
@@ -545,7 +549,7 @@ class LocalEngine:
                 offsets = self._restore()
                 for partition, offset in offsets.items():
                     if offset == OFFSET_BEGINNING:
-                        low, _high = self.consumer.get_watermark_offsets(
+                        low, _high = self.offsets.get_watermark_offsets(
                             TopicPartition(self.topic, partition), timeout=5
                         )
                         offset = low

@@ -36,9 +36,8 @@ import msgspec
 import numpy as np
 import pandas as pd
 import psycopg
-from confluent_kafka import Consumer
 
-from fraudstream.bus.clients import engine_producer, first_line
+from fraudstream.bus.clients import engine_producer, first_line, offsets_client
 from fraudstream.bus.deadletter import DeadLetterError
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
@@ -250,9 +249,7 @@ class SparkEngine:
         ENGINE_INFO.labels(self.name).set(1)
         self.writer = StepWriter(settings, self.producer, self.stats)
         self.labels = LabelReader(settings, f"spark-{settings.engine.group_id}", self.producer)
-        self.offsets = Consumer(  # only asks where each partition's log ends
-            {**settings.kafka.client_config(), "group.id": self.group, "log_level": 3}
-        )
+        self.offsets = offsets_client(settings.kafka, self.group)
         self.tables = TerminalTables(
             self.labels, lateness=self.lateness, built_by=engine_id(settings),
             group=self.group, topic=self.topic, log_ends=self.offsets,

@@ -17,7 +17,13 @@ import pandas as pd
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from fraudstream.bus.clients import message_offset, message_partition, retry
+from fraudstream.bus.clients import (
+    FETCH_WAIT_MS,
+    message_offset,
+    message_partition,
+    offsets_client,
+    retry,
+)
 from fraudstream.bus.deadletter import dead_letter
 from fraudstream.config import Settings
 from fraudstream.engines.step import Decoded, earliest_day
@@ -65,10 +71,11 @@ class LabelReader:
                 "group.id": f"{group_id}-labels",
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 10,  # offset queries queue behind a waiting fetch
+                "fetch.wait.max.ms": FETCH_WAIT_MS,
                 "log_level": 3,
             }
         )
+        self.offsets = offsets_client(settings.kafka, f"{group_id}-labels")
         self.watermarks: dict[int, int] = {}  # newest reported_at read per partition (µs)
         self.positions: dict[int, int] = {}
         self.invalid = 0
@@ -82,7 +89,7 @@ class LabelReader:
         for partition in committed:
             if partition.offset < 0:
                 low, _high = retry(
-                    partial(self.consumer.get_watermark_offsets, partition, timeout=10),
+                    partial(self.offsets.get_watermark_offsets, partition, timeout=10),
                     "label offsets",
                 )
                 partition.offset = low
@@ -102,7 +109,7 @@ class LabelReader:
         ends = {}
         for partition in self.consumer.assignment():
             _low, high = retry(
-                partial(self.consumer.get_watermark_offsets, partition, timeout=10),
+                partial(self.offsets.get_watermark_offsets, partition, timeout=10),
                 "label offsets",
             )
             ends[partition.partition] = high
@@ -174,6 +181,7 @@ class LabelReader:
 
     def close(self) -> None:
         self.consumer.close()
+        self.offsets.close()
 
 
 class SettledCounts:
