@@ -9,6 +9,7 @@ import math
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,7 +35,7 @@ from fraudstream.schema import Invalid, Transaction, decode_transaction
 from fraudstream.stack import ServiceError
 from fraudstream.stack.pipeline import pipeline_services
 from fraudstream.stack.postgres import api_password_file
-from fraudstream.store.db import api_conninfo
+from fraudstream.store.db import HeldConnection, api_conninfo
 from fraudstream.store.roles import API_ROLE
 
 from ..conftest import overrides_env, run_cli
@@ -364,10 +365,18 @@ def test_a_body_that_is_no_object_names_no_field(payload: bytes) -> None:
 class _Keys:
     """A connection factory whose SELECT answers the active keys' (digest, name) rows."""
 
+    closed = False
+
     def __init__(self, *active: tuple[str, str]) -> None:
         self.rows = [(hashlib.sha256(t.encode()).digest(), name) for t, name in active]
+        self.opened = 0
+
+    def close(self) -> None:
+        self.closed = True
 
     def __call__(self) -> _Keys:
+        self.opened += 1
+        self.closed = False
         return self
 
     def __enter__(self) -> _Keys:
@@ -394,6 +403,38 @@ def test_a_key_is_known_by_its_digest_until_it_is_revoked() -> None:
     database.rows = database.rows[1:]  # checkout revoked: no longer among the active rows
     ring.reload()
     assert ring.name_of(checkout) is None and ring.name_of(refunds) == "refunds"
+    assert database.opened == 1  # one connection kept between reloads
+    ring.close()
+    assert database.closed
+
+
+class _Connection:
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_held_connection_is_kept_and_opened_again_after_a_failure() -> None:
+    opened: list[_Connection] = []
+
+    def connect() -> Any:
+        opened.append(_Connection())
+        return opened[-1]
+
+    held = HeldConnection(connect)
+    with held() as first, held() as again:
+        assert again is first  # one connection for every use
+    with pytest.raises(RuntimeError), held():
+        raise RuntimeError("the server went away mid-query")
+    assert first.closed and len(opened) == 1
+    with held() as second:
+        assert second is not first and len(opened) == 2
+    second.closed = True  # closed from the other side between two uses
+    with held() as third:
+        assert third is not second
+    held.close()
+    assert third.closed
 
 
 def test_a_token_without_the_prefix_is_refused_even_if_its_digest_is_held() -> None:

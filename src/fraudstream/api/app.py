@@ -34,7 +34,7 @@ from fraudstream.clock import Clock, SystemClock
 from fraudstream.config import Settings
 from fraudstream.engines.base import PolicyWatcher
 from fraudstream.schema import MAX_MESSAGE_BYTES, Transaction
-from fraudstream.store.db import api_conninfo
+from fraudstream.store.db import HeldConnection, api_conninfo
 from fraudstream.telemetry import API_DECISION_SECONDS, API_REQUESTS
 
 __all__ = ["create_app"]
@@ -148,9 +148,11 @@ class _DecisionsFirst:
         await send({"type": "http.response.body", "body": content})
 
 
-def _refresh(policy: PolicyWatcher, database: _Database, decider: Decider | None = None) -> None:
+def _refresh(
+    policy: PolicyWatcher, connection: HeldConnection, decider: Decider | None = None
+) -> None:
     """The fallback's rules: the rule book's and the lists' as the engines have them."""
-    with database.connect() as conn:
+    with connection() as conn:
         if policy.refresh(conn) and decider is not None:
             decider.rules = policy.rules
 
@@ -171,9 +173,10 @@ def create_app(settings: Settings, clock: Clock | None = None) -> _DecisionsFirs
         recorder = DegradedRecorder(database.connect)
         recorder.start()
         policy = PolicyWatcher(settings, clock)
-        await asyncio.to_thread(_refresh, policy, database)
+        rules_connection = HeldConnection(database.connect)
+        await asyncio.to_thread(_refresh, policy, rules_connection)
         rules = Reloader(
-            "rules", lambda: _refresh(policy, database, state.get("decider")),
+            "rules", lambda: _refresh(policy, rules_connection, state.get("decider")),
             settings.engine.rules_check_interval_s,
         )  # fmt: skip
         rules.start()
@@ -192,6 +195,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> _DecisionsFirs
             yield
         finally:
             rules.close()
+            rules_connection.close()
             keys.close()
             recorder.close()
             bridge.close()

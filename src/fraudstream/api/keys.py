@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import psycopg
 
 from fraudstream.api.reloading import Reloader
+from fraudstream.store.db import HeldConnection
 
 __all__ = [
     "KEY_PREFIX",
@@ -105,13 +107,13 @@ class KeyRing:
     thread of its own: checking a key never waits for the database (a reload that fails
     keeps the last set)."""
 
-    def __init__(self, connect: Any) -> None:
-        self._connect = connect  # () -> psycopg.Connection
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connection = HeldConnection(connect)
         self._active: dict[bytes, str] = {}
         self._reloader = Reloader("API keys", self.reload, RELOAD_EVERY_S)
 
     def reload(self) -> None:
-        with self._connect() as conn:
+        with self._connection() as conn:
             rows = conn.execute(
                 "SELECT key_sha256, name FROM api_keys WHERE revoked_at IS NULL"
             ).fetchall()
@@ -122,6 +124,7 @@ class KeyRing:
 
     def close(self) -> None:
         self._reloader.close()
+        self._connection.close()
 
     def name_of(self, token: str | None) -> str | None:
         """The name of the active key ``token``, or None."""

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from fraudstream.stack.postgres import EmbeddedPostgres
 
 __all__ = [
+    "HeldConnection",
     "api_conninfo",
     "connect",
     "conninfo",
@@ -90,6 +92,31 @@ def _connect(
         connect_timeout=max(1, int(settings.database.connect_timeout_s)),
         application_name=name,
     )
+
+
+class HeldConnection:
+    """One connection kept open between a thread's periodic reads (``with held() as conn``),
+    opened again after a failure. Opening one costs both sides a SCRAM exchange (thousands of
+    hash rounds) and the server a new process: too much to do every couple of seconds."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]]) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection[Any] | None = None
+
+    @contextmanager
+    def __call__(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        try:
+            yield self._conn
+        except BaseException:
+            self.close()  # its state is unknown: the next use opens another
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def frame(conn: psycopg.Connection[Any], query: str, params: Any = None) -> pd.DataFrame:
