@@ -3,10 +3,13 @@ fallback policy, the rate limit, the listening rule, keys and decoder messages."
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from fraudstream.api.app import create_app
 from fraudstream.api.bridge import CardSnapshot
-from fraudstream.api.decisions import _field_and_rule
+from fraudstream.api.decisions import DecisionOut, _field_and_rule
 from fraudstream.api.fallback import Fallback, fallback_decision
 from fraudstream.api.keys import KEY_PREFIX, KeyRing
 from fraudstream.api.limits import RateLimiter
+from fraudstream.api.recorder import DegradedRecorder
 from fraudstream.api.server import listening_problem
 from fraudstream.bus.replies import verdict_status
 from fraudstream.config import ENV_PREFIX, ApiSettings, Settings, SettingsError, load_settings
@@ -435,6 +439,47 @@ def test_a_held_connection_is_kept_and_opened_again_after_a_failure() -> None:
         assert third is not second
     held.close()
     assert third.closed
+
+
+def test_degraded_answers_wait_out_a_failed_write_and_are_stored_once_it_is_back() -> None:
+    stored: list[tuple[object, ...]] = []
+    failures = [RuntimeError("the server went away mid-insert")]
+
+    class Database(_Connection):
+        @contextlib.contextmanager
+        def cursor(self) -> Iterator[Database]:
+            yield self
+
+        def executemany(self, _query: str, rows: list[tuple[object, ...]]) -> None:
+            if failures:
+                raise failures.pop()
+            self.pending = list(rows)
+
+        def commit(self) -> None:
+            stored.extend(self.pending)
+
+    opened: list[Database] = []
+
+    def connect() -> Any:
+        opened.append(Database())
+        return opened[-1]
+
+    recorder = DegradedRecorder(connect)
+    recorder.start()
+    answer = DecisionOut(
+        tx_id="t-1", decision="review", score=None, reasons=[], rule_hits=[],
+        model_version=None, rules_version="r1", degraded=True, degraded_reason=WHY,
+        decided_at=AS_OF, decision_ms=49.0,
+    )  # fmt: skip
+    recorder.record(_record(), answer, "checkout")
+    deadline = time.monotonic() + 30
+    while recorder.stored < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    recorder.close()
+    assert [row[0] for row in stored] == ["t-1"]  # kept through the failure, stored once
+    assert stored[0][9] == "checkout"
+    assert len(opened) == 2 and opened[0].closed  # the failed connection replaced
+    assert opened[1].closed  # and the last one closed with the recorder
 
 
 def test_a_token_without_the_prefix_is_refused_even_if_its_digest_is_held() -> None:

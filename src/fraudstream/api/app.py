@@ -59,13 +59,14 @@ def _error(status: int, error: str, message: str, **extra: Any) -> _Answer:
 
 
 class _Database:
-    """One connection for the API's rare reads (stored decisions of replays, keys), used
-    from worker threads one at a time."""
+    """The API's connections. ``stored`` reads a replayed request's stored decision, from
+    worker threads one at a time, on a connection held open; ``connect`` opens one for each
+    background reader and writer (key ring, rule reloader, degraded-answer recorder)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._lock = threading.Lock()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._held = HeldConnection(self.connect)
 
     def connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
@@ -76,18 +77,14 @@ class _Database:
     def stored(self, tx_id: str) -> dict[str, Any] | None:
         with self._lock:
             try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = self.connect()
-                with self._conn.cursor(row_factory=dict_row) as cursor:
+                with self._held() as conn, conn.cursor(row_factory=dict_row) as cursor:
                     return cursor.execute(_STORED, (tx_id,)).fetchone()
             except Exception as error:  # unreachable or refusing: the request degrades
                 log.warning("reading a stored decision: %s", error)
-                self._conn = None
                 return None
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        self._held.close()
 
 
 async def _read_body(chunks: AsyncIterator[bytes], declared: str | None) -> bytes | None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from fraudstream.schema import Transaction
+from fraudstream.store.db import HeldConnection
 
 if TYPE_CHECKING:
     from fraudstream.api.decisions import DecisionOut
@@ -63,27 +64,21 @@ class DegradedRecorder:
         self._thread.join(10)
 
     def _run(self) -> None:
-        conn: psycopg.Connection[Any] | None = None
+        connection = HeldConnection(self._connect)
         while True:
             stopping = self._stop.wait(_EVERY_S)
             rows = list(self._queue)
             if rows:
                 try:
-                    if conn is None or conn.closed:
-                        conn = self._connect()
-                    with conn.cursor() as cursor:
+                    with connection() as conn, conn.cursor() as cursor:
                         cursor.executemany(_INSERT, rows)
-                    conn.commit()
+                        conn.commit()
                     for _ in rows:
                         self._queue.popleft()
                     self.stored += len(rows)
                 except Exception as error:  # the database away, or its settings unreadable
                     log.warning("storing %d degraded answers: %s; retrying", len(rows), error)
-                    if conn is not None:
-                        conn.close()
-                    conn = None
                     self._stop.wait(1.0)
             if stopping:
                 break
-        if conn is not None:
-            conn.close()
+        connection.close()

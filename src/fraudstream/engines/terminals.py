@@ -65,17 +65,18 @@ class LabelReader:
         self.settings = settings
         self.topic = settings.kafka.topics.labels
         self.producer = producer
+        group = f"{group_id}-labels"
         self.consumer = Consumer(
             {
                 **settings.kafka.client_config(),
-                "group.id": f"{group_id}-labels",
+                "group.id": group,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": FETCH_WAIT_MS,
                 "log_level": 3,
             }
         )
-        self.offsets = offsets_client(settings.kafka, f"{group_id}-labels")
+        self.offsets = offsets_client(settings.kafka, group)
         self.watermarks: dict[int, int] = {}  # newest reported_at read per partition (µs)
         self.positions: dict[int, int] = {}
         self.invalid = 0
