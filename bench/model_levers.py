@@ -1,8 +1,14 @@
 """The model levers of docs/model.md on the Handbook preset with labels exactly 7 days late:
-``python -m bench.model_levers [LEVER ...]`` prints AUC-ROC / AP / CP@100 (the chapter-5
-protocol: selection on validation folds, mean of the test folds) and the training time.
+``python -m bench.model_levers [--history FILE] [LEVER ...]`` prints AUC-ROC / AP / CP@100
+(the chapter-5 protocol: selection on validation folds, mean of the test folds) and the
+training time.
 
-Features are computed once and cached under ``<cache_dir>/levers``. The terminal variants
+``--history`` takes any file the dataset adapters read instead of the preset, for instance the
+Handbook's own simulated data in its own format (its labels are then taken to be reported
+``simulator.label_delay_days`` after each transaction: 7 by default, the book's assumption).
+
+Features are computed once and cached under ``<cache_dir>/levers`` (the preset) or
+``<cache_dir>/levers-<file name>``. The terminal variants
 (``hourly``, ``per-transaction``) are computed here, offline, from the same transactions: they
 are what an intraday terminal table would give, not what the engines compute today.
 """
@@ -33,14 +39,15 @@ _GRID = [
 _DAY = 86_400
 
 
-def _cached(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _cached(root: Path, history: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame_file, features_file = root / "frame.parquet", root / "features.parquet"
     if not features_file.exists():
-        history = root / "handbook-7d.parquet"
-        late = LabelDelay(median_days=7, sigma=0, max_days=7, unreported_fraction=0,
-                          maturity_days=7)  # fmt: skip
-        params = preset("handbook", labels=late)
-        write_history(generate_blocks(params), history, params)
+        if history is None:
+            history = root / "handbook-7d.parquet"
+            late = LabelDelay(median_days=7, sigma=0, max_days=7, unreported_fraction=0,
+                              maturity_days=7)  # fmt: skip
+            params = preset("handbook", labels=late)
+            write_history(generate_blocks(params), history, params)
         data = training_data_from_file(load_settings(), history)
         data.frame.to_parquet(frame_file)
         history_features(data.frame, data.frauds).to_parquet(features_file)
@@ -85,10 +92,14 @@ LEVERS: dict[str, tuple[dict[str, Any], int | str | None]] = {
 }
 
 
-def run(names: list[str]) -> None:
-    root = load_settings().cache_dir / "levers"
+def run(names: list[str], history: Path | None = None) -> None:
+    unknown = [name for name in names if name not in LEVERS]
+    if unknown:
+        raise SystemExit(f"unknown lever {', '.join(unknown)}: choose from {', '.join(LEVERS)}")
+    suffix = "" if history is None else f"-{history.name}"
+    root = load_settings().cache_dir / f"levers{suffix}"
     root.mkdir(parents=True, exist_ok=True)
-    frame, features = _cached(root)
+    frame, features = _cached(root, history)
     for name in names:
         changes, variant = LEVERS[name]
         chosen = features.copy()
@@ -112,5 +123,14 @@ def run(names: list[str]) -> None:
         )
 
 
+def main(argv: list[str]) -> None:
+    history = None
+    if argv[:1] == ["--history"]:
+        if len(argv) < 2:
+            raise SystemExit("--history needs a file")
+        history, argv = Path(argv[1]), argv[2:]
+    run(argv or list(LEVERS), history)
+
+
 if __name__ == "__main__":
-    run(sys.argv[1:] or list(LEVERS))
+    main(sys.argv[1:])
