@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from fraudstream.config import Settings
+from fraudstream.engines.columns import row_views
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.store import sink as sink_module
 from fraudstream.store.db import connect
@@ -124,6 +125,14 @@ def test_pipelined_and_copied_batches_store_the_same_rows(
     for way, limit in (("pipelined", 1_000), ("copied", 0)):
         monkeypatch.setattr(sink_module, "PIPELINED_ROWS", limit)
         batch = _batch(f"{engine}-{way}", 12, engine)
+        # What the engine hands over besides the easy rows: an unknown append time, a row
+        # without reasons, text beyond ASCII, feature vectors as views of one block.
+        batch["kafka_time"] = batch["kafka_time"].where(batch.index != 3)
+        batch.at[2, "reasons"] = []
+        batch.at[5, "reasons"] = [{"feature": "amount", "text": "montant élevé ✓"}]
+        matrix = np.arange(36, dtype=float).reshape(12, 3)
+        matrix[7, 1] = np.nan
+        batch["features"] = row_views(matrix)
         assert sink.write(batch, [Checkpoint("transactions", 0, 12)]).inserted == 12
         stored[way] = db.execute(
             "SELECT split_part(tx_id, '-', 4), event_time, card_id, terminal_id, amount, score, "
@@ -134,6 +143,10 @@ def test_pipelined_and_copied_batches_store_the_same_rows(
         ).fetchall()
     assert len(stored["pipelined"]) == 12
     assert stored["pipelined"] == stored["copied"]
+    by_row = {int(row[0]): row for row in stored["copied"]}
+    assert by_row[3][13] is None  # kafka_time
+    assert (by_row[2][8], by_row[5][8][0]["text"]) == ([], "montant élevé ✓")
+    assert (by_row[7][16], by_row[11][16]) == ("{21,NaN,23}", "{33,34,35}")
 
 
 def test_latency_lands_in_the_right_bucket(

@@ -13,7 +13,7 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from fraudstream.engines.columns import RecordColumns, micros, objects, utc_micros
+from fraudstream.engines.columns import RecordColumns, micros, objects, row_views, utc_micros
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, decide
@@ -130,7 +130,7 @@ def predictions_of(
             "kafka_time": utc_micros(batch.kafka_time_us),
             "scored_at": utc_micros(np.full(n, micros(scored_at), dtype=np.int64)),
             "content_hash": batch.content_hash,
-            "features": objects(_in_order(features).to_numpy(dtype=float).tolist()),
+            "features": row_views(_in_order(features).to_numpy(dtype=float)),
             "rules_version": np.full(n, decisions.rules_version, dtype=object),
             "late": batch.late,
         },
