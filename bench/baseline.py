@@ -173,6 +173,8 @@ def _values(row: pd.Series[Any]) -> tuple[object, ...]:
             return Jsonb(value)
         if name == "rule_hits":
             return list(value)
+        if name == "features":
+            return value.tolist()  # a view of the step's feature block
         if isinstance(value, pd.Timestamp):
             return value.to_pydatetime()
         if value is pd.NaT:

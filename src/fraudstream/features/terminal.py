@@ -63,10 +63,20 @@ class TerminalTable:
 
     def lookup(self, terminal_ids: pd.Series | np.ndarray) -> dict[str, np.ndarray]:
         # Positions and a float matrix, not ``reindex``: a lookup is on every batch's path,
-        # and a reindexed frame costs milliseconds whatever the batch's size.
-        positions = self.frame.index.get_indexer(pd.Index(terminal_ids))
+        # and a reindexed frame costs milliseconds whatever the batch's size. Positions from a
+        # dict, not ``Index.get_indexer``: an index of Arrow strings made 5 ids cost 84 µs
+        # and 5,000 cost 2.7 ms, against 2 µs and 0.55 ms.
+        rows = self._rows
+        positions = np.fromiter(
+            (rows.get(terminal, -1) for terminal in terminal_ids), np.int64, len(terminal_ids)
+        )
         values = self._values[positions]  # a missing terminal (-1) reads the row of zeros
         return {column: values[:, i] for i, column in enumerate(self.frame.columns)}
+
+    @functools.cached_property
+    def _rows(self) -> dict[str, int]:
+        """Each listed terminal's row."""
+        return {terminal: row for row, terminal in enumerate(self.frame.index.tolist())}
 
     @functools.cached_property
     def _values(self) -> np.ndarray:
