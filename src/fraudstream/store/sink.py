@@ -40,6 +40,7 @@ CHANGES_KEPT = CARD_STATE_TTL + max(CARD_WINDOWS)
 """How far behind the newest a checkpoint's card changes stay stored: a card idle longer
 than the TTL is forgotten, and a card alive sees back at most its longest window."""
 _TIMES = ("event_time", "kafka_time", "scored_at")
+_NAT = np.iinfo(np.int64).min  # a missing time, in µs since the epoch
 # What is COPYed, in the cheapest binary types: times as microseconds since the Unix epoch,
 # amounts as float8 (rounded to numeric(14, 2) on insert), reasons as JSON text (jsonb on
 # insert), empty rule hits and reasons as NULL. Beside each, the Arrow type that pgpq encodes
@@ -232,7 +233,8 @@ class PredictionSink:
     @staticmethod
     def _stage(cursor: psycopg.Cursor[Any], predictions: pd.DataFrame) -> None:
         """Binary COPY encoded column by column (pgpq): psycopg's ``write_row`` dumps every
-        row's arrays in Python, 18 µs a row against 2 (5,000 rows, ``/tmp`` probe)."""
+        row's arrays in Python, 16–20 µs of CPU a row against 3 (5,000 rows, ``/tmp``
+        probe; docs/adr/0015-copy-encoded-from-arrow.md)."""
         batch = _arrow(predictions)
         encoder = ArrowToPostgresBinaryEncoder(batch.schema)
         copy_sql = f"COPY staging_predictions ({', '.join(COLUMNS)}) FROM STDIN (FORMAT BINARY)"
@@ -389,7 +391,7 @@ def _bytes(value: Any) -> bytes | None:
 
 
 def _stamp(micros: int | None) -> pd.Timestamp | None:
-    if micros is None or micros == np.iinfo(np.int64).min:
+    if micros is None or micros == _NAT:
         return None
     return pd.Timestamp(micros, unit="us", tz="UTC")
 
@@ -452,9 +454,6 @@ def _arrow(frame: pd.DataFrame) -> pa.RecordBatch:
         else:
             arrays.append(pa.array(column.to_numpy(field.type.to_pandas_dtype())))
     return pa.RecordBatch.from_arrays(arrays, schema=_STAGED_SCHEMA)
-
-
-_NAT = np.iinfo(np.int64).min
 
 
 def _micros(column: pd.Series) -> np.ndarray:
