@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -43,13 +44,19 @@ __all__ = [
 
 
 class Publisher:
-    """A Kafka producer for the ``transactions`` and ``labels`` topics."""
+    """A Kafka producer for the ``transactions`` and ``labels`` topics.
+
+    ``produced`` counts the messages handed to the producer, in order; ``acknowledged`` how
+    many of the first of them Kafka has acknowledged, every one (delivery reports come in order
+    within a partition, not across partitions). A run can so record how far it got without
+    waiting for the broker."""
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self.topics = kafka.topics
-        self.delivered = 0
+        self.produced = 0
         self.failed = 0
         self.first_errors: list[str] = []
+        self._acknowledged = AcknowledgedPrefix()
         self._producer = Producer(
             {
                 **kafka.client_config(),
@@ -61,25 +68,30 @@ class Publisher:
                 "queue.buffering.max.messages": 1_000_000,
                 "queue.buffering.max.kbytes": 1_048_576,
                 "message.max.bytes": kafka.max_message_bytes,  # the topics' limit
-                "on_delivery": self._on_delivery,
             }
         )
 
-    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+    @property
+    def acknowledged(self) -> int:
+        return self._acknowledged.count
+
+    def _on_delivery(self, serial: int, error: KafkaError | None, _message: Message) -> None:
         if error is None:
-            self.delivered += 1
+            self._acknowledged.add(serial)
             return
         self.failed += 1
         if len(self.first_errors) < 5:
             self.first_errors.append(str(error))
 
     def send(self, topic: str, key: str, value: bytes) -> None:
+        on_delivery = partial(self._on_delivery, self.produced)
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key)
-                return
+                self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.05)
+        self.produced += 1
 
     def send_transaction(self, record: Transaction) -> None:
         self.send(self.topics.transactions, record.card_id, encode(record))
@@ -88,7 +100,10 @@ class Publisher:
         self.send(self.topics.labels, record.card_id or record.tx_id, encode(record))
 
     def poll(self) -> None:
+        """Serve delivery reports; raise if Kafka refused a message."""
         self._producer.poll(0)
+        if self.failed:
+            raise self._error(0)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Flush, then let the producer go now: its delivery callback refers back to this
@@ -102,11 +117,32 @@ class Publisher:
         """Wait for every message to be acknowledged; raise if any was not."""
         remaining = self._producer.flush(timeout_s)
         if remaining or self.failed:
-            raise DeliveryError(
-                f"{self.failed + remaining} message(s) not delivered to Kafka "
-                f"({remaining} still queued after {timeout_s:.0f} s): "
-                + "; ".join(self.first_errors or ["timed out"])
-            )
+            raise self._error(remaining, timeout_s)
+
+    def _error(self, remaining: int, timeout_s: float = 0.0) -> DeliveryError:
+        queued = f" ({remaining} still queued after {timeout_s:.0f} s)" if remaining else ""
+        return DeliveryError(
+            f"{self.failed + remaining} message(s) not delivered to Kafka{queued}: "
+            + "; ".join(self.first_errors or ["timed out"])
+        )
+
+
+class AcknowledgedPrefix:
+    """The length of the longest run of serials 0, 1, 2… all acknowledged, whatever the order
+    the acknowledgements come in."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._ahead: set[int] = set()  # acknowledged, after a gap
+
+    def add(self, serial: int) -> None:
+        if serial != self.count:
+            self._ahead.add(serial)
+            return
+        self.count += 1
+        while self._ahead and self.count in self._ahead:
+            self._ahead.remove(self.count)
+            self.count += 1
 
 
 # --- rows to records ---------------------------------------------------------------------
@@ -248,13 +284,13 @@ def simulate_live(
         origin_sim = buffer.first_time()
     already = resume.sent if resume is not None else 0
 
-    def save() -> None:
-        if checkpoint is not None:
-            point = ResumePoint(
-                already + report.sent, origin_wall, origin_sim.to_pydatetime(), stream
-            )
-            checkpoint(point)
+    def point() -> ResumePoint:
+        return ResumePoint(already + report.sent, origin_wall, origin_sim.to_pydatetime(), stream)
 
+    # A resume point only counts what Kafka has acknowledged. Waiting for it (a flush) would
+    # stall the stream, so a point is taken every few seconds and saved once every message
+    # produced before it is acknowledged.
+    taken: tuple[int, ResumePoint] | None = None
     saved = clock.monotonic()
     began = started = clock.monotonic()  # `started` moves when the stream waits for the present
     pace = _Pace(rate, clock)
@@ -311,12 +347,16 @@ def simulate_live(
         report.labels_sent += labels
         SIMULATOR_LABELS.inc(labels)
         publisher.poll()
-        if clock.monotonic() - saved >= _CHECKPOINT_EVERY_S:
-            publisher.flush()  # a resume point only counts what Kafka has acknowledged
-            save()
-            saved = clock.monotonic()
+        if checkpoint is None:
+            continue
+        if taken is None and clock.monotonic() - saved >= _CHECKPOINT_EVERY_S:
+            taken, saved = (publisher.produced, point()), clock.monotonic()
+        if taken is not None and publisher.acknowledged >= taken[0]:
+            checkpoint(taken[1])
+            taken = None
     publisher.flush()
-    save()
+    if checkpoint is not None:
+        checkpoint(point())
     return report
 
 
