@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ _REPLAY_FLUSH_ROWS = 1_000_000  # a rebuild writes to disk at least this often
 _ROCKSDB_BYTES = 128 * 2**20  # block cache and memtables, all stores of the process
 _NO_CHECKPOINT = 0
 _DELETED = object()
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 class DiskCardState(CardState):
@@ -144,15 +146,17 @@ class DiskCardState(CardState):
     def persist(self, sequence: int, features_version: str) -> None:
         """Checkpoint ``sequence`` is committed: its cards (and earlier ones') go to disk."""
         batch = WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete  # a call per changed card: kept lean
         written = False
         while self.pending and self.pending[0][0] <= sequence:
             _sequence, taken = self.pending.pop(0)
             for card, rows in taken.items():
-                key = _CARD + card.encode()
                 if rows is None:
-                    batch.delete(key)
+                    delete(_CARD + card.encode())
+                elif _LITTLE_ENDIAN:  # histories are int64: their bytes are "<i8" already
+                    put(_CARD + card.encode(), rows.tobytes())
                 else:
-                    batch.put(key, rows.astype("<i8", copy=False).tobytes())
+                    put(_CARD + card.encode(), rows.astype("<i8").tobytes())
             written = True
         if written or sequence != self.sequence:
             batch.put(_MARKER, _marker(sequence, features_version))

@@ -170,6 +170,7 @@ class LocalEngine:
         self.partitions: dict[int, PartitionState] = {}  # restored and being scored
         self.expected: dict[int, int | None] = {}  # next offset each partition's state needs
         self.snapshot_due: dict[int, float] = {}
+        self._snapshot_phase: dict[int, float] = {}  # a partition's offset in the interval
         self._taken: dict[int, Snapshot] = {}  # snapshots taken, written with the next step
         self._written: list[tuple[int, int]] = []  # (partition, sequence) in the batch in flight
         self.blocked: dict[int, np.datetime64] = {}  # partition → day whose table it waits for
@@ -281,6 +282,10 @@ class LocalEngine:
             offsets[partition] = OFFSET_BEGINNING if state is None else state.next_offset
             self.expected[partition] = None if state is None else state.next_offset
             self.snapshot_due[partition] = 0.0  # snapshot at the first batch
+        # Then spread over the interval: a snapshot stops the loop in proportion to its cards
+        # (``take``, ``persist``), and all partitions at once made one long stall.
+        owned = sorted(self.owned)
+        self._snapshot_phase = {p: owned.index(p) / len(owned) for p in owned}
         return offsets
 
     def _close_cards(self) -> None:
@@ -633,7 +638,9 @@ class LocalEngine:
                 self._taken[partition] = Snapshot(
                     next_offset, state.watermark, changes, sequence, newest
                 )
-                self.snapshot_due[partition] = now + self.settings.engine.snapshot_interval_s
+                interval = self.settings.engine.snapshot_interval_s
+                phase = self._snapshot_phase.pop(partition, 0.0)
+                self.snapshot_due[partition] = now + interval * (1.0 + phase)
         return checkpoints, snapshotting
 
     def _housekeeping(self) -> None:
