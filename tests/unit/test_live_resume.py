@@ -8,13 +8,21 @@ import json
 import threading
 from dataclasses import replace
 from datetime import datetime, timezone
-from itertools import pairwise
+from itertools import islice, pairwise
 from pathlib import Path
+
+import pandas as pd
+import pytest
 
 from fraudstream.clock import ManualClock, SystemClock
 from fraudstream.schema import Label, Transaction
-from fraudstream.simulator.generator import generate, preset
-from fraudstream.simulator.publish import AcknowledgedPrefix, ResumePoint, simulate_live
+from fraudstream.simulator.generator import generate, generate_blocks, preset
+from fraudstream.simulator.publish import (
+    AcknowledgedPrefix,
+    ResumePoint,
+    _Buffer,
+    simulate_live,
+)
 from fraudstream.simulator.resume import ResumeFile, start_live
 
 PARAMS = preset("default", n_customers=300, n_terminals=600, seed=5)
@@ -150,6 +158,34 @@ def test_a_resume_point_waits_for_acknowledgements_without_holding_up_the_stream
     # Taken on time: each point at least 5 s of traffic after the one before.
     sent = [point.sent for point, _ in saved]
     assert all(later - earlier >= 250 for earlier, later in pairwise(sent[:-1]))
+
+
+def test_the_stream_is_the_same_whatever_its_rows_are_converted_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The simulator converts a block's rows for sending a chunk at a time: chunk and block
+    boundaries (here 3,802 rows a block) must change nothing that is sent."""
+
+    def sent(chunk_rows: int) -> Recorder:
+        monkeypatch.setattr(_Buffer, "_CHUNK_ROWS", chunk_rows)
+        clock = ManualClock(datetime(2026, 11, 1, tzinfo=timezone.utc))
+        recorder = Recorder(10**9, threading.Event())
+        simulate_live(
+            recorder,  # type: ignore[arg-type]
+            PARAMS, rate=50_000, clock=clock, count=9_000, accelerated=True, stream="r0",
+        )  # fmt: skip
+        return recorder
+
+    whole, cut = sent(20_000), sent(777)
+    assert len(whole.transactions) == 9_000 and len(whole.labels) > 0
+    assert whole.transactions == cut.transactions  # every field, event times included
+    assert whole.labels == cut.labels
+    # Accelerated, simulated time moves onto the wall clock as it was generated.
+    generated = pd.concat(islice(generate_blocks(PARAMS.live("r0")), 3)).iloc[:9_000]
+    assert [t.tx_id for t in whole.transactions] == generated["tx_id"].tolist()
+    sent_times = pd.Series([t.event_time for t in whole.transactions])
+    offsets = (generated["event_time"] - generated["event_time"].iat[0]).to_numpy()
+    assert ((sent_times - sent_times.iat[0]).to_numpy() == offsets).all()
 
 
 def test_acknowledgements_in_any_order_give_the_acknowledged_prefix() -> None:
