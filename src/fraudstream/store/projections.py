@@ -367,4 +367,9 @@ def DASHBOARD_PROJECTIONS() -> list[Projection]:
 
 
 def _floats(values: np.ndarray) -> list[float | None]:
-    return [None if np.isnan(v) else float(v) for v in values]
+    """Floats for PostgreSQL, NaN as NULL (converted in one go: per value it was a few
+    percent of the writer thread while new terminals kept coming)."""
+    converted = values.astype(object)
+    converted[np.isnan(values)] = None
+    floats: list[float | None] = converted.tolist()
+    return floats
