@@ -285,7 +285,7 @@ class LocalEngine:
         # Then spread over the interval: a snapshot stops the loop in proportion to its cards
         # (``take``, ``persist``), and all partitions at once made one long stall.
         owned = sorted(self.owned)
-        self._snapshot_phase = {p: owned.index(p) / len(owned) for p in owned}
+        self._snapshot_phase = {p: i / len(owned) for i, p in enumerate(owned)}
         return offsets
 
     def _close_cards(self) -> None:

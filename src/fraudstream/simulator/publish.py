@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import pandas as pd
@@ -455,25 +455,20 @@ def _simulated_span(
     return timedelta(days=min(total / per_day * 1.2 + 1, 365.0))
 
 
-@dataclass(frozen=True)
 class _Chunk:
     """Consecutive rows of a block, converted once for sending: building records from a
     frame costs pandas a few milliseconds a call, which per send of a few rows kept the live
     simulator on a whole core at 1,000 transactions/s."""
 
-    frame: pd.DataFrame
-    records: TransactionRows
-    event_us: np.ndarray  # int64 microseconds since the epoch
-    fraud: np.ndarray  # bool
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+        self.event_us = frame["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64)
+        self.fraud = frame["is_fraud"].to_numpy(dtype=bool)
 
-    @classmethod
-    def of(cls, frame: pd.DataFrame) -> _Chunk:
-        return cls(
-            frame,
-            TransactionRows(frame),
-            frame["event_time"].to_numpy(dtype="datetime64[us]").astype(np.int64),
-            frame["is_fraud"].to_numpy(dtype=bool),
-        )
+    @cached_property
+    def records(self) -> TransactionRows:
+        """Built when first sent from (a resumed run passes over what it already sent)."""
+        return TransactionRows(self.frame)
 
 
 @dataclass(frozen=True)
@@ -503,7 +498,7 @@ class _Buffer:
         self._blocks = blocks
         self._frame = next(blocks)
         self._chunk_start = 0  # in the block
-        self._chunk = _Chunk.of(self._frame.iloc[: self._CHUNK_ROWS])
+        self._chunk = _Chunk(self._frame.iloc[: self._CHUNK_ROWS])
         self._position = 0  # in the chunk
 
     def peek(self) -> pd.DataFrame:
@@ -519,7 +514,7 @@ class _Buffer:
             self._chunk_start += len(self._chunk.frame)
             if self._chunk_start >= len(self._frame):
                 self._frame, self._chunk_start = next(self._blocks), 0
-            self._chunk = _Chunk.of(
+            self._chunk = _Chunk(
                 self._frame.iloc[self._chunk_start : self._chunk_start + self._CHUNK_ROWS]
             )
             self._position = 0
