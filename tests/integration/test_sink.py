@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ import pytest
 from fraudstream.config import Settings
 from fraudstream.engines.columns import row_views
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
+from fraudstream.records import StoredId
 from fraudstream.store import sink as sink_module
 from fraudstream.store.db import connect
 from fraudstream.store.projections import Observed, TerminalPlaces
@@ -22,9 +24,14 @@ from fraudstream.store.sink import (
     Checkpoint,
     PredictionSink,
     Snapshot,
+    StepLookups,
     StoredState,
     Unstorable,
+    step_lookups,
+    stored_ids,
 )
+
+from ..engine_kit import isolated
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -195,6 +202,32 @@ def test_terminal_daily_counts_only_new_rows(
     assert db.execute(  # the last row is late: scored and stored, never counted
         "SELECT sum(tx_count) FROM terminal_daily WHERE terminal_id = %s", (f"T-{engine}",)
     ).fetchone() == (5,)
+
+
+def test_a_steps_lookups_give_the_stored_ids_and_the_newest_sealed_table_in_one_statement(
+    stack_settings: Settings, tmp_path: Path
+) -> None:
+    settings = isolated(stack_settings, tmp_path)  # a database with no terminal table yet
+    sink = PredictionSink(connect(settings), consumer_group="g", features_version="1")
+    batch = _batch("looked-up", 3, "e")
+    sink.write(batch, [])
+    asked = ["looked-up-0", "looked-up-2", "never-stored"]
+    with connect(settings) as conn:
+        empty = step_lookups(conn, asked)
+        assert empty.stored == stored_ids(conn, asked) and len(empty.stored) == 2
+        assert empty.stored["looked-up-2"] == StoredId(2, 0, 2)
+        assert empty.newest_sealed is None
+        for day in ("2026-03-01", "2026-03-03", "2026-03-02"):
+            conn.execute(
+                "INSERT INTO terminal_tables (day, features_version, frame, terminals, built_by) "
+                "VALUES (%s, '1', '', 0, 'test')",
+                (day,),
+            )
+        conn.commit()
+        sealed = step_lookups(conn, asked)
+        assert sealed.stored == empty.stored
+        assert sealed.newest_sealed == np.datetime64("2026-03-03")
+        assert step_lookups(conn, ["never-stored"]) == StepLookups({}, np.datetime64("2026-03-03"))
 
 
 def test_observed_features_count_once_and_terminals_are_located_once(

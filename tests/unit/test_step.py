@@ -359,3 +359,17 @@ def test_every_row_failing_leaves_an_empty_result() -> None:
     result = _step(items, _states(0), scorer=FakeScorer(fail_score=666.0))
     assert result.predictions.empty and len(result.rejected) == 1
     assert list(result.features.columns) in ([], list(FEATURE_NAMES))
+
+
+def test_records_a_sealed_table_passed_by_days_are_marked_late_and_counted() -> None:
+    """A table sealed while a partition was idle counted that partition's day as empty: its
+    records from two days or more before the newest sealed table arrive too late to count."""
+    times = pd.to_datetime(
+        ["2026-03-01 23:59", "2026-03-02 00:00", "2026-03-03 12:00", "2026-03-01 08:00"], utc=True
+    )
+    predictions = pd.DataFrame({"event_time": times, "late": [False, False, False, True]})
+    assert step_module.late_after_seal(predictions.copy(), None) == 0
+    marked = predictions.copy()
+    assert step_module.late_after_seal(marked, np.datetime64("2026-03-03")) == 1
+    assert marked["late"].tolist() == [True, False, False, True]  # already late: not counted
+    assert step_module.late_after_seal(predictions.copy(), np.datetime64("2026-03-02")) == 0

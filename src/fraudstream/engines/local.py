@@ -90,7 +90,7 @@ from fraudstream.store.sink import (
     PredictionSink,
     Snapshot,
     StoredBatch,
-    stored_ids,
+    step_lookups,
 )
 from fraudstream.store.status import StatusReporter
 from fraudstream.telemetry import (
@@ -211,6 +211,7 @@ class LocalEngine:
         self._realigned = time.monotonic()
         self._blocked_retry = 0.0
         self._newest = pd.Timestamp(0, tz="UTC")  # the newest event time scored
+        self._newest_sealed: np.datetime64 | None = None  # as read with the step's stored ids
         self._reporter = StatusReporter(
             engine_id=self.engine_id, engine=self.name, group=self.group, started_at=clock.now()
         )
@@ -405,7 +406,7 @@ class LocalEngine:
     def commit(self, items: list[Decoded], result: StepResult) -> None:
         """Dead letters acknowledged now; predictions, dead letters' records, offsets,
         watermarks and card state handed to the writer (one transaction), alerts after."""
-        late = late_after_seal(result.predictions, self.tables.newest_sealed(self.lookups))
+        late = late_after_seal(result.predictions, self._newest_sealed)
         self.stats.late += late
         rejected = self.writer.dead_letter(result.rejected)
         self.writer.answer_rejected(rejected, items)
@@ -439,8 +440,16 @@ class LocalEngine:
 
     def stored_ids(self, tx_ids: list[str]) -> dict[str, StoredId]:
         """Which of ``tx_ids`` are stored (or in flight), from which message, with what
-        content: what tells a replay or a reused id from a new transaction."""
-        found = stored_ids(self.lookups, tx_ids)
+        content: what tells a replay or a reused id from a new transaction. The day of the
+        newest sealed terminal table comes in the same round trip, for ``commit`` (read just
+        before the step instead of just after it: either way another engine may seal in
+        between, and ``late_after_seal`` is for records a seal has passed by days)."""
+        if not tx_ids:  # nothing to score, so nothing for commit to mark late either
+            self._newest_sealed = None
+            return {}
+        lookups = step_lookups(self.lookups, tx_ids)
+        self._newest_sealed = lookups.newest_sealed
+        found = lookups.stored
         for tx_id in tx_ids:
             in_flight = self._unstored.get(tx_id)
             if in_flight is not None:

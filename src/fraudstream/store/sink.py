@@ -30,8 +30,8 @@ from fraudstream.records import PREDICTION_COLUMNS, Rejected, StoredId
 from fraudstream.store.projections import DASHBOARD_PROJECTIONS, Observed, Projection
 
 __all__ = [
-    "Checkpoint", "PredictionSink", "Snapshot", "StoredBatch", "StoredState", "Unstorable",
-    "stored_ids",
+    "Checkpoint", "PredictionSink", "Snapshot", "StepLookups", "StoredBatch", "StoredState",
+    "Unstorable", "step_lookups", "stored_ids",
 ]  # fmt: skip
 
 
@@ -407,6 +407,36 @@ def stored_ids(conn: psycopg.Connection[Any], tx_ids: list[str]) -> dict[str, St
     ).fetchall()
     conn.commit()
     return {str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows}
+
+
+@dataclass(frozen=True)
+class StepLookups:
+    """What a step of the local engine reads from PostgreSQL, in one round trip: which of its
+    tx_ids are stored (as ``stored_ids``) and the day of the newest sealed terminal table
+    (for ``late_after_seal``)."""
+
+    stored: dict[str, StoredId]
+    newest_sealed: np.datetime64 | None
+
+
+def step_lookups(conn: psycopg.Connection[Any], tx_ids: list[str]) -> StepLookups:
+    """Both lookups of a step in one statement: each is a round trip, and at a few records a
+    step (the decision API's traffic) the step's fixed costs are what limits the engine
+    (docs/benchmarks.md, "Where a request's time goes at 200 req/s")."""
+    rows = conn.execute(
+        "SELECT tx_id, content_hash, kafka_partition, kafka_offset, NULL::date "
+        "FROM fraud_predictions WHERE tx_id = ANY(%s) "
+        "UNION ALL SELECT NULL, NULL, NULL, NULL, max(day) FROM terminal_tables",
+        (tx_ids,),
+    ).fetchall()
+    conn.commit()
+    stored = {
+        str(tx): StoredId(digest, partition, offset)
+        for tx, digest, partition, offset, _day in rows
+        if tx is not None  # (the primary key: never NULL in a stored row)
+    }
+    newest = next((day for tx, *_, day in rows if tx is None), None)
+    return StepLookups(stored, None if newest is None else np.datetime64(newest, "D"))
 
 
 def _rows(frame: pd.DataFrame) -> list[tuple[object, ...]]:
