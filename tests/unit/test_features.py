@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fraudstream.features import FEATURE_NAMES, CardState, FeatureComputer, describe
+from fraudstream.features import card as card_module
 from fraudstream.features.card import CardChanges, append_changes, card_features
 from fraudstream.features.definitions import CARD_WINDOWS, DISTINCT_TERMINAL_WINDOWS, window_name
 from fraudstream.features.pipeline import history_features
@@ -104,6 +105,26 @@ def test_card_windows_match_brute_force_whatever_the_batching(
     whole = card_features(CardState(), stream)
     for name in whole:  # the same bits, one batch or two
         np.testing.assert_array_equal(np.concatenate([p[name] for p in parts if p]), whole[name])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), length=st.integers(1, 80))
+def test_distinct_terminals_are_counted_alike_by_row_and_by_window_offset(
+    data: st.DataObject, length: int
+) -> None:
+    """Distinct terminals counted a row at a time or a window offset at a time (whichever
+    is fewer array operations for the batch): the same counts either way."""
+    previous_same = np.array(
+        [data.draw(st.integers(-1, i - 1)) for i in range(length)], dtype=np.int64
+    )
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, length - 1), min_size=1))))
+    left = np.array([data.draw(st.integers(0, int(i))) for i in rows], dtype=np.int64)
+    windows = zip(rows.tolist(), left.tolist(), strict=True)
+    brute = [len({j for j in range(lo, i + 1) if previous_same[j] < lo}) for i, lo in windows]
+    by_row = card_module._distinct_by_row(previous_same, rows, left)
+    by_offset = card_module._distinct_by_offset(previous_same, rows, left, rows - left)
+    chosen = card_module._distinct(previous_same, rows, left)
+    assert by_row.tolist() == by_offset.tolist() == chosen.tolist() == brute
 
 
 def _stream(n: int, seed: int = 0) -> pd.DataFrame:
