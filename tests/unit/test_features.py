@@ -127,6 +127,15 @@ def test_distinct_terminals_are_counted_alike_by_row_and_by_window_offset(
     assert by_row.tolist() == by_offset.tolist() == chosen.tolist() == brute
 
 
+def test_terminals_are_coded_by_first_appearance_across_calls() -> None:
+    activity = TerminalActivity()
+    first = activity._encode(np.array(["T9", "T2", "T9", "T5"], dtype=object))
+    again = activity._encode(pd.Series(["T5", "T7", "T2", "T8", "T7"]))
+    assert first.tolist() == [0, 1, 0, 2] and again.tolist() == [2, 3, 1, 4, 3]
+    assert list(activity._terminals) == ["T9", "T2", "T5", "T7", "T8"]
+    assert first.dtype == again.dtype == np.int64
+
+
 def _stream(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(
