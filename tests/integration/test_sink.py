@@ -214,8 +214,8 @@ def test_a_steps_lookups_give_the_stored_ids_and_the_newest_sealed_table_in_one_
     asked = ["looked-up-0", "looked-up-2", "never-stored"]
     with connect(settings) as conn:
         empty = step_lookups(conn, asked)
-        assert empty.stored == stored_ids(conn, asked) and len(empty.stored) == 2
-        assert empty.stored["looked-up-2"] == StoredId(2, 0, 2)
+        assert empty.stored == {"looked-up-0": StoredId(0, 0, 0), "looked-up-2": StoredId(2, 0, 2)}
+        assert stored_ids(conn, asked) == empty.stored and stored_ids(conn, []) == {}
         assert empty.newest_sealed is None
         for day in ("2026-03-01", "2026-03-03", "2026-03-02"):
             conn.execute(

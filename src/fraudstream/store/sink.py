@@ -398,15 +398,7 @@ def _stamp(micros: int | None) -> pd.Timestamp | None:
 
 def stored_ids(conn: psycopg.Connection[Any], tx_ids: list[str]) -> dict[str, StoredId]:
     """Which of ``tx_ids`` are stored, from which message and with what content."""
-    if not tx_ids:
-        return {}
-    rows = conn.execute(
-        "SELECT tx_id, content_hash, kafka_partition, kafka_offset FROM fraud_predictions "
-        "WHERE tx_id = ANY(%s)",
-        (tx_ids,),
-    ).fetchall()
-    conn.commit()
-    return {str(tx): StoredId(digest, partition, offset) for tx, digest, partition, offset in rows}
+    return step_lookups(conn, tx_ids).stored if tx_ids else {}
 
 
 @dataclass(frozen=True)
