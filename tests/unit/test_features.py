@@ -136,6 +136,32 @@ def test_terminals_are_coded_by_first_appearance_across_calls() -> None:
     assert first.dtype == again.dtype == np.int64
 
 
+@pytest.mark.parametrize("in_order", [True, False])
+def test_many_days_of_counts_added_at_once_give_the_tables_of_day_by_day(in_order: bool) -> None:
+    """A seal after a restart adds forty days in one call; the codes, the days the counts
+    are filed under and so every table must be those of adding the days one by one (in
+    order, as the database reads them, or not)."""
+    rng = np.random.default_rng(5)
+    first = np.datetime64("2035-03-01")
+    days = [first + int(d) for d in (range(12) if in_order else rng.permutation(12))]
+    chunks = [
+        (rng.choice([f"T{i}" for i in range(40)], int(rng.integers(1, 30))), day) for day in days
+    ]
+    one_by_one, at_once = TerminalActivity(), TerminalActivity()
+    for terminals, day in chunks:
+        one_by_one.add_daily_counts(
+            terminals, np.full(len(terminals), day), np.arange(1, len(terminals) + 1)
+        )
+    at_once.add_daily_counts(
+        np.concatenate([terminals for terminals, _day in chunks]),
+        np.concatenate([np.full(len(terminals), day) for terminals, day in chunks]),
+        np.concatenate([np.arange(1, len(terminals) + 1) for terminals, _day in chunks]),
+    )
+    assert at_once._codes == one_by_one._codes
+    for day in (first + 9, first + 12, first + 20):
+        pd.testing.assert_frame_equal(at_once.table(day).frame, one_by_one.table(day).frame)
+
+
 def _stream(n: int, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     return pd.DataFrame(

@@ -274,12 +274,11 @@ class SettledCounts:
             self._reading = None
 
     def _add_counts(self, conn: psycopg.Connection[Any], days: np.ndarray) -> int:
-        """The counts of those of ``days`` not counted yet; a day is marked counted only
-        once its counts are in (a failure halfway never counts a day twice)."""
+        """The counts of those of ``days`` not counted yet; the days are marked counted
+        once their counts are in (``add_daily_counts`` adds all or none)."""
         missing = [day for day in days if day not in self.counted]
-        for day in missing:
-            add_daily_counts(conn, self.activity, [day])
-            self.counted.add(day)
+        add_daily_counts(conn, self.activity, missing)
+        self.counted.update(missing)
         return len(missing)
 
 

@@ -196,32 +196,37 @@ class TerminalActivity:
         self._frauds = [(fraud_codes[keep], fraud_days[keep], reported[keep])]
 
     def _encode(self, terminal_ids: pd.Series | np.ndarray) -> np.ndarray:
-        """Each terminal's code, new terminals numbered as they come. Looked up in a dict: a
-        seal after a restart encodes forty days of a hundred thousand terminals:
-        ``Index.get_indexer`` took 53–57 ms a day of 90,000 (2.1–2.3 s for the forty), the
-        dict 15–17 ms."""
-        names = np.asarray(terminal_ids, dtype=object).tolist()
+        """Each terminal's code, new terminals numbered in order of first appearance. Each
+        distinct id is looked up once (``pd.factorize`` finds them in C): a seal after a
+        restart reads forty days of a hundred thousand terminals, 3.6 M ids; looked up one
+        by one in a dict they took 3.5 s, factorised then looked up 1.3 s (``Index.get_indexer``
+        took longer still)."""
+        positions, distinct = pd.factorize(
+            np.asarray(terminal_ids, dtype=object), use_na_sentinel=False
+        )
+        names = distinct.tolist()
         codes_of = self._codes
         codes = np.fromiter((codes_of.get(name, -1) for name in names), np.int64, len(names))
-        missing = [name for name, code in zip(names, codes.tolist(), strict=True) if code < 0]
-        if missing:
-            added = list(dict.fromkeys(missing))  # numbered in order of first appearance
+        added = [name for name, code in zip(names, codes.tolist(), strict=True) if code < 0]
+        if added:
             first = len(self._terminals)
             codes_of.update((name, first + i) for i, name in enumerate(added))
             self._terminals = self._terminals.append(pd.Index(added, dtype=object))
             self._rank = None
-            codes[codes < 0] = [codes_of[name] for name in missing]
-        return codes
+            codes[codes < 0] = np.arange(first, first + len(added))
+        coded: np.ndarray = codes[positions]
+        return coded
 
     def _add_counts(self, codes: np.ndarray, days: np.ndarray, counts: np.ndarray) -> None:
         """Counts filed by day (a table sums only the days of its windows)."""
         if not len(days):
             return
-        if (days == days[0]).all():  # the usual case: one day from the database
+        if (days == days[0]).all():  # the usual case: one day
             self._counts.setdefault(int(days[0]), []).append((codes, counts))
             return
-        order = np.argsort(days, kind="stable")
-        days, codes, counts = days[order], codes[order], counts[order]
+        if (days[1:] < days[:-1]).any():  # not already a day after another, as read
+            order = np.argsort(days, kind="stable")
+            days, codes, counts = days[order], codes[order], counts[order]
         starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
         for start, end in zip(starts, np.r_[starts[1:], len(days)], strict=True):
             self._counts.setdefault(int(days[start]), []).append(

@@ -83,7 +83,12 @@ def add_daily_counts(
     conn: psycopg.Connection[Any], activity: TerminalActivity, days: Sequence[np.datetime64]
 ) -> None:
     """The stored counts of transactions that were not late, per terminal, of each of
-    ``days`` into ``activity`` (one array per day: no Python object per row but the id)."""
+    ``days`` into ``activity`` (one array per day: no Python object per row but the id).
+    All days are read before any is added, and added in one call: a failure adds none, and
+    the terminal ids of many days are coded together (each distinct id once)."""
+    terminals: list[np.ndarray] = []
+    dates: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
     with conn.cursor(binary=True) as cursor:
         for day in days:  # a day at a time: an index range, aggregated in memory
             row = cursor.execute(
@@ -93,12 +98,13 @@ def add_daily_counts(
             ).fetchone()
             if row is None or row[0] is None:
                 continue
-            terminals, counts = row
-            activity.add_daily_counts(
-                np.array(terminals, dtype=object),
-                np.full(len(terminals), day, dtype="datetime64[D]"),
-                np.array(counts, dtype=np.int64),
-            )
+            terminals.append(np.array(row[0], dtype=object))
+            dates.append(np.full(len(row[0]), day, dtype="datetime64[D]"))
+            counts.append(np.array(row[1], dtype=np.int64))
+    if terminals:
+        activity.add_daily_counts(
+            np.concatenate(terminals), np.concatenate(dates), np.concatenate(counts)
+        )
 
 
 def known_frauds(
