@@ -509,28 +509,36 @@ class SparkEngine:
         if valid is None:
             return [by_position[position] for position in sorted(by_position)]
         cards = valid[CARD_FEATURES].to_numpy(dtype=float)
-        for i, (p, o, key, raw, stamp) in enumerate(
+        appended = valid["_kafka_time"].to_numpy(dtype="datetime64[ms]")
+        appended_ms = [
+            None if missing else int(ms)
+            for missing, ms in zip(
+                np.isnat(appended).tolist(), appended.astype(np.int64).tolist(), strict=True
+            )
+        ]
+        for i, (p, o, key, raw, millis, digest) in enumerate(
             zip(
                 valid["_partition"].tolist(), valid["_offset"].tolist(), valid["raw_key"],
-                valid["raw"], valid["_kafka_time"], strict=True,
+                valid["raw"], appended_ms, valid["content_hash"].tolist(), strict=True,
             )
         ):  # fmt: skip
             position = (int(p), int(o))
             self.precomputed[position] = cards[i]
-            millis = None if pd.isna(stamp) else int(pd.Timestamp(stamp).value // 1_000_000)
             by_position.setdefault(
                 position,
                 self._decoded(position[0], position[1], None if key is None else bytes(key),
-                              bytes(raw), millis),
+                              bytes(raw), millis, digest),
             )  # fmt: skip
         return [by_position[position] for position in sorted(by_position)]
 
     def _decoded(
-        self, partition: int, offset: int, key: bytes | None, value: bytes, millis: int | None
-    ) -> Decoded:
+        self, partition: int, offset: int, key: bytes | None, value: bytes, millis: int | None,
+        digest: int | None = None,
+    ) -> Decoded:  # fmt: skip
+        """The record decoded again (the executors validated it); ``digest``: theirs."""
         record = decode_transaction(value, now=_DECODE_ANY_TIME)
-        assert not isinstance(record, Invalid), record  # the executors validated it
-        return Decoded(self.topic, partition, offset, key, value, millis, record)
+        assert not isinstance(record, Invalid), record
+        return Decoded(self.topic, partition, offset, key, value, millis, record, digest=digest)
 
     def _load_watermarks(self, partitions: set[int]) -> None:
         """Each partition's watermark, from PostgreSQL the first time the driver sees it."""

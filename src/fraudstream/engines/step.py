@@ -66,6 +66,7 @@ class Decoded:
     kafka_time_ms: int | None  # the broker's append time, when it gave one
     record: Transaction | Invalid
     reply_to: str | None = None  # the API process waiting for this record's decision
+    digest: int | None = None  # the record's content digest, when computed already
 
     def rejected(self, reason: str) -> Rejected:
         return Rejected(self.topic, self.partition, self.offset, reason, self.key, self.value)
@@ -180,7 +181,7 @@ def _deduplicate(
     for item in items:
         record = item.record
         assert isinstance(record, Transaction)
-        digest = content_digest(record)
+        digest = content_digest(record) if item.digest is None else item.digest
         before = seen.get(record.tx_id) or stored.get(record.tx_id)
         reason = duplicate_reason(record.tx_id, digest, item.partition, item.offset, before)
         if reason is None:
