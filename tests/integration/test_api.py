@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import threading
 import uuid
@@ -22,8 +23,10 @@ import pytest
 from fraudstream.api.recorder import _INSERT as RECORD_DEGRADED
 from fraudstream.api.schemas import DecisionResponse
 from fraudstream.config import Settings
+from fraudstream.model.registry import Registry
+from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import api_conninfo, connect, conninfo
-from fraudstream.store.roles import API_ROLE
+from fraudstream.store.roles import API_ROLE, ENGINE_ROLE
 from fraudstream.telemetry import read_samples
 
 from ..api_kit import Client, create_key, start_api, stop_api, with_api
@@ -124,8 +127,10 @@ def test_the_answer_is_the_stored_decision_and_a_retry_gets_it_again(shared_api:
     assert reply.body["decision"] == "decline"
     assert "amount_over_limit" in reply.body["rule_hits"]
     assert any("amount_over_limit" in words for words in reply.body["reasons"])
+    # Answered as soon as decided, stored by the step's commit just after (docs/adr/0007).
+    wait_for(lambda: _stored(api.settings, big["tx_id"]) is not None, 30, "the row stored")
     stored = _stored(api.settings, big["tx_id"])
-    assert stored is not None  # answered after the commit: already there
+    assert stored is not None
     for name in ("score", "decision", "rule_hits", "model_version", "rules_version"):
         assert reply.body[name] == stored[name], name
 
@@ -337,10 +342,12 @@ def test_the_fallback_decides_by_the_published_rules_and_the_lists_in_force(api:
 def test_nothing_is_lost_when_the_engine_is_killed_mid_traffic(api: Api) -> None:
     """Requests keep flowing from four clients while the engine is killed with SIGKILL and
     restarted: every request is answered (within the budget, by the server's clock: the
-    client's view under load is the benchmark's), and every transaction is recorded exactly
-    once."""
+    client's view under load is the benchmark's), every transaction is recorded exactly
+    once, and every full answer is the decision stored (answers leave before their commit:
+    the kill lands between the two)."""
     budget = api.settings.api.budget_ms
     answers: list[tuple[str, int, bool, float]] = []
+    full: dict[str, tuple[str, float]] = {}  # tx_id → (decision, score) answered in full
     stop = threading.Event()
 
     def send() -> None:
@@ -352,6 +359,8 @@ def test_nothing_is_lost_when_the_engine_is_killed_mid_traffic(api: Api) -> None
                 (body["tx_id"], reply.status, reply.body.get("degraded"),
                  reply.body.get("decision_ms", float("inf")))
             )  # fmt: skip
+            if reply.status == 200 and not reply.body["degraded"]:
+                full[body["tx_id"]] = (reply.body["decision"], reply.body["score"])
         client.close()
 
     clients = [threading.Thread(target=send) for _ in range(4)]
@@ -377,12 +386,73 @@ def test_nothing_is_lost_when_the_engine_is_killed_mid_traffic(api: Api) -> None
         lambda: _count(api.settings, "fraud_predictions", tx_ids) == len(tx_ids), 120,
         f"all {len(tx_ids)} transactions recorded",
     )  # fmt: skip
+    with psycopg.connect(conninfo(api.settings)) as conn:
+        rows = conn.execute(
+            "SELECT tx_id, decision, score FROM fraud_predictions WHERE tx_id = ANY(%s)",
+            (list(full),),
+        ).fetchall()
+    assert full and {tx_id: (decision, score) for tx_id, decision, score in rows} == full
     degraded = [tx_id for tx_id, _, was_degraded, _ in answers if was_degraded]
     assert degraded
     wait_for(
         lambda: _count(api.settings, "degraded_decisions", degraded) == len(degraded), 10,
         "every degraded answer recorded",
     )  # fmt: skip
+
+
+def test_an_answer_sent_before_its_commit_is_what_a_restart_stores_after_a_promotion(
+    stack_settings: Settings, models_dir: Path, tmp_path: Path
+) -> None:
+    """The engine answers as soon as it has decided, before its step is committed. Hold its
+    write on a lock, promote a model that declines everything, kill the engine and its
+    database sessions, restart it: the stored decision is the one answered, by the model
+    pinned for the partition, not the one now promoted; what comes after gets the new one."""
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    registry = Registry(models)
+    with _running(stack_settings, models, tmp_path / "services.log") as api:
+        body = _tx(amount=12.0)
+        with psycopg.connect(conninfo(api.settings)) as blocker:
+            blocker.execute("LOCK TABLE fraud_predictions IN SHARE MODE")  # writes wait
+            reply = api.client.post(body)
+            assert reply.status == 200 and not reply.body["degraded"], reply.body
+            assert _stored(api.settings, body["tx_id"]) is None  # answered, not committed
+            answered = registry.current()
+            assert reply.body["model_version"] == answered
+            artifact = registry.load(answered)
+            declining = registry.add(
+                artifact.model,
+                {**artifact.metadata, "thresholds": {"review": 0.0, "decline": 0.0}},
+                promote=True,
+            )
+            api.engine.send_signal(signal.SIGKILL)
+            api.engine.wait(10)
+            # Its sessions too (as the superuser): a session waiting on the lock would
+            # commit the write itself once the lock is released.
+            with psycopg.connect(EmbeddedPostgres(api.settings).admin_conninfo()) as admin:
+                terminated = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = %s AND usename = %s",
+                    (api.settings.database.name, ENGINE_ROLE),
+                ).fetchone()
+            assert terminated is not None and int(str(terminated[0])) > 0
+        api.engine = start_engine(api.settings, api.log)
+        wait_for(
+            lambda: _stored(api.settings, body["tx_id"]) is not None, 90,
+            "the answered transaction stored after the restart",
+        )  # fmt: skip
+        stored = _stored(api.settings, body["tx_id"])
+        assert stored is not None
+        assert stored["model_version"] == answered != declining
+        assert stored["decision"] == reply.body["decision"] != "decline"
+        assert stored["score"] == pytest.approx(reply.body["score"])
+        assert stored["rules_version"] == reply.body["rules_version"]
+
+        def declined_by_the_new_model() -> bool:
+            after = api.client.post(_tx(amount=12.0)).body
+            return bool(after["model_version"] == declining and after["decision"] == "decline")
+
+        wait_for(declined_by_the_new_model, 90, "the promoted model deciding what comes after")
 
 
 def test_the_api_user_reads_decisions_and_keys_and_only_adds_degraded_answers(

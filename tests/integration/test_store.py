@@ -13,10 +13,11 @@ import psycopg
 import pytest
 
 from fraudstream.config import Settings
+from fraudstream.engines.base import decision_rules
 from fraudstream.engines.terminals import SettledCounts
 from fraudstream.features.terminal import count_buckets
 from fraudstream.schema import Label
-from fraudstream.store import migrations
+from fraudstream.store import migrations, pins
 from fraudstream.store.db import connect
 from fraudstream.store.outcomes import load_terminal_activity, store_labels
 
@@ -211,3 +212,26 @@ def _tables_from_kept_counts(
     # labels read again at every seal: the five reported after the first are known by now
     assert (got["terminal_known_frauds_7d"] > 0).sum() == 5
     assert len(settled.counted) == 36  # only the days the windows span are kept
+
+
+def test_pins_keep_each_partition_s_model_and_whole_rule_set(
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """What a restarted engine decides its answered records with comes back as it was
+    pinned: per partition, the rule set with its exploration and its lists' entries."""
+    group = f"g-pins-{NOW.timestamp()}"
+    settings = Settings(policy={"explore_share": 0.05})  # type: ignore[arg-type]
+    listed = decision_rules(settings, None, {"blocked_cards": frozenset({"c-9", "c-1"})})
+    plain = decision_rules(Settings())
+    pins.pin(db, group, "tx", [0, 1], "m-1", listed)
+    pins.pin(db, group, "tx", [1, 2], "m-2", plain)  # a switch: partition 1 again
+    assert pins.pins(db, group, "tx") == {
+        0: pins.Pin("m-1", listed.version),
+        1: pins.Pin("m-2", plain.version),
+        2: pins.Pin("m-2", plain.version),
+    }
+    assert pins.pins(db, group, "other-topic") == {}
+    assert pins.rule_set(db, listed.version) == listed
+    assert pins.rule_set(db, listed.version).lists == listed.lists  # type: ignore[union-attr]
+    assert pins.rule_set(db, plain.version) == plain
+    assert pins.rule_set(db, "never-used") is None

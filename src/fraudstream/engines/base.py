@@ -32,6 +32,7 @@ from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet, default_rules, load_rules
 from fraudstream.policy.rules import Exploration
 from fraudstream.records import Rejected
+from fraudstream.schema import Invalid
 from fraudstream.store.lists import active_lists, lists_digest
 from fraudstream.store.projections import Observed
 from fraudstream.store.rulebook import published_versions, version_rules
@@ -248,22 +249,29 @@ class StepOutput:
     redelivered: frozenset[str] = frozenset()
     sources: dict[str, Decoded] = field(default_factory=dict)  # tx_id → its message
 
-    @property
-    def asked(self) -> dict[str, str]:
-        """tx_id → the API process waiting for its decision."""
-        return {tx: item.reply_to for tx, item in self.sources.items() if item.reply_to}
-
 
 class StepWriter:
     """The sink contract, in order: (1) dead letters acknowledged by Kafka; (2) one PostgreSQL
     transaction with the predictions, their dashboard projections, the dead letters' records,
     the offsets, watermarks and card state; (3) alerts, for the rows stored by their own
-    message (inserted now, or before a crash), never for an absorbed duplicate, and the
-    verdicts the decision API waits for (the stored values: docs/adr/0007)."""
+    message (inserted now, or before a crash), never for an absorbed duplicate. The verdicts
+    the decision API waits for leave before (2), as soon as the step has decided: a crash
+    before the commit makes the next owner decide the same records again, with the model and
+    rules pinned for their partitions (``store/pins.py``, docs/adr/0007)."""
 
     def __init__(self, settings: Settings, producer: Producer, stats: EngineStats) -> None:
         self.settings, self.producer, self.stats = settings, producer, stats
         self.replies = reply_producer(settings.kafka)
+
+    def answer(self, predictions: pd.DataFrame, items: list[Decoded]) -> None:
+        """Send the decided rows' verdicts to the API processes waiting for them."""
+        asked = {
+            item.record.tx_id: item.reply_to
+            for item in items
+            if item.reply_to and not isinstance(item.record, Invalid)
+        }
+        if asked:
+            publish_verdicts(self.replies, self.settings.kafka.topics.decisions, predictions, asked)
 
     def answer_rejected(self, rejected: list[Rejected], items: list[Decoded]) -> None:
         """Tell the API processes waiting for dead-lettered records why (after the letters
@@ -305,8 +313,6 @@ class StepWriter:
             predictions,
             inserted | _among(tx_ids, output.redelivered) if output.redelivered else inserted,
         )
-        # Verdicts first: a request is waiting on each; alerts and metrics are not.
-        publish_verdicts(self.replies, self.settings.kafka.topics.decisions, alerted, output.asked)
         count_stored(_rows_of(predictions, inserted))
         alerts = publish_alerts(self.producer, self.settings.kafka.topics.alerts, alerted)
         self.stats.alerts += alerts

@@ -15,6 +15,10 @@ same rows, which the primary key absorbs.
 Commit order per batch (the sink contract): dead letters acknowledged by Kafka → predictions,
 projections, offsets, watermarks and card changes in one PostgreSQL transaction → alerts.
 Once that transaction is known committed, the cards of a checkpoint it carried go to disk.
+The verdicts the decision API waits for leave as soon as a step has decided, before its
+commit. So each partition's model and rules are pinned in PostgreSQL before the engine decides
+anything of it with them, and a restarted engine decides what it may have answered (the
+records before each partition's log end at assignment) with the pinned ones (docs/adr/0007).
 
 The PostgreSQL write of a batch runs on a writer thread while the next batch is decoded and
 scored (one batch in flight), so the database and the Python work overlap. When the database
@@ -79,10 +83,12 @@ from fraudstream.features import FEATURES_VERSION, TerminalTable
 from fraudstream.features.definitions import CARD_STATE_TTL
 from fraudstream.features.watermarks import NO_WATERMARK
 from fraudstream.model.lifecycle import rollback_if_below_floor
-from fraudstream.model.registry import Registry
+from fraudstream.model.registry import Registry, RegistryError
+from fraudstream.model.scoring import Scorer
 from fraudstream.policy import RuleSet
 from fraudstream.records import StoredId
 from fraudstream.schema import Transaction, decode_transaction
+from fraudstream.store import pins
 from fraudstream.store.db import engine_connect
 from fraudstream.store.quality import refresh_quality
 from fraudstream.store.sink import (
@@ -158,11 +164,16 @@ class LocalEngine:
         self.models = ModelHolder(Registry(settings.models_dir))
         self.conn = engine_connect(settings)  # the main thread's: tables, labels, status
         # The reads of every step (stored ids, the newest sealed table) in autocommit: one
-        # round trip each instead of three (BEGIN, the query, COMMIT).
+        # round trip each instead of three (BEGIN, the query, COMMIT). Pins too (a
+        # transaction of their own, whatever the main connection has open).
         self.lookups = engine_connect(settings, autocommit=True)
         self.policy = PolicyWatcher(settings, clock)
         self.policy.refresh(self.conn)
-        self.rules: RuleSet = self.policy.rules
+        # Partitions whose records up to ``_replay_until`` are decided with the model and
+        # rules pinned for them before a restart, not the current ones (``_restore``).
+        self._pinned: dict[int, tuple[Scorer, RuleSet]] = {}
+        self._replay_until: dict[int, int] = {}
+        self._deciding: tuple[Scorer, RuleSet] | None = None  # a pinned policy, while used
         self.sink = PredictionSink(
             engine_connect(settings), consumer_group=self.group, features_version=FEATURES_VERSION
         )  # the writer thread's
@@ -217,8 +228,12 @@ class LocalEngine:
         )
 
     @property
-    def scorer(self):  # type: ignore[no-untyped-def]
-        return self.models.scorer
+    def scorer(self) -> Scorer:
+        return self.models.scorer if self._deciding is None else self._deciding[0]
+
+    @property
+    def rules(self) -> RuleSet:
+        return self.policy.rules if self._deciding is None else self._deciding[1]
 
     # --- partitions --------------------------------------------------------------------
 
@@ -226,7 +241,7 @@ class LocalEngine:
         self.owned = sorted(p.partition for p in partitions)
         try:
             offsets = self._restore()
-        except (psycopg.Error, Unavailable) as error:
+        except (psycopg.Error, KafkaException, Unavailable) as error:
             # Scored from nowhere is worse than not scored: hold the partitions until the
             # database answers (the main loop recovers and resumes them).
             log.warning("could not restore partitions %s: %s", self.owned, error)
@@ -287,7 +302,65 @@ class LocalEngine:
         # (``take``, ``persist``), and all partitions at once made one long stall.
         owned = sorted(self.owned)
         self._snapshot_phase = {p: i / len(owned) for i, p in enumerate(owned)}
+        self._restore_pins()
         return offsets
+
+    def _restore_pins(self) -> None:
+        """Decide again with the pinned model and rules what may have been answered before a
+        restart: each owned partition pinned to another policy than the current one keeps its
+        pinned policy up to its log end now (every record answered before is below it).
+        Partitions never decided are pinned to the current policy before their first step."""
+        stored = pins.pins(self.lookups, self.group, self.topic)
+        self._pinned, self._replay_until = {}, {}
+        current = (self.models.scorer.version, self.policy.rules.version)
+        loaded: dict[pins.Pin, tuple[Scorer, RuleSet] | None] = {}
+        repin = []
+        for partition in self.owned:
+            pinned = stored.get(partition)
+            if pinned is None:
+                repin.append(partition)
+                continue
+            if (pinned.model_version, pinned.rules_version) == current:
+                continue
+            if pinned not in loaded:
+                loaded[pinned] = self._pinned_policy(pinned)
+            policy = loaded[pinned]
+            if policy is None:
+                repin.append(partition)
+                continue
+            _low, high = self.offsets.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=5
+            )
+            self._pinned[partition], self._replay_until[partition] = policy, high
+            log.info(
+                "partition %d: deciding up to offset %d with its pinned model %s and rules %s",
+                partition, high, pinned.model_version, pinned.rules_version,
+            )  # fmt: skip
+        self._pin(repin)
+
+    def _pinned_policy(self, pinned: pins.Pin) -> tuple[Scorer, RuleSet] | None:
+        """The pinned model and rules, or None (with a warning) when either is gone."""
+        rules = pins.rule_set(self.lookups, pinned.rules_version)
+        try:
+            scorer = Scorer(self.models.registry.load(pinned.model_version))
+        except (RegistryError, OSError, ValueError) as error:
+            log.warning("pinned model %s not loaded: %s", pinned.model_version, error)
+            return None
+        if rules is None:
+            log.warning("pinned rules %s are not stored", pinned.rules_version)
+            return None
+        return scorer, rules
+
+    def _pin(self, partitions: list[int]) -> None:
+        """Pin ``partitions`` to the current model and rules, once every step decided with
+        the ones before is committed (a crash in between must not find the new pin)."""
+        if not partitions:
+            return
+        self._wait_written()
+        pins.pin(
+            self.lookups, self.group, self.topic, sorted(partitions),
+            self.models.scorer.version, self.policy.rules,
+        )  # fmt: skip
 
     def _close_cards(self) -> None:
         for state in self.partitions.values():
@@ -389,11 +462,38 @@ class LocalEngine:
             )
             for partition, offset, message in kept
         ]  # fmt: skip
-        drive(items, self)
+        if self._pinned:
+            items = self._replay(items)
+        if items:
+            drive(items, self)
         seconds = time.perf_counter() - started
         self.stats.batch_ms.append(seconds * 1000)
         ENGINE_BATCH_SECONDS.observe(seconds)
         del self.stats.batch_ms[:-1000]
+
+    def _replay(self, items: list[Decoded]) -> list[Decoded]:
+        """Decide the records of pinned partitions below their replay end with their pinned
+        policy; partitions past it are pinned to the current policy. Returns the rest."""
+        replayed = [i for i in items if i.offset < self._replay_until.get(i.partition, -1)]
+        for policy in {id(policy): policy for policy in self._pinned.values()}.values():
+            group = [i for i in replayed if self._pinned[i.partition] is policy]
+            if not group:
+                continue
+            self._deciding = policy
+            try:
+                drive(group, self)
+            finally:
+                self._deciding = None
+        rest = [
+            i for i in items
+            if i.offset >= self._replay_until.get(i.partition, -1)
+            and i.partition not in self.blocked
+        ]  # fmt: skip
+        done = sorted({i.partition for i in rest} & set(self._pinned))
+        self._pin(done)
+        for partition in done:
+            del self._pinned[partition], self._replay_until[partition]
+        return rest
 
     # --- what the pure step needs (engines/step.py: StepHost) ------------------------------
 
@@ -412,6 +512,7 @@ class LocalEngine:
         self.writer.answer_rejected(rejected, items)
         seen = None
         if len(result.predictions):
+            self.writer.answer(result.predictions, items)  # decided: the payment need not wait
             self._newest = max(self._newest, result.predictions["event_time"].max())
             seen = observed(
                 result.batch, result.features, self.scorer, self.name,
@@ -661,13 +762,15 @@ class LocalEngine:
         if now - self._labels_read >= _LABELS_EVERY_S:
             self._labels_read = now
             self.labels.read(self.conn, timeout_s=1.0)  # for the dashboard; tables read their own
+        switched = False
         if now - self._model_checked >= self.settings.engine.model_check_interval_s:
             self._model_checked = now
-            self.models.refresh()
+            switched = self.models.refresh()
         if now - self._rules_checked >= self.settings.engine.rules_check_interval_s:
             self._rules_checked = now
-            if self.policy.refresh(self.conn):
-                self.rules = self.policy.rules
+            switched = self.policy.refresh(self.conn) or switched
+        if switched:  # pinned before the next step decides with it
+            self._pin([p for p in self.partitions if p not in self._pinned])
         if now - self._status_written >= self.settings.engine.status_interval_s:
             self._status_written = now
             self._write_status()

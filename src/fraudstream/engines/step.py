@@ -355,12 +355,14 @@ class StepHost(Protocol):
     """What a runtime gives ``drive``: its I/O, done before or after the pure step."""
 
     partitions: dict[int, PartitionState]
-    rules: RuleSet
     name: str
     lateness: timedelta
 
     @property
     def scorer(self) -> Scorer: ...
+
+    @property
+    def rules(self) -> RuleSet: ...
 
     @property
     def precomputed(self) -> Mapping[tuple[int, int], np.ndarray] | None:

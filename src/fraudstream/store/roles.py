@@ -35,7 +35,7 @@ ENGINE_TABLES = (
     "engine_status", "rollup_minute", "feature_hour", "terminal_daily", "terminal_tables",
     "terminal_locations", "labels", "cases", "case_alerts", "shadow_predictions",
     "shadow_rule_decisions", "deferred_rows", "quality_daily", "quality_histogram",
-    "model_events", "model_profiles",
+    "model_events", "model_profiles", "decision_pins", "decision_rule_sets",
 )  # fmt: skip
 """What the engines write (inserts and upserts); of these they delete only card checkpoints
 (pruned, or forgotten for another feature set) and the Spark engine's deferred rows. They
