@@ -1,7 +1,8 @@
 """``POST /v1/decisions``, without the web framework: one transaction in, its decision out.
 
 The owning engine decides (docs/adr/0007): the transaction is appended to the stream with a
-reply address and the engine's verdict, sent once the row is stored, is the answer. If no
+reply address and the engine's verdict, sent as soon as its step has decided (the row it
+stores says the same), is the answer. If no
 verdict comes within ``api.budget_ms`` the answer is the policy's fallback
 (``api/fallback.py``), marked degraded and recorded; the transaction is in the stream
 anyway and gets its full decision there. Retries are answered from what is stored: the same
