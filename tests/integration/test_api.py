@@ -155,6 +155,8 @@ def test_a_reused_tx_id_with_other_content_is_a_conflict(shared_api: Api) -> Non
     assert reply.body["error"] == "conflict" and first["tx_id"] in reply.body["message"]
     # From a fresh client too (the engine sees the conflict, not only this process's memory).
     assert Client(api.settings.api.port, api.key).post(changed).status == 409
+    # The first is stored, by its step's commit just after its answer.
+    wait_for(lambda: _stored(api.settings, first["tx_id"]) is not None, 30, "the first stored")
     assert _stored(api.settings, first["tx_id"])["decision"] is not None  # type: ignore[index]
 
 
@@ -411,6 +413,11 @@ def test_an_answer_sent_before_its_commit_is_what_a_restart_stores_after_a_promo
     shutil.copytree(models_dir, models)
     registry = Registry(models)
     with _running(stack_settings, models, tmp_path / "services.log") as api:
+        # Nothing in flight when the lock is taken: a write the lock held from before would
+        # hold the next step too, and its answer would be degraded.
+        settled = _tx(amount=12.0)
+        assert api.client.post(settled).status == 200
+        wait_for(lambda: _stored(api.settings, settled["tx_id"]) is not None, 60, "no write due")
         body = _tx(amount=12.0)
         with psycopg.connect(conninfo(api.settings)) as blocker:
             blocker.execute("LOCK TABLE fraud_predictions IN SHARE MODE")  # writes wait
