@@ -474,12 +474,12 @@ class LocalEngine:
     def _replay(self, items: list[Decoded]) -> list[Decoded]:
         """Decide the records of pinned partitions below their replay end with their pinned
         policy; partitions past it are pinned to the current policy. Returns the rest."""
-        replayed = [i for i in items if i.offset < self._replay_until.get(i.partition, -1)]
-        for policy in {id(policy): policy for policy in self._pinned.values()}.values():
-            group = [i for i in replayed if self._pinned[i.partition] is policy]
-            if not group:
-                continue
-            self._deciding = policy
+        by_policy: dict[int, list[Decoded]] = {}  # id of a pinned policy → its records
+        for item in items:
+            if item.offset < self._replay_until.get(item.partition, -1):
+                by_policy.setdefault(id(self._pinned[item.partition]), []).append(item)
+        for group in by_policy.values():
+            self._deciding = self._pinned[group[0].partition]
             try:
                 drive(group, self)
             finally:
