@@ -18,6 +18,7 @@ import pandas as pd
 import psycopg
 import pytest
 from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
 
 from fraudstream.clock import SystemClock
 from fraudstream.config import Settings
@@ -31,6 +32,7 @@ from fraudstream.simulator.adapters import load_dataset
 from fraudstream.simulator.generator import SimulationParams, generate, generate_blocks, preset
 from fraudstream.simulator.history import write_history
 from fraudstream.stack import Stack
+from fraudstream.stack.postgres import EmbeddedPostgres
 from fraudstream.store.db import conninfo, engine_conninfo
 from fraudstream.store.roles import ENGINE_ROLE
 from fraudstream.telemetry import read_samples
@@ -293,6 +295,69 @@ def test_two_engines_share_the_stream_and_the_survivor_takes_over(
     survivor = f"{socket.gethostname()}-{engines[1].pid}"
     assert owners().get(survivor) == list(range(settings.kafka.partitions))
     stop_engine(engines[1], logs[1])
+    assert_same_as_uninterrupted(settings, recorded)
+
+
+def _group_is_empty(settings: Settings) -> bool:
+    admin = AdminClient(settings.kafka.client_config())
+    (future,) = admin.describe_consumer_groups([settings.engine.group_id]).values()
+    return not future.result(timeout=10).members
+
+
+def test_a_batch_that_fails_while_its_partitions_are_revoked_is_scored_again(
+    stack_settings: Settings, models_dir: Path, recorded: Recorded, tmp_path: Path
+) -> None:
+    """The group takes the partitions away while their batch is being written, and the write
+    fails: the revocation lets the batch go, the partitions come back and are read again from
+    what is stored, and every row is stored once, as without the failure."""
+    settings = isolated(stack_settings, models_dir, **ENGINE_KNOBS)
+    with psycopg.connect(conninfo(recorded.settings)) as conn:
+        partition_of = dict(
+            conn.execute("SELECT tx_id, kafka_partition FROM fraud_predictions").fetchall()
+        )
+    frame = recorded.frame
+    half = len(frame) // 2
+    later = frame.iloc[half:]
+    in_partition = later[later["tx_id"].map(partition_of) == 0]
+    caught = in_partition.iloc[:20]  # one partition's next records: a single step
+    log = tmp_path / "engine.log"
+    publish(settings, frame.iloc[:half])
+    process = start_engine(settings, log)
+    try:
+        wait_for(lambda: stored_count(settings) == half, 180, "the first half")
+        with psycopg.connect(conninfo(settings)) as locker:
+            locker.execute("LOCK TABLE fraud_predictions IN SHARE MODE")
+            publish(settings, caught)
+
+            admin = psycopg.connect(EmbeddedPostgres(settings).admin_conninfo(), autocommit=True)
+
+            def waiting_writer() -> int | None:  # (only the superuser sees others' waits)
+                row = admin.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s "
+                    "AND wait_event_type = 'Lock'",
+                    (settings.database.name, ENGINE_ROLE),
+                ).fetchone()
+                return None if row is None else int(row[0])
+
+            with admin:
+                wait_for(lambda: waiting_writer() is not None, 60, "the write to wait on it")
+                writer = waiting_writer()
+                os.kill(process.pid, signal.SIGSTOP)  # the group expires the engine meanwhile
+                try:
+                    wait_for(lambda: _group_is_empty(settings), 60, "the group to drop it")
+                    admin.execute("SELECT pg_cancel_backend(%s)", [writer])  # the write fails
+                finally:
+                    os.kill(process.pid, signal.SIGCONT)
+        wait_for(
+            lambda: "batch in flight at revocation not stored" in log.read_text(),
+            60,
+            "the revocation to meet the failed write",
+        )
+        publish(settings, later.drop(caught.index))
+        wait_for(lambda: stored_count(settings) == len(frame), 180, "every row")
+    finally:
+        if process.poll() is None:
+            stop_engine(process, log)
     assert_same_as_uninterrupted(settings, recorded)
 
 

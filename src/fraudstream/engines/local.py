@@ -259,6 +259,7 @@ class LocalEngine:
         consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("revoked %s", sorted(p.partition for p in partitions))
         try:
             self._wait_written()  # the next owner resumes from what is committed
         except Exception as error:  # not committed: the next owner scores the batch again
@@ -814,7 +815,7 @@ class LocalEngine:
             lag = {}
             for partition in positions:
                 _low, high = self.consumer.get_watermark_offsets(partition, timeout=1, cached=True)
-                if high is None:
+                if high is None or high < 0:  # not fetched since the assignment or a restart
                     return None
                 start = partition.offset
                 if start < 0:  # nothing read yet: from where the state stands
