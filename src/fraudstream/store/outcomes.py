@@ -42,7 +42,7 @@ def store_labels(conn: psycopg.Connection[Any], labels: Sequence[Label]) -> int:
     with conn.cursor() as cursor:
         cursor.execute(
             "INSERT INTO labels (tx_id, source, is_fraud, reported_at) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::bool[], %s::timestamptz[]) "
+            "SELECT * FROM unnest(%b::text[], %b::text[], %b::bool[], %b::timestamptz[]) "
             "ON CONFLICT (tx_id, source) DO NOTHING",
             [
                 [label.tx_id for label in labels],

@@ -415,9 +415,11 @@ def step_lookups(conn: psycopg.Connection[Any], tx_ids: list[str]) -> StepLookup
     """Both lookups of a step in one statement: each is a round trip, and at a few records a
     step (the decision API's traffic) the step's fixed costs are what limits the engine
     (docs/benchmarks.md, "Where a request's time goes at 200 req/s")."""
+    # %b: a list of strings dumped as text costs psycopg about a microsecond an element in
+    # Python (5 ms for a batch of 5,000 ids); in binary, a sixth of that.
     rows = conn.execute(
         "SELECT tx_id, content_hash, kafka_partition, kafka_offset, NULL::date "
-        "FROM fraud_predictions WHERE tx_id = ANY(%s) "
+        "FROM fraud_predictions WHERE tx_id = ANY(%b) "
         "UNION ALL SELECT NULL, NULL, NULL, NULL, max(day) FROM terminal_tables",
         (tx_ids,),
     ).fetchall()
