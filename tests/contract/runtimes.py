@@ -27,6 +27,7 @@ from fraudstream.engines.local import LocalEngine
 from fraudstream.features import FEATURE_NAMES
 from fraudstream.model.registry import Registry
 from fraudstream.model.scoring import Scorer
+from fraudstream.stack import Stack
 from fraudstream.store.db import conninfo
 from fraudstream.testing import MemoryMessage, MemoryRuntime
 
@@ -199,6 +200,37 @@ def run_local_killed(
     wait_for(lambda: _done(settings, stream), 300, "the whole stream stored")
     stop_engine(process, log)
     return outcome_from_database(settings, crashes=kills)
+
+
+def run_local_restarted(
+    stream: Stream, stack_settings: Settings, models: Path, log: Path, *, service: str
+) -> Outcome:
+    """One engine process; a third of the way through the stream the broker or the database
+    goes down under it, stays down until the engine has met the outage, and comes back."""
+    settings = fresh_settings(
+        stream, stack_settings, models, batch_max_messages=400, snapshot_interval_s=0.5
+    )
+    process = start_engine(settings, log)
+    wait_for(lambda: _stored(settings) >= len(stream.expected) // 3, 300, "a third stored")
+    target = getattr(Stack(stack_settings), service)
+    met = log.read_text().count(_OUTAGE_SEEN[service])
+    before = _stored(settings)
+    assert target.stop(), f"the {service} was not running, or not the one this stack started"
+    try:
+        wait_for(lambda: log.read_text().count(_OUTAGE_SEEN[service]) > met, 120, "the outage")
+        assert process.poll() is None, log.read_text()[-3000:]
+    finally:
+        target.start()
+    wait_for(lambda: _done(settings, stream), 300, "the whole stream stored")
+    stop_engine(process, log)
+    assert before < len(stream.expected), "the stream was stored before the outage"
+    return outcome_from_database(settings, crashes=1)
+
+
+_OUTAGE_SEEN = {  # what the engine's log says once it has run into each outage
+    "broker": "Connection refused",  # librdkafka, reconnecting
+    "database": "recovering from the stored state",
+}
 
 
 def run_two_engines(stream: Stream, stack_settings: Settings, models: Path, log: Path) -> Outcome:

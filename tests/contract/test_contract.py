@@ -2,7 +2,8 @@
 every feature column equals the offline training features bit for bit, scores and decisions
 equal the reference, every hostile message is quarantined with its reason and nothing else
 is lost or stuck, alerts are exactly the flagged stored rows — uninterrupted, with other batch
-cuts, after repeated kill -9 and with two engines sharing the partitions.
+cuts, after repeated kill -9, with two engines sharing the partitions, and across a broker or
+a database restart.
 
 Each run appends a line to ``contract-results.json`` under pytest's base temp directory: the
 runtime × case table of the issue's note.
@@ -28,6 +29,7 @@ from .runtimes import (
     run_api,
     run_local,
     run_local_killed,
+    run_local_restarted,
     run_memory,
     run_spark,
     run_two_engines,
@@ -46,6 +48,12 @@ RUNTIMES: dict[str, Runner] = {
         s, st, m, log, kills=3, disk_lost_at=2
     ),
     "local (two engines, one killed)": run_two_engines,
+    "local (the broker restarted under it)": lambda s, st, m, log: run_local_restarted(
+        s, st, m, log, service="broker"
+    ),
+    "local (the database restarted under it)": lambda s, st, m, log: run_local_restarted(
+        s, st, m, log, service="database"
+    ),
     "local + decision API (one card in twenty through POST /v1/decisions)": run_api,
     "spark (local[2], 4,000 offsets per micro-batch)": lambda s, st, m, log: run_spark(
         s, st, m, log.parent

@@ -38,6 +38,9 @@ _TRANSIENT = {  # what a broker restart or a leader election looks like from a c
     KafkaError._ALL_BROKERS_DOWN,
     KafkaError._TIMED_OUT,
     KafkaError._TRANSPORT,
+    # A client whose metadata a broker restart emptied: the partition, listed a moment
+    # before, is not known again yet (it killed an engine sealing a table in the restart).
+    KafkaError._UNKNOWN_PARTITION,
 }
 
 
