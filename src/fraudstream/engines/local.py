@@ -672,13 +672,17 @@ class LocalEngine:
                         self.expected[partition] = low
                     self.consumer.seek(TopicPartition(self.topic, partition, offset))
                 self.consumer.resume([TopicPartition(self.topic, p) for p in self.owned])
+                held = sorted(p.partition for p in self.consumer.assignment())
             except (psycopg.Error, KafkaException, Unavailable, DeadLetterError) as error:
                 log.warning("still unavailable (%s); retrying in %.1f s", first_line(error), delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, _BACKOFF_S[1])
                 continue
             self._broken = False
-            log.info("recovered: resuming partitions %s from the stored offsets", self.expected)
+            log.info(
+                "recovered: resuming partitions %s from the stored offsets (the consumer holds %s)",
+                self.expected, held,
+            )  # fmt: skip
             return
 
     def _reconnect(self) -> None:

@@ -54,9 +54,11 @@ CARD_FEATURES = [name for name in FEATURE_NAMES if name.startswith("card_")]
 """The features computed from a card's state, in ``FEATURE_NAMES`` order."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decoded:
-    """A consumed message and what decoding made of it."""
+    """A consumed message and what decoding made of it. Not changed once made, but not
+    frozen: one is made per message, and a frozen dataclass's ``__init__`` (a
+    ``object.__setattr__`` per field) took 1.1 µs against 0.2."""
 
     topic: str
     partition: int
