@@ -3,7 +3,7 @@ every feature column equals the offline training features bit for bit, scores an
 equal the reference, every hostile message is quarantined with its reason and nothing else
 is lost or stuck, alerts are exactly the flagged stored rows — uninterrupted, with other batch
 cuts, after repeated kill -9, with two engines sharing the partitions, and across a broker or
-a database restart.
+a database restart (Spark: a broker outage longer than its Kafka calls retry).
 
 Each run appends a line to ``contract-results.json`` under pytest's base temp directory: the
 runtime × case table of the issue's note.
@@ -32,6 +32,7 @@ from .runtimes import (
     run_local_restarted,
     run_memory,
     run_spark,
+    run_spark_broker_down,
     run_two_engines,
 )
 
@@ -57,6 +58,9 @@ RUNTIMES: dict[str, Runner] = {
     "local + decision API (one card in twenty through POST /v1/decisions)": run_api,
     "spark (local[2], 4,000 offsets per micro-batch)": lambda s, st, m, log: run_spark(
         s, st, m, log.parent
+    ),
+    "spark (the broker down under it until the query gives up)": lambda s, st, m, log: (
+        run_spark_broker_down(s, st, m, log.parent)
     ),
 }
 

@@ -36,8 +36,9 @@ import msgspec
 import numpy as np
 import pandas as pd
 import psycopg
+from confluent_kafka import KafkaException
 
-from fraudstream.bus.clients import engine_producer, first_line, offsets_client
+from fraudstream.bus.clients import engine_producer, first_line, offsets_client, transient
 from fraudstream.bus.deadletter import DeadLetterError
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
@@ -324,7 +325,8 @@ class SparkEngine:
         """Run the query until ``stop`` is set (or nothing arrives for ``max_idle_s``),
         stopping between micro-batches. When PostgreSQL (or the dead-letter topic) fails a
         micro-batch, the query stops uncommitted; it restarts from its checkpoint once the
-        database answers again."""
+        database answers again. The same when Kafka is out of reach, once the broker
+        answers."""
         from pyspark.errors import StreamingQueryException
 
         spark = self._spark = spark_session(self.settings, self.master)
@@ -336,11 +338,12 @@ class SparkEngine:
                     self._watch(running, max_idle_s)
                     self._stop_between_batches(running)
                     break
-                except (StreamingQueryException, RuntimeError):
+                except (StreamingQueryException, RuntimeError) as error:
                     failure, self._failure = self._failure, None
-                    if failure is None:
-                        raise
-                    log.warning("%s; recovering from the checkpoint", first_line(failure))
+                    if failure is None and not self._kafka_outage(error):
+                        raise  # not an outage: a fault to see, not to retry
+                    log.warning("%s; recovering from the checkpoint", first_line(failure or error))
+                    self._await_broker()
                     self._reconnect()
         finally:
             spark.stop()
@@ -385,6 +388,28 @@ class SparkEngine:
             if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                 return
 
+    def _kafka_outage(self, error: Exception) -> bool:
+        """Whether the query failed because Kafka is (or just was) out of reach: an error of
+        Spark's Kafka source, or a broker that does not answer now."""
+        return "org.apache.kafka" in str(error) or not self._broker_answers()
+
+    def _broker_answers(self) -> bool:
+        try:
+            metadata = self.offsets.list_topics(self.topic, timeout=5)
+        except KafkaException:
+            return False
+        topic = metadata.topics.get(self.topic)
+        return topic is not None and topic.error is None and bool(topic.partitions)
+
+    def _await_broker(self) -> None:
+        """Back off until the broker answers: a query restarted while it is down fails at
+        once (Spark's Kafka source gives up after a few quick retries)."""
+        delay = _BACKOFF_S[0]
+        while not self.stop.is_set() and not self._broker_answers():
+            log.warning("the broker does not answer; retrying in %.1f s", delay)
+            self.stop.wait(delay)
+            delay = min(delay * 2, _BACKOFF_S[1])
+
     def _reconnect(self) -> None:
         """New database connections, retried with backoff until the database answers."""
         delay = _BACKOFF_S[0]
@@ -424,6 +449,10 @@ class SparkEngine:
         except (psycopg.OperationalError, psycopg.InterfaceError, DeadLetterError) as error:
             self._failure = error  # transient: run() restarts the query once it can
             raise
+        except KafkaException as error:  # the driver's own calls (tables, labels) in an outage
+            if transient(error):
+                self._failure = error
+            raise
 
     def _write_batch(self, batch: DataFrame, batch_id: int) -> None:
         """Driver side, once per micro-batch (again after a crash: the sink is idempotent):
@@ -437,6 +466,10 @@ class SparkEngine:
             with self._driving:
                 self._process(None, "deferred records")
         except (psycopg.OperationalError, psycopg.InterfaceError, DeadLetterError) as error:
+            log.warning("deferred records wait: %s", first_line(error))
+        except KafkaException as error:
+            if not transient(error):
+                raise
             log.warning("deferred records wait: %s", first_line(error))
 
     def _process(self, frame: pd.DataFrame | None, what: str) -> None:
