@@ -38,9 +38,15 @@ _TRANSIENT = {  # what a broker restart or a leader election looks like from a c
     KafkaError._ALL_BROKERS_DOWN,
     KafkaError._TIMED_OUT,
     KafkaError._TRANSPORT,
-    # A client whose metadata a broker restart emptied: the partition, listed a moment
-    # before, is not known again yet (it killed an engine sealing a table in the restart).
+    # What the client itself says while a broker restarts. Each of these two killed an
+    # engine in the contract suite's broker restart: a partition listed a moment before not
+    # known again yet (sealing a table), the handle of the old broker connection destroyed
+    # under a call in flight (reading labels).
     KafkaError._UNKNOWN_PARTITION,
+    KafkaError._DESTROY_BROKER,
+    KafkaError._WAIT_COORD,
+    KafkaError._NODE_UPDATE,
+    KafkaError._RESOLVE,
 }
 
 
