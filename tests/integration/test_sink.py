@@ -18,7 +18,13 @@ from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.records import StoredId
 from fraudstream.store import sink as sink_module
 from fraudstream.store.db import connect
-from fraudstream.store.projections import Observed, TerminalPlaces
+from fraudstream.store.projections import (
+    LATENCY_BUCKETS_MS,
+    SCORE_BINS,
+    Observed,
+    TerminalPlaces,
+    rollup_ctes,
+)
 from fraudstream.store.sink import (
     CHANGES_KEPT,
     Checkpoint,
@@ -169,6 +175,59 @@ def test_latency_lands_in_the_right_bucket(
     ).fetchone()
     assert histogram is not None
     assert histogram[0][9] == 1 and sum(histogram[0]) == 1  # [500, 1000) ms
+
+
+def test_minute_rollups_keep_each_minute_and_engine_apart(
+    db: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    """Rows of two minutes (a batch stored across a minute's turn) and two engines (the
+    table's other key) in one statement: each minute and engine gets its own counts, amounts
+    and histograms, as counted here row by row."""
+    rng = np.random.default_rng(5)
+    engines = [f"e-{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    minutes = [NOW.replace(second=0) - timedelta(minutes=m) for m in (3, 2)]
+    rows = []
+    for i in range(60):
+        stored_at = minutes[i % 2] + timedelta(seconds=int(rng.integers(0, 60)))
+        latency_ms = float(rng.choice([0.5, 3, 40, 700, 45_000]))
+        rows.append((
+            stored_at - timedelta(milliseconds=latency_ms), round(float(rng.uniform(1, 900)), 2),
+            float(rng.choice([0.0, 0.42, 0.9999, 1.0])), str(rng.choice(["approve", "review",
+            "decline"])), engines[(i // 2) % 2], stored_at,
+        ))  # fmt: skip
+    values = ", ".join(["(%s::timestamptz, %s::float8, %s::float8, %s, %s, %s::timestamptz)"] * 60)
+    db.execute(
+        f"WITH source (event_time, amount, score, decision, engine, stored_at) AS "
+        f"(VALUES {values}), {rollup_ctes('source')} SELECT count(*) FROM rollup",
+        [value for row in rows for value in row],
+    )
+    stored = {
+        (minute, engine): [float(v) if isinstance(v, Decimal) else v for v in rest]
+        for minute, engine, *rest in db.execute(
+            "SELECT minute, engine, tx_count, amount_sum, approve_count, review_count, "
+            "decline_count, amount_review, amount_decline, latency_ms_hist, score_hist "
+            "FROM rollup_minute WHERE engine = ANY(%s)",
+            (engines,),
+        ).fetchall()
+    }
+    assert len(stored) == 4
+    for minute in minutes:
+        for engine in engines:
+            mine = [r for r in rows if r[4] == engine and r[5].replace(second=0) == minute]
+            latency = np.zeros(len(LATENCY_BUCKETS_MS) + 1, int)
+            scores = np.zeros(SCORE_BINS, int)
+            for event_time, _amount, score, *_rest, stored_at in mine:
+                ms = (stored_at - event_time).total_seconds() * 1000
+                latency[np.searchsorted(LATENCY_BUCKETS_MS, ms, side="right")] += 1
+                scores[min(int(score * SCORE_BINS), SCORE_BINS - 1)] += 1
+            decided = [r[3] for r in mine]
+            assert stored[(minute, engine)] == [
+                len(mine), pytest.approx(sum(r[1] for r in mine)),
+                decided.count("approve"), decided.count("review"), decided.count("decline"),
+                pytest.approx(sum(r[1] for r in mine if r[3] == "review")),
+                pytest.approx(sum(r[1] for r in mine if r[3] == "decline")),
+                latency.tolist(), scores.tolist(),
+            ]  # fmt: skip
 
 
 @pytest.mark.usefixtures("staging")

@@ -120,17 +120,16 @@ _BOUNDS = ", ".join(str(bound) for bound in LATENCY_BUCKETS_MS)
 
 
 def _histogram(name: str, value: str, first: int, last: int) -> str:
-    """A CTE counting ``measured`` rows per minute, engine and ``value`` in [first, last]."""
+    """A CTE counting ``measured`` rows per minute, engine (the keys of ``totals``) and
+    ``value`` in [first, last]: the rows counted per value first (a handful of groups), then
+    laid on the values (a join of the rows themselves sorted many times as many)."""
     return f"""{name} AS (
-    SELECT minute, engine, array_agg(n ORDER BY {value}) AS counts
-    FROM (
-        SELECT m.minute, m.engine, b.{value}, count(r.{value}) AS n
-        FROM (SELECT DISTINCT minute, engine FROM measured) m
-        CROSS JOIN generate_series({first}, {last}) AS b({value})
-        LEFT JOIN measured r
-          ON r.minute = m.minute AND r.engine = m.engine AND r.{value} = b.{value}
-        GROUP BY 1, 2, 3
-    ) per_value
+    SELECT k.minute, k.engine, array_agg(coalesce(c.n, 0) ORDER BY b.{value}) AS counts
+    FROM totals k
+    CROSS JOIN generate_series({first}, {last}) AS b({value})
+    LEFT JOIN (
+        SELECT minute, engine, {value}, count(*) AS n FROM measured GROUP BY 1, 2, 3
+    ) c ON c.minute = k.minute AND c.engine = k.engine AND c.{value} = b.{value}
     GROUP BY 1, 2
 )"""  # noqa: S608 (names and numbers from this module)
 
@@ -145,19 +144,21 @@ def rollup_ctes(source: str) -> str:
                         ARRAY[{_BOUNDS}]::numeric[]) AS bucket,
            least(width_bucket(score, 0, 1, {SCORE_BINS}), {SCORE_BINS}) AS score_bin
     FROM {source}
+), totals AS (
+    SELECT minute, engine, count(*) AS tx_count, sum(amount) AS amount_sum,
+        count(*) FILTER (WHERE decision = 'approve') AS approve_count,
+        count(*) FILTER (WHERE decision = 'review') AS review_count,
+        count(*) FILTER (WHERE decision = 'decline') AS decline_count,
+        coalesce(sum(amount) FILTER (WHERE decision = 'review'), 0) AS amount_review,
+        coalesce(sum(amount) FILTER (WHERE decision = 'decline'), 0) AS amount_decline
+    FROM measured GROUP BY minute, engine
 ), {_histogram("histogram", "bucket", 0, len(LATENCY_BUCKETS_MS))},
 {_histogram("scores", "score_bin", 1, SCORE_BINS)}, rollup AS (
     INSERT INTO rollup_minute AS r (minute, engine, tx_count, amount_sum, approve_count,
         review_count, decline_count, amount_review, amount_decline, latency_ms_hist, score_hist)
-    SELECT m.minute, m.engine, count(*), sum(m.amount),
-        count(*) FILTER (WHERE m.decision = 'approve'),
-        count(*) FILTER (WHERE m.decision = 'review'),
-        count(*) FILTER (WHERE m.decision = 'decline'),
-        coalesce(sum(m.amount) FILTER (WHERE m.decision = 'review'), 0),
-        coalesce(sum(m.amount) FILTER (WHERE m.decision = 'decline'), 0),
-        h.counts, s.counts
-    FROM measured m JOIN histogram h USING (minute, engine) JOIN scores s USING (minute, engine)
-    GROUP BY m.minute, m.engine, h.counts, s.counts
+    SELECT t.minute, t.engine, t.tx_count, t.amount_sum, t.approve_count, t.review_count,
+        t.decline_count, t.amount_review, t.amount_decline, h.counts, s.counts
+    FROM totals t JOIN histogram h USING (minute, engine) JOIN scores s USING (minute, engine)
     ON CONFLICT (minute, engine) DO UPDATE SET
         tx_count = r.tx_count + excluded.tx_count,
         amount_sum = r.amount_sum + excluded.amount_sum,
