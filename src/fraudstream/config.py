@@ -264,6 +264,12 @@ class ModelSettings(_Section):
         default=0.9, gt=0, le=1, description="Precision required before the model declines."
     )
     seed: int = Field(default=0, ge=0)
+    newcomer_share: float = Field(
+        default=0.05, ge=0, le=0.5,
+        description="Share of training rows also shown as a new card's first transaction "
+        "(half of them at a terminal with no past), so that the model has seen newcomers: "
+        "without, it sent about half of new cards' first transactions to review.",
+    )  # fmt: skip
     bootstrap_customers: int = Field(
         default=5_000, ge=50, le=1_000_000, description="Card holders in the first model's history."
     )

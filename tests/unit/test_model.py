@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 
 from fraudstream.features import FEATURE_NAMES, history_features
+from fraudstream.model.backends import backend
 from fraudstream.model.data import from_dataset
 from fraudstream.model.profile import PROFILED_FEATURES, FeatureProfile
 from fraudstream.model.protocol import Protocol, split
 from fraudstream.model.registry import Registry, RegistryError
 from fraudstream.model.scoring import Scorer
-from fraudstream.model.train import choose_thresholds, train
+from fraudstream.model.train import as_first_of_card, choose_thresholds, train, with_newcomers
 from fraudstream.simulator.adapters import load_dataset
 from fraudstream.simulator.generator import generate_blocks, preset
 from fraudstream.simulator.history import write_history
@@ -95,6 +96,73 @@ def test_training_is_deterministic(trained: tuple, tmp_path: Path) -> None:
     first = Registry(tmp_path / "a").save(result.model, result.metadata)
     second = Registry(tmp_path / "b").save(again.model, again.metadata)
     assert first == second  # same content hash, same version
+
+
+def test_a_cards_first_transaction_is_what_as_first_of_card_makes_of_a_later_one(
+    trained: tuple, small_history: Path
+) -> None:
+    """The newcomer rows training shows are what the feature code computes: later
+    transactions of cards with a past, each moved to a card of its own, get exactly the
+    columns ``as_first_of_card`` makes of their features."""
+    frame, features, _result = trained
+    later = np.flatnonzero(frame["card_id"].duplicated().to_numpy())[::499][:40]
+    renamed = frame.copy()
+    card_ids = renamed["card_id"].to_numpy(dtype=object)
+    card_ids[later] = [f"first-{i}" for i in range(len(later))]
+    renamed["card_id"] = pd.array(card_ids, dtype=frame["card_id"].dtype)
+    _frame, frauds = from_dataset(load_dataset(small_history, tokenizer=None))
+    moved = history_features(renamed, frauds)
+    columns = list(FEATURE_NAMES)
+    assert len(later) == 40
+    np.testing.assert_array_equal(
+        as_first_of_card(features[columns].to_numpy(dtype=float)[later]),
+        moved[columns].to_numpy(dtype=float)[later],
+    )
+
+
+def test_newcomer_rows_are_added_to_training_only_and_keep_their_labels() -> None:
+    features = np.arange(40 * len(FEATURE_NAMES), dtype=float).reshape(40, -1)
+    labels = (np.arange(40) % 4 == 0).astype(float)
+    x, y, w = with_newcomers(features, labels, np.full(40, 2.0), 0.25, seed=3)
+    assert (x.shape, y.shape, w.shape) == ((50, len(FEATURE_NAMES)), (50,), (50,))
+    np.testing.assert_array_equal(x[:40], features)  # the rows themselves, unchanged
+    amount = FEATURE_NAMES.index("amount")  # each row's own, so it says which was copied
+    drawn = np.searchsorted(features[:, amount], x[40:, amount])
+    assert len(set(drawn.tolist())) == 10 and (features[drawn, amount] == x[40:, amount]).all()
+    np.testing.assert_array_equal(y[40:], labels[drawn])
+    np.testing.assert_array_equal(x[40:45], as_first_of_card(features[drawn[:5]]))
+    terminal = [FEATURE_NAMES.index(n) for n in FEATURE_NAMES if n.startswith("terminal_")]
+    assert (x[45:, terminal] == 0).all() and (x[40:45, terminal] != 0).all()
+    assert np.isnan(x[40:, FEATURE_NAMES.index("card_seconds_since_prev")]).all()
+    again = with_newcomers(features, labels, None, 0.25, seed=3)
+    np.testing.assert_array_equal(again[0], x)  # the same draw for the same seed
+    assert again[2] is None and with_newcomers(features, labels, None, 0.0, 3)[0] is features
+
+
+def test_a_model_trained_with_newcomers_does_not_review_every_new_card(trained: tuple) -> None:
+    """Without newcomer rows, a model has never seen a card without a past, and sends
+    nearly every new card's first transaction to review; with them, about as many as of all
+    transactions. (12 cards a day of 600 card holders: the budget of 100 of 5,000.)"""
+    frame, features, _result = trained
+    test_fold = Protocol.for_history(frame["event_time"].min()).test_folds()[0]
+    _train, test = split(frame, test_fold)
+    rows = features[list(FEATURE_NAMES)].to_numpy(dtype=float)[test]
+    flagged = {}
+    for share in (0.0, 0.05):
+        result = train(
+            frame, features, backend_name="xgboost", grid=[{"n_estimators": 60, "max_depth": 4}],
+            cards_per_day=12, created_at=NOW, source="small.parquet", newcomers=share,
+        )  # fmt: skip
+        review = result.metadata["thresholds"]["review"]
+        assert result.metadata["newcomers"] == share
+        flagged[share] = [
+            float((backend("xgboost").predict(result.model, x) >= review).mean())
+            for x in (rows, as_first_of_card(rows))
+        ]
+    all_rows, new_cards = flagged[0.0]
+    assert all_rows < 0.05 and new_cards > 0.5  # the gap, as it was
+    all_rows, new_cards = flagged[0.05]
+    assert all_rows < 0.05 and new_cards < 2 * all_rows + 0.01
 
 
 def test_registry_round_trip_promotion_and_tampering(trained: tuple, tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ def train(
             decline_precision=settings.model.decline_precision, seed=settings.model.seed,
             created_at=SystemClock().now(), source=data.source,
             progress=lambda message: status.update(message),
+            newcomers=settings.model.newcomer_share,
         )  # fmt: skip
     registry = Registry(settings.models_dir)
     version = registry.add(result.model, result.metadata, promote=promote)
@@ -145,7 +146,8 @@ def evaluate(
     settings_used = ", ".join(f"{k}={v}" for k, v in sorted(metadata["params"].items()))
     chosen = metadata.get("protocol", {}).get("selected_by", "unknown")
     out.print(
-        f"  settings: {metadata['backend']} {settings_used}, seed {metadata['seed']}; from "
+        f"  settings: {metadata['backend']} {settings_used}, seed {metadata['seed']}, "
+        f"newcomer rows {metadata.get('newcomers', 0.0):.0%}; from "
         f"model {version} (trained on {metadata.get('source', '?')} at "
         f"{str(metadata.get('created_at', '?'))[:19]}; chosen by {chosen})",
         highlight=False,

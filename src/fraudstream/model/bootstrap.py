@@ -65,6 +65,7 @@ def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], Non
         cards_per_day=settings.model.review_cards_per_day,
         decline_precision=settings.model.decline_precision, seed=settings.model.seed,
         created_at=clock.now(), source=f"bootstrap: {path.name}", progress=step,
+        newcomers=settings.model.newcomer_share,
     )  # fmt: skip
     version = registry.save(result.model, result.metadata)
     registry.promote(version)

@@ -214,6 +214,7 @@ def retrain(
         decline_precision=settings.model.decline_precision, seed=settings.model.seed,
         created_at=clock.now(), source="database (matured labels)", progress=progress,
         weights=selective_label_weights(data.frame, settings.policy.explore_share),
+        newcomers=settings.model.newcomer_share,
     )  # fmt: skip
     registry = Registry(settings.models_dir)
     version = registry.save(result.model, result.metadata)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fraudstream.features import FEATURE_NAMES, FEATURES_VERSION
+from fraudstream.features.terminal import terminal_columns
 from fraudstream.model.backends import backend
 from fraudstream.model.metrics import auc_roc, average_precision, card_precision_at_k
 from fraudstream.model.profile import FeatureProfile
@@ -108,6 +109,64 @@ class TrainingResult:
     test: FoldScores | None = None
 
 
+_TERMINAL_COLUMNS = np.array([FEATURE_NAMES.index(name) for name in terminal_columns()])
+_AMOUNT = FEATURE_NAMES.index("amount")
+_CARD_ONES = np.array(
+    [i for i, name in enumerate(FEATURE_NAMES)
+     if name.startswith(("card_tx_count_", "card_distinct_terminals_"))]
+)  # fmt: skip
+_CARD_MEANS = np.array(
+    [i for i, name in enumerate(FEATURE_NAMES) if name.startswith("card_amount_mean_")]
+)
+_CARD_SINCE_PREVIOUS = np.array(
+    [
+        FEATURE_NAMES.index(name)
+        for name in (
+            "card_amount_ratio_30d", "card_seconds_since_prev", "card_terminal_distance",
+            "card_terminal_speed",
+        )
+    ]
+)  # fmt: skip
+
+
+def as_first_of_card(rows: np.ndarray) -> np.ndarray:
+    """Feature rows as they would be for their card's first transaction: one transaction in
+    every window, at one terminal, the mean its own amount, nothing before it to compare
+    with (missing); the calendar, amount, home distance and terminal columns unchanged."""
+    first: np.ndarray = rows.copy()
+    first[:, _CARD_ONES] = 1.0
+    first[:, _CARD_MEANS] = rows[:, [_AMOUNT]]
+    first[:, _CARD_SINCE_PREVIOUS] = np.nan
+    return first
+
+
+def with_newcomers(
+    features: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    share: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Training rows and, appended, a ``share`` of them drawn at random as their card's first
+    transaction, half of those also at a terminal with no past (its columns zeros). The
+    training window of a history starts weeks in, when every card and terminal has a past:
+    a model trained without these rows has never seen a new card, and sent most new cards'
+    first transactions to review (docs/model.md, "new cards and terminals"). The copies keep
+    their labels: with no past, what is left to learn from is the rest of the row."""
+    if share <= 0 or not len(features):
+        return features, labels, weights
+    rng = np.random.default_rng(seed)
+    count = max(1, round(share * len(features)))
+    drawn = np.sort(rng.choice(len(features), size=count, replace=False))
+    copies = as_first_of_card(features[drawn])
+    copies[count // 2 :, _TERMINAL_COLUMNS] = 0.0
+    return (
+        np.concatenate([features, copies]),
+        np.concatenate([labels, labels[drawn]]),
+        None if weights is None else np.concatenate([weights, weights[drawn]]),
+    )
+
+
 def _fold_scores(
     frame: pd.DataFrame, mask: np.ndarray, scores: np.ndarray, k: int
 ) -> tuple[FoldScores, pd.DataFrame]:
@@ -136,9 +195,12 @@ def evaluate_folds(
     k: int = 100,
     seed: int = 0,
     weights: np.ndarray | None = None,
+    newcomers: float = 0.0,
 ) -> tuple[FoldScores, list[tuple[Any, pd.DataFrame]]]:
     """Train on each fold's training week, score its test week; mean scores and the models.
-    ``weights``: per row, for training (``selective_label_weights``)."""
+    ``weights``: per row, for training (``selective_label_weights``); ``newcomers``: the share
+    of training rows also shown as a new card's, or at a new terminal (``with_newcomers``;
+    never the test rows)."""
     engine = backend(backend_name)
     labels = frame["is_fraud"].to_numpy(dtype=bool)
     scores, fitted = [], []
@@ -148,10 +210,11 @@ def evaluate_folds(
             raise ValueError(
                 f"fold {fold.describe()} has no frauds to learn from or nothing to test"
             )
-        weight = None if weights is None else weights[train_mask]
-        model = engine.fit(
-            features[train_mask], labels[train_mask].astype(float), params, seed, weight
-        )
+        x, y, weight = with_newcomers(
+            features[train_mask], labels[train_mask].astype(float),
+            None if weights is None else weights[train_mask], newcomers, seed,
+        )  # fmt: skip
+        model = engine.fit(x, y, params, seed, weight)
         fold_scores, rows = _fold_scores(
             frame, test_mask, engine.predict(model, features[test_mask]), k
         )
@@ -163,14 +226,16 @@ def evaluate_folds(
 def evaluate_settings(
     frame: pd.DataFrame, features: pd.DataFrame, metadata: dict[str, Any], *, k: int = 100
 ) -> tuple[FoldScores, list[Fold]]:
-    """A stored model's settings (its ``metadata``: backend, hyper-parameters, seed) trained
+    """A stored model's settings (its ``metadata``: backend, hyper-parameters, seed, share of
+    newcomer rows) trained
     and tested on each test fold of ``frame`` (the Handbook's protocol): the mean scores and
     the folds."""
     folds = Protocol.for_history(frame["event_time"].min()).test_folds()
     matrix = features[list(FEATURE_NAMES)].to_numpy(dtype=float)
     scores, _ = evaluate_folds(
-        frame, matrix, folds, metadata["backend"], metadata["params"], k=k, seed=metadata["seed"]
-    )
+        frame, matrix, folds, metadata["backend"], metadata["params"], k=k,
+        seed=metadata["seed"], newcomers=metadata.get("newcomers", 0.0),
+    )  # fmt: skip
     return scores, folds
 
 
@@ -213,6 +278,7 @@ def train(
     source: str,
     progress: Callable[[str], None] = lambda _message: None,
     weights: np.ndarray | None = None,
+    newcomers: float = 0.0,
 ) -> TrainingResult:
     """Choose hyper-parameters on validation folds, report test folds, keep the latest model."""
     protocol = protocol or Protocol.for_history(frame["event_time"].min())
@@ -233,6 +299,7 @@ def train(
             k=k,
             seed=seed,
             weights=weights,
+            newcomers=newcomers,
         )
         validation[_key(params)] = mean
         if best is None or mean.average_precision > best[0]:
@@ -249,6 +316,7 @@ def train(
         k=k,
         seed=seed,
         weights=weights,
+        newcomers=newcomers,
     )
     latest_model, latest_rows = fitted[0]
     latest = protocol.test_folds()[0]
@@ -288,6 +356,7 @@ def train(
         "profile": profile.as_dict(),
         "rows": len(frame),
         "weighted": None if weights is None else "selective labels (explored declines)",
+        "newcomers": newcomers,
         "frauds": int(frame["is_fraud"].sum()),
         "source": source,
         "created_at": created_at.isoformat(),
