@@ -89,6 +89,8 @@ LEVERS: dict[str, tuple[dict[str, Any], int | str | None]] = {
     "hourly+exact": ({"tree_method": "exact"}, 3600),
     "hourly+class-weight": ({"scale_pos_weight": 5}, 3600),
     "hourly+subsample": ({"subsample": 0.8, "colsample_bytree": 0.8}, 3600),
+    # not a grid change: the share of newcomer rows in training (ADR 16)
+    "exact+newcomers": ({"tree_method": "exact", "newcomers": 0.05}, "daily"),
 }
 
 
@@ -102,6 +104,8 @@ def run(names: list[str], history: Path | None = None) -> None:
     frame, features = _cached(root, history)
     for name in names:
         changes, variant = LEVERS[name]
+        changes = dict(changes)
+        newcomers = float(changes.pop("newcomers", 0.0))
         chosen = features.copy()
         if variant != "daily":
             period = variant if isinstance(variant, int) else None
@@ -111,7 +115,7 @@ def run(names: list[str], history: Path | None = None) -> None:
         result = training.train(
             frame, chosen[list(FEATURE_NAMES)], backend_name="xgboost",
             grid=[{**params, **changes} for params in _GRID],
-            created_at=datetime.now(timezone.utc), source="levers",
+            created_at=datetime.now(timezone.utc), source="levers", newcomers=newcomers,
         )  # fmt: skip
         assert result.test is not None
         test = result.test
