@@ -268,7 +268,7 @@ class ModelSettings(_Section):
         default=0.05, ge=0, le=0.5,
         description="Share of training rows also shown as a new card's first transaction "
         "(half of them at a terminal with no past), so that the model has seen newcomers: "
-        "without, it sent about half of new cards' first transactions to review.",
+        "without, the first model sent half of new cards' first transactions to review.",
     )  # fmt: skip
     bootstrap_customers: int = Field(
         default=5_000, ge=50, le=1_000_000, description="Card holders in the first model's history."

@@ -227,9 +227,8 @@ def evaluate_settings(
     frame: pd.DataFrame, features: pd.DataFrame, metadata: dict[str, Any], *, k: int = 100
 ) -> tuple[FoldScores, list[Fold]]:
     """A stored model's settings (its ``metadata``: backend, hyper-parameters, seed, share of
-    newcomer rows) trained
-    and tested on each test fold of ``frame`` (the Handbook's protocol): the mean scores and
-    the folds."""
+    newcomer rows) trained and tested on each test fold of ``frame`` (the Handbook's
+    protocol): the mean scores and the folds."""
     folds = Protocol.for_history(frame["event_time"].min()).test_folds()
     matrix = features[list(FEATURE_NAMES)].to_numpy(dtype=float)
     scores, _ = evaluate_folds(
