@@ -19,11 +19,10 @@ import pandas as pd
 from fraudstream.config import load_settings
 from fraudstream.features import FEATURE_NAMES, history_features
 from fraudstream.model.backends import backend
-from fraudstream.model.data import frauds_for_features, labelled_frame
-from fraudstream.model.protocol import Protocol, split
+from fraudstream.model.bootstrap import first_model_history, first_model_protocol
+from fraudstream.model.data import frauds_for_features
+from fraudstream.model.protocol import split
 from fraudstream.model.train import FIRST_MODEL_PARAMS, as_first_of_card, train
-from fraudstream.simulator.generator import generate_blocks, preset
-from fraudstream.simulator.history import labels_from_history, write_history
 
 _DAYS = (1, 2, 3, 8)
 
@@ -34,15 +33,7 @@ def _history() -> tuple[pd.DataFrame, pd.DataFrame]:
     root.mkdir(parents=True, exist_ok=True)
     frame_file, features_file = root / "frame.parquet", root / "features.parquet"
     if not features_file.exists():
-        holders = settings.model.bootstrap_customers
-        params = preset(
-            settings.simulator.preset, n_customers=holders, n_terminals=2 * holders,
-            days=settings.model.bootstrap_days, seed=settings.simulator.seed,
-        )  # fmt: skip
-        write_history(generate_blocks(params), root / "history.parquet", params)
-        history = pd.read_parquet(root / "history.parquet")
-        labels = labels_from_history(history)
-        frame = labelled_frame(history.drop(columns=["is_fraud"]), labels)
+        frame, labels = first_model_history(settings, root / "history.parquet")
         history_features(frame, frauds_for_features(frame, labels)).to_parquet(features_file)
         frame.to_parquet(frame_file)
     return pd.read_parquet(frame_file), pd.read_parquet(features_file)
@@ -50,7 +41,7 @@ def _history() -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def run(shares: list[float]) -> None:
     frame, features = _history()
-    protocol = Protocol.ending(frame["event_time"].max().normalize() - pd.Timedelta(days=1))
+    protocol = first_model_protocol(frame)
     matrix = features[list(FEATURE_NAMES)].to_numpy(dtype=float)
     _train, test = split(frame, protocol.test_folds()[0])
     week = matrix[test]

@@ -38,10 +38,11 @@ _TRANSIENT = {  # what a broker restart or a leader election looks like from a c
     KafkaError._ALL_BROKERS_DOWN,
     KafkaError._TIMED_OUT,
     KafkaError._TRANSPORT,
-    # What the client itself says while a broker restarts. Each of these two killed an
+    # What the client itself says while a broker restarts. The first two each killed an
     # engine in the contract suite's broker restart: a partition listed a moment before not
     # known again yet (sealing a table), the handle of the old broker connection destroyed
-    # under a call in flight (reading labels).
+    # under a call in flight (reading labels). The other three are the same moment seen by
+    # the group coordinator, a node's address and its name lookup.
     KafkaError._UNKNOWN_PARTITION,
     KafkaError._DESTROY_BROKER,
     KafkaError._WAIT_COORD,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
 
 from fraudstream.clock import Clock
 from fraudstream.config import Settings
@@ -15,7 +18,29 @@ from fraudstream.model.train import FIRST_MODEL_PARAMS, train
 from fraudstream.simulator.generator import generate_blocks, preset
 from fraudstream.simulator.history import labels_from_history, write_history
 
-__all__ = ["ensure_model"]
+__all__ = ["ensure_model", "first_model_history", "first_model_protocol"]
+
+
+def first_model_history(settings: Settings, path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The simulated history the first model is trained on, written to ``path``: its
+    labelled frame and its labels (``model.bootstrap_customers`` card holders, twice as many
+    terminals, ``model.bootstrap_days`` days, the simulator's preset and seed)."""
+    params = preset(
+        settings.simulator.preset,
+        n_customers=settings.model.bootstrap_customers,
+        n_terminals=2 * settings.model.bootstrap_customers,
+        days=settings.model.bootstrap_days,
+        seed=settings.simulator.seed,
+    )
+    write_history(generate_blocks(params), path, params)
+    history = pd.read_parquet(path)
+    labels = labels_from_history(history)
+    return labelled_frame(history.drop(columns=["is_fraud"]), labels), labels
+
+
+def first_model_protocol(frame: pd.DataFrame) -> Protocol:
+    """The first model's folds: its 4 test folds end on the history's last full day."""
+    return Protocol.ending(frame["event_time"].max().normalize() - pd.Timedelta(days=1))
 
 
 def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], None]) -> str | None:
@@ -32,22 +57,13 @@ def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], Non
     def step(message: str) -> None:
         progress(f"first model, {time.monotonic() - started:.0f} s: {message}")
 
-    params = preset(
-        settings.simulator.preset,
-        n_customers=settings.model.bootstrap_customers,
-        n_terminals=2 * settings.model.bootstrap_customers,
-        days=settings.model.bootstrap_days,
-        seed=settings.simulator.seed,
-    )
     path = settings.state_dir / "data" / "bootstrap-history.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    step(f"simulating {params.days} days of history ({params.n_customers:,} card holders)")
-    write_history(generate_blocks(params), path, params)
-    import pandas as pd
-
-    history = pd.read_parquet(path)
-    labels = labels_from_history(history)
-    frame = labelled_frame(history.drop(columns=["is_fraud"]), labels)
+    step(
+        f"simulating {settings.model.bootstrap_days} days of history "
+        f"({settings.model.bootstrap_customers:,} card holders)"
+    )
+    frame, labels = first_model_history(settings, path)
     step(f"computing features of {len(frame):,} transactions")
     done = [0]
 
@@ -57,10 +73,9 @@ def ensure_model(settings: Settings, clock: Clock, progress: Callable[[str], Non
             step(f"features {done[0] / len(frame):.0%}")
 
     features = history_features(frame, frauds_for_features(frame, labels), progress=counted)
-    last_full_day = frame["event_time"].max().normalize() - pd.Timedelta(days=1)
     result = train(
         frame, features, backend_name=settings.model.backend,
-        protocol=Protocol.ending(last_full_day),
+        protocol=first_model_protocol(frame),
         grid=[FIRST_MODEL_PARAMS[settings.model.backend]],
         cards_per_day=settings.model.review_cards_per_day,
         decline_precision=settings.model.decline_precision, seed=settings.model.seed,
